@@ -1,0 +1,519 @@
+//! The camera client: it only ever makes outgoing requests. One thread holds a long poll open
+//! and hands each command to a second thread that posts the matching events, so the camera is
+//! back on a poll at once while a large answer is still uploading. A third, network-free thread
+//! records an event every `EVENT_INTERVAL_SECS`.
+//!
+//! When the server is unreachable or answers with an error, both threads back off exponentially
+//! with jitter (0.5 s doubling to a cap) and log once per failure streak, never spinning.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use crate::config::CameraConfig;
+use crate::event_log::EventLog;
+use crate::log::epoch_secs;
+use crate::protocol::{Command, LogEntry, SendLogsBody, TimeRange};
+use crate::{error, info, warn};
+
+/// First retry delay after a failure; doubles per failure up to `backoff_max`.
+const BACKOFF_START: Duration = Duration::from_millis(500);
+/// Attempts to deliver one answer before leaving it to the server's re-send.
+const POST_ATTEMPTS: u32 = 4;
+
+/// Counters a test or the load tool can read.
+#[derive(Debug, Default)]
+pub struct CameraStats {
+    pub polls: AtomicU64,
+    pub commands: AtomicU64,
+    /// Answers the server accepted: the camera's round trips.
+    pub answers: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// A running camera. [`CameraHandle::stop`] ends it.
+pub struct CameraHandle {
+    log: Arc<EventLog>,
+    stats: Arc<CameraStats>,
+    stopping: Arc<AtomicBool>,
+    /// Dropped on stop: wakes every thread sleeping on the matching receiver.
+    stop_tx: Option<Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl CameraHandle {
+    /// Opens the event log (reloading `LOG_FILE` if set) and starts the camera's threads.
+    pub fn start(config: CameraConfig) -> std::io::Result<CameraHandle> {
+        let log = match &config.log_file {
+            Some(path) => {
+                let (log, report) = EventLog::open(path, config.max_events)?;
+                info!(
+                    "reloaded {} event(s) from {}{}",
+                    report.loaded,
+                    path.display(),
+                    if report.skipped_lines > 0 {
+                        format!(
+                            "; skipped {} damaged line(s) (a torn last write)",
+                            report.skipped_lines
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+                log
+            }
+            None => EventLog::in_memory(config.max_events),
+        };
+        CameraHandle::start_with_log(config, Arc::new(log))
+    }
+
+    /// Starts a camera serving an existing log (tests fill it with known events).
+    pub fn start_with_log(
+        config: CameraConfig,
+        log: Arc<EventLog>,
+    ) -> std::io::Result<CameraHandle> {
+        let stats = Arc::new(CameraStats::default());
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (commands_tx, commands_rx) = unbounded();
+        let client = Client::new(&config);
+        info!(
+            "camera '{}' starting; API server at {}",
+            config.camera_id, config.api_base_url
+        );
+
+        let mut threads = Vec::new();
+        let poller = Poller {
+            client: client.clone(),
+            commands: commands_tx,
+            stats: Arc::clone(&stats),
+            stopping: Arc::clone(&stopping),
+            stop_rx: stop_rx.clone(),
+            backoff_max: config.backoff_max,
+        };
+        threads.push(spawn("camera-poller", move || poller.run())?);
+        let poster = Poster {
+            client,
+            log: Arc::clone(&log),
+            commands: commands_rx,
+            stats: Arc::clone(&stats),
+            stop_rx: stop_rx.clone(),
+            backoff_max: config.backoff_max,
+        };
+        threads.push(spawn("camera-poster", move || poster.run())?);
+        if let Some(interval) = config.event_interval {
+            let log = Arc::clone(&log);
+            threads.push(spawn("camera-events", move || {
+                generate_events(&log, interval, &stop_rx)
+            })?);
+        }
+        Ok(CameraHandle {
+            log,
+            stats,
+            stopping,
+            stop_tx: Some(stop_tx),
+            threads,
+        })
+    }
+
+    pub fn log(&self) -> &Arc<EventLog> {
+        &self.log
+    }
+
+    pub fn stats(&self) -> &Arc<CameraStats> {
+        &self.stats
+    }
+
+    /// Answers the server accepted so far.
+    pub fn round_trips(&self) -> u64 {
+        self.stats.answers.load(Ordering::SeqCst)
+    }
+
+    /// Blocks the calling thread while the camera runs (the `camera` binary's main thread).
+    pub fn wait(mut self) {
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+
+    /// Stops polling and posting. A poll already open ends when the server answers it; threads
+    /// still busy after `grace` are left to finish on their own.
+    pub fn stop(mut self, grace: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop_tx.take();
+        let deadline = Instant::now() + grace;
+        while self.threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for thread in self.threads.drain(..).filter(|t| t.is_finished()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.to_string()).spawn(f)
+}
+
+/// The HTTP side of the camera: URLs, the bearer token and a ureq agent.
+#[derive(Clone)]
+struct Client {
+    poll_url: String,
+    send_url: String,
+    camera_id: String,
+    authorization: Option<String>,
+    poll_agent: ureq::Agent,
+    post_agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(config: &CameraConfig) -> Client {
+        let agent = |timeout: Duration| {
+            ureq::Agent::new_with_config(
+                ureq::Agent::config_builder()
+                    .timeout_global(Some(timeout))
+                    .http_status_as_error(false)
+                    .build(),
+            )
+        };
+        let base = config.api_base_url.trim_end_matches('/');
+        Client {
+            poll_url: format!("{base}/poll_for_command?cameraId={}", config.camera_id),
+            send_url: format!("{base}/send_logs?cameraId={}", config.camera_id),
+            camera_id: config.camera_id.clone(),
+            authorization: config.camera_token.as_ref().map(|t| format!("Bearer {t}")),
+            poll_agent: agent(config.poll_timeout),
+            post_agent: agent(Duration::from_secs(60)),
+        }
+    }
+
+    fn poll(&self) -> Result<Command, String> {
+        let mut request = self.poll_agent.get(&self.poll_url);
+        if let Some(auth) = &self.authorization {
+            request = request.header("Authorization", auth);
+        }
+        let mut response = request.call().map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(describe_status(status, &mut response));
+        }
+        response
+            .body_mut()
+            .read_json::<Command>()
+            .map_err(|e| format!("unreadable command: {e}"))
+    }
+
+    /// Ok(true): accepted. Ok(false): refused for good (4xx), do not retry. Err: retry later.
+    fn send(&self, body: &SendLogsBody) -> Result<bool, String> {
+        let mut request = self.post_agent.post(&self.send_url);
+        if let Some(auth) = &self.authorization {
+            request = request.header("Authorization", auth);
+        }
+        let mut response = request.send_json(body).map_err(|e| e.to_string())?;
+        match response.status().as_u16() {
+            200 => Ok(true),
+            status @ (408 | 429) => Err(describe_status(status, &mut response)),
+            status @ 400..=499 => {
+                warn!(
+                    "server refused the answer: {}",
+                    describe_status(status, &mut response)
+                );
+                Ok(false)
+            }
+            status => Err(describe_status(status, &mut response)),
+        }
+    }
+}
+
+fn describe_status(status: u16, response: &mut ureq::http::Response<ureq::Body>) -> String {
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(4096)
+        .read_to_string()
+        .unwrap_or_default();
+    format!("HTTP {status}: {}", body.trim())
+}
+
+struct Poller {
+    client: Client,
+    commands: Sender<Command>,
+    stats: Arc<CameraStats>,
+    stopping: Arc<AtomicBool>,
+    stop_rx: Receiver<()>,
+    backoff_max: Duration,
+}
+
+impl Poller {
+    fn run(self) {
+        let mut backoff = Backoff::new(self.backoff_max, "poll the API server");
+        while !self.stopping.load(Ordering::SeqCst) {
+            self.stats.polls.fetch_add(1, Ordering::Relaxed);
+            match self.client.poll() {
+                Ok(command) => {
+                    backoff.succeeded();
+                    if let Command::SendLogs { .. } = command {
+                        self.stats.commands.fetch_add(1, Ordering::Relaxed);
+                        if self.commands.send(command).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(why) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if !backoff.failed(&why, &self.stop_rx) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Poster {
+    client: Client,
+    log: Arc<EventLog>,
+    commands: Receiver<Command>,
+    stats: Arc<CameraStats>,
+    stop_rx: Receiver<()>,
+    backoff_max: Duration,
+}
+
+impl Poster {
+    fn run(self) {
+        loop {
+            crossbeam_channel::select! {
+                recv(self.commands) -> command => match command {
+                    Ok(command) => self.answer(command),
+                    Err(_) => return,
+                },
+                recv(self.stop_rx) -> _ => return,
+            }
+        }
+    }
+
+    fn answer(&self, command: Command) {
+        let Command::SendLogs {
+            request_id,
+            start_timestamp,
+            end_timestamp,
+        } = command
+        else {
+            return;
+        };
+        let range = TimeRange::new(Some(start_timestamp), Some(end_timestamp));
+        let body = SendLogsBody {
+            request_id: Some(request_id.clone()),
+            logs: self.log.in_range(range),
+        };
+        let mut backoff = Backoff::new(self.backoff_max, "send logs to the API server");
+        for _ in 0..POST_ATTEMPTS {
+            match self.client.send(&body) {
+                Ok(accepted) => {
+                    if accepted {
+                        self.stats.answers.fetch_add(1, Ordering::SeqCst);
+                        info!(
+                            "camera '{}' sent {} event(s) for command {request_id}",
+                            self.client.camera_id,
+                            body.logs.len()
+                        );
+                    }
+                    return;
+                }
+                Err(why) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if !backoff.failed(&why, &self.stop_rx) {
+                        return;
+                    }
+                }
+            }
+        }
+        error!("gave up sending logs for command {request_id}; the server will ask again if it still needs them");
+    }
+}
+
+/// Exponential backoff with jitter that logs a failure streak once, and its end once.
+struct Backoff {
+    what: &'static str,
+    max: Duration,
+    failures: u32,
+    started: Option<Instant>,
+    jitter: Jitter,
+}
+
+impl Backoff {
+    fn new(max: Duration, what: &'static str) -> Backoff {
+        Backoff {
+            what,
+            max,
+            failures: 0,
+            started: None,
+            jitter: Jitter::new(),
+        }
+    }
+
+    /// The delay before retry number `failures` (1-based): doubling from 0.5 s up to the cap,
+    /// then a random point in its upper half so that many cameras do not retry in lockstep.
+    fn delay(&mut self) -> Duration {
+        let doublings = self.failures.saturating_sub(1).min(16);
+        let full = BACKOFF_START.saturating_mul(1 << doublings).min(self.max);
+        full / 2 + full.mul_f64(self.jitter.unit() / 2.0)
+    }
+
+    /// Records a failure and sleeps; returns false if the camera is stopping.
+    fn failed(&mut self, why: &str, stop: &Receiver<()>) -> bool {
+        self.failures += 1;
+        if self.failures == 1 {
+            self.started = Some(Instant::now());
+            warn!(
+                "could not {}: {why}; retrying with backoff (up to {:.0} s)",
+                self.what,
+                self.max.as_secs_f64()
+            );
+        }
+        let delay = self.delay();
+        // Wakes early only when the stop sender is dropped.
+        !matches!(
+            stop.recv_timeout(delay),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        )
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            let down = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+            info!(
+                "could {} again after {} failed attempt(s) over {down:.1} s",
+                self.what, self.failures
+            );
+        }
+        self.failures = 0;
+        self.started = None;
+    }
+}
+
+/// Cheap, unpredictable numbers from std's randomly keyed SipHash (no random-number crate).
+struct Jitter {
+    keys: RandomState,
+    n: u64,
+}
+
+impl Jitter {
+    fn new() -> Jitter {
+        Jitter {
+            keys: RandomState::new(),
+            n: 0,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.n += 1;
+        self.keys.hash_one(self.n)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn generate_events(log: &EventLog, interval: Duration, stop: &Receiver<()>) {
+    let mut jitter = Jitter::new();
+    let mut failing = false;
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+        let entry = LogEntry {
+            timestamp: epoch_secs(SystemTime::now()),
+            description: describe_event(&mut jitter),
+        };
+        match log.push(entry) {
+            Ok(()) if failing => {
+                failing = false;
+                info!("the event log file is writable again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                error!("could not persist an event (kept in memory): {e}");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Events of the kinds a real camera logs.
+fn describe_event(jitter: &mut Jitter) -> String {
+    let n = jitter.next();
+    match n % 6 {
+        0 | 1 => format!(
+            "motion detected at ({}, {})",
+            (n >> 8) % 1920,
+            (n >> 20) % 1080
+        ),
+        2 => "user started viewing live video".to_string(),
+        3 => "user stopped viewing live video".to_string(),
+        4 => {
+            let step = (n >> 8) % 10 + 1;
+            if (n >> 16).is_multiple_of(2) {
+                format!("brightness adjusted +{step}")
+            } else {
+                format!("brightness adjusted -{step}")
+            }
+        }
+        _ => format!("person detected with confidence 0.{:02}", (n >> 8) % 100),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_in_the_upper_half() {
+        let mut backoff = Backoff::new(Duration::from_secs(30), "test");
+        let mut previous_full = Duration::ZERO;
+        for failure in 1..=12u32 {
+            backoff.failures = failure;
+            let full = BACKOFF_START
+                .saturating_mul(1 << (failure - 1).min(16))
+                .min(Duration::from_secs(30));
+            let delay = backoff.delay();
+            assert!(
+                delay >= full / 2 && delay <= full,
+                "failure {failure}: {delay:?} vs {full:?}"
+            );
+            assert!(full >= previous_full);
+            previous_full = full;
+        }
+        assert_eq!(previous_full, Duration::from_secs(30));
+        assert!(
+            backoff.delay() >= Duration::from_millis(250),
+            "never a busy loop"
+        );
+    }
+
+    #[test]
+    fn events_read_like_a_camera() {
+        let mut jitter = Jitter::new();
+        for _ in 0..100 {
+            let text = describe_event(&mut jitter);
+            assert!(
+                [
+                    "motion detected at (",
+                    "user st",
+                    "brightness adjusted ",
+                    "person detected"
+                ]
+                .iter()
+                .any(|p| text.starts_with(p)),
+                "{text}"
+            );
+        }
+        let u = jitter.unit();
+        assert!((0.0..1.0).contains(&u));
+    }
+}

@@ -1,0 +1,479 @@
+//! Configuration of both binaries, read from the environment once at start-up.
+//!
+//! Every variable lives in one table per binary ([`SERVER_SETTINGS`], [`CAMERA_SETTINGS`]) so
+//! `--help` and the parser cannot drift apart. A malformed value is a [`ConfigError`] that names
+//! the variable; the binaries print it and exit with code 2. Nothing here reads the environment
+//! after start-up.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One environment variable: its name, default (as the user would type it) and meaning.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+pub const SERVER_SETTINGS: &[Setting] = &[
+    Setting {
+        name: "HOST",
+        default: "0.0.0.0",
+        help: "address to listen on",
+    },
+    Setting {
+        name: "PORT",
+        default: "8080",
+        help: "port to listen on (0 picks a free one)",
+    },
+    Setting {
+        name: "POLL_HOLD_SECS",
+        default: "30",
+        help: "how long a camera's poll is held open before it is answered with noop",
+    },
+    Setting {
+        name: "LOGS_TIMEOUT_SECS",
+        default: "30",
+        help: "default bound on a GET /logs call (a call may ask for up to 300 s with ?timeout=)",
+    },
+    Setting {
+        name: "ACK_TIMEOUT_SECS",
+        default: "5",
+        help: "a command with no send_logs answer after this long is sent again, same requestId",
+    },
+    Setting {
+        name: "CAMERA_GRACE_SECS",
+        default: "5",
+        help: "a camera with no open poll counts as online this long after its last poll ended",
+    },
+    Setting {
+        name: "MAX_WAITING_PER_CAMERA",
+        default: "1024",
+        help: "GET /logs calls that may wait for one camera; the next gets 429",
+    },
+    Setting {
+        name: "MAX_BODY_BYTES",
+        default: "16777216",
+        help: "largest accepted request body; a larger one gets 413",
+    },
+    Setting {
+        name: "CAMERA_TOKEN",
+        default: "(unset)",
+        help: "when set, camera endpoints require 'Authorization: Bearer <token>'",
+    },
+    Setting {
+        name: "API_TOKEN",
+        default: "(unset)",
+        help: "when set, /logs, /cameras and /stats require 'Authorization: Bearer <token>'",
+    },
+];
+
+pub const CAMERA_SETTINGS: &[Setting] = &[
+    Setting {
+        name: "API_BASE_URL",
+        default: "http://localhost:8080",
+        help: "where the API server is",
+    },
+    Setting {
+        name: "CAMERA_ID",
+        default: "default",
+        help: "this camera's id (letters, digits, '.', '_', '-'; at most 64)",
+    },
+    Setting {
+        name: "EVENT_INTERVAL_SECS",
+        default: "10",
+        help: "a new event is logged this often (fractions allowed)",
+    },
+    Setting {
+        name: "POLL_TIMEOUT_SECS",
+        default: "60",
+        help: "client-side timeout of one long poll",
+    },
+    Setting {
+        name: "BACKOFF_MAX_SECS",
+        default: "30",
+        help: "cap of the exponential backoff (from 0.5 s) while the server is unreachable",
+    },
+    Setting {
+        name: "CAMERA_TOKEN",
+        default: "(unset)",
+        help: "bearer token sent to the server's camera endpoints",
+    },
+    Setting {
+        name: "LOG_FILE",
+        default: "(unset)",
+        help: "when set, events are appended here as JSON lines and reloaded at start",
+    },
+    Setting {
+        name: "MAX_EVENTS",
+        default: "100000",
+        help: "events kept in memory; the oldest go first",
+    },
+];
+
+/// A variable whose value cannot be used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {}={:?}: expected {}",
+            self.variable, self.value, self.expected
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The `--help` text: what the program is, then every variable with its default.
+pub fn help_text(program: &str, about: &str, settings: &[Setting]) -> String {
+    let mut text =
+        format!("{program}: {about}\n\nUsage: {program} [--help]\n\nEnvironment variables:\n");
+    for s in settings {
+        text.push_str(&format!(
+            "  {:<24} default {:<24} {}\n",
+            s.name, s.default, s.help
+        ));
+    }
+    text
+}
+
+/// Settings of the API server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub poll_hold: Duration,
+    pub logs_timeout: Duration,
+    pub ack_timeout: Duration,
+    pub camera_grace: Duration,
+    pub max_waiting_per_camera: usize,
+    pub max_body_bytes: usize,
+    pub camera_token: Option<String>,
+    pub api_token: Option<String>,
+}
+
+/// The upper bound on any `/logs` timeout, from the wire protocol.
+pub const MAX_LOGS_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".to_string(),
+            port: 8080,
+            poll_hold: Duration::from_secs(30),
+            logs_timeout: Duration::from_secs(30),
+            ack_timeout: Duration::from_secs(5),
+            camera_grace: Duration::from_secs(5),
+            max_waiting_per_camera: 1024,
+            max_body_bytes: 16 * 1024 * 1024,
+            camera_token: None,
+            api_token: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads every variable of [`SERVER_SETTINGS`] from the process environment.
+    pub fn from_env() -> Result<ServerConfig, ConfigError> {
+        ServerConfig::from_lookup(env_lookup)
+    }
+
+    /// Same as [`ServerConfig::from_env`] with any source of variables (tests pass a map).
+    pub fn from_lookup(
+        lookup: impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
+    ) -> Result<ServerConfig, ConfigError> {
+        let d = ServerConfig::default();
+        Ok(ServerConfig {
+            host: lookup("HOST")?.unwrap_or(d.host),
+            port: parse_or(&lookup, "PORT", d.port, parse_port)?,
+            poll_hold: parse_or(&lookup, "POLL_HOLD_SECS", d.poll_hold, parse_secs)?,
+            logs_timeout: parse_or(
+                &lookup,
+                "LOGS_TIMEOUT_SECS",
+                d.logs_timeout,
+                parse_logs_timeout,
+            )?,
+            ack_timeout: parse_or(&lookup, "ACK_TIMEOUT_SECS", d.ack_timeout, parse_secs)?,
+            camera_grace: parse_or(&lookup, "CAMERA_GRACE_SECS", d.camera_grace, parse_secs)?,
+            max_waiting_per_camera: parse_or(
+                &lookup,
+                "MAX_WAITING_PER_CAMERA",
+                d.max_waiting_per_camera,
+                parse_count,
+            )?,
+            max_body_bytes: parse_or(&lookup, "MAX_BODY_BYTES", d.max_body_bytes, parse_count)?,
+            camera_token: token(&lookup, "CAMERA_TOKEN")?,
+            api_token: token(&lookup, "API_TOKEN")?,
+        })
+    }
+
+    /// A server for tests: loopback, an ephemeral port, short holds so tests run fast.
+    pub fn for_tests() -> ServerConfig {
+        ServerConfig {
+            host: "127.0.0.1".to_string(),
+            port: 0,
+            poll_hold: Duration::from_secs(2),
+            logs_timeout: Duration::from_secs(20),
+            ack_timeout: Duration::from_millis(800),
+            camera_grace: Duration::from_secs(2),
+            ..ServerConfig::default()
+        }
+    }
+}
+
+/// Settings of the camera.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CameraConfig {
+    pub api_base_url: String,
+    pub camera_id: String,
+    /// `None` generates no events (tests that need an exact, fixed log use it).
+    pub event_interval: Option<Duration>,
+    pub poll_timeout: Duration,
+    pub backoff_max: Duration,
+    pub camera_token: Option<String>,
+    pub log_file: Option<PathBuf>,
+    pub max_events: usize,
+}
+
+impl Default for CameraConfig {
+    fn default() -> Self {
+        CameraConfig {
+            api_base_url: "http://localhost:8080".to_string(),
+            camera_id: "default".to_string(),
+            event_interval: Some(Duration::from_secs(10)),
+            poll_timeout: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(30),
+            camera_token: None,
+            log_file: None,
+            max_events: 100_000,
+        }
+    }
+}
+
+impl CameraConfig {
+    /// Reads every variable of [`CAMERA_SETTINGS`] from the process environment.
+    pub fn from_env() -> Result<CameraConfig, ConfigError> {
+        CameraConfig::from_lookup(env_lookup)
+    }
+
+    pub fn from_lookup(
+        lookup: impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
+    ) -> Result<CameraConfig, ConfigError> {
+        let d = CameraConfig::default();
+        let api_base_url = match lookup("API_BASE_URL")? {
+            Some(raw) => parse_base_url(&raw).ok_or(ConfigError {
+                variable: "API_BASE_URL",
+                value: raw,
+                expected: "an http:// URL such as http://localhost:8080",
+            })?,
+            None => d.api_base_url,
+        };
+        let camera_id = match lookup("CAMERA_ID")? {
+            Some(raw) if crate::routes::valid_camera_id(&raw) => raw,
+            Some(raw) => {
+                return Err(ConfigError {
+                    variable: "CAMERA_ID",
+                    value: raw,
+                    expected: "1 to 64 letters, digits, '.', '_' or '-'",
+                })
+            }
+            None => d.camera_id,
+        };
+        let log_file = lookup("LOG_FILE")?
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        Ok(CameraConfig {
+            api_base_url,
+            camera_id,
+            event_interval: Some(parse_or(
+                &lookup,
+                "EVENT_INTERVAL_SECS",
+                Duration::from_secs(10),
+                parse_secs,
+            )?),
+            poll_timeout: parse_or(&lookup, "POLL_TIMEOUT_SECS", d.poll_timeout, parse_secs)?,
+            backoff_max: parse_or(&lookup, "BACKOFF_MAX_SECS", d.backoff_max, parse_secs)?,
+            camera_token: token(&lookup, "CAMERA_TOKEN")?,
+            log_file,
+            max_events: parse_or(&lookup, "MAX_EVENTS", d.max_events, parse_count)?,
+        })
+    }
+}
+
+fn env_lookup(name: &'static str) -> Result<Option<String>, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(raw)) => Err(ConfigError {
+            variable: name,
+            value: raw.to_string_lossy().into_owned(),
+            expected: "valid UTF-8",
+        }),
+    }
+}
+
+type Parser<T> = fn(&str) -> Result<T, &'static str>;
+
+fn parse_or<T>(
+    lookup: &impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
+    name: &'static str,
+    default: T,
+    parse: Parser<T>,
+) -> Result<T, ConfigError> {
+    match lookup(name)? {
+        None => Ok(default),
+        Some(raw) => parse(raw.trim()).map_err(|expected| ConfigError {
+            variable: name,
+            value: raw,
+            expected,
+        }),
+    }
+}
+
+fn token(
+    lookup: &impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
+    name: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    match lookup(name)? {
+        None => Ok(None),
+        Some(t) if t.is_empty() => Ok(None),
+        Some(t) if t.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(t)),
+        Some(_) => Err(ConfigError {
+            variable: name,
+            value: "(hidden)".to_string(),
+            expected: "printable ASCII with no spaces",
+        }),
+    }
+}
+
+/// Positive, finite seconds; fractions allowed. Capped at a day so a typo cannot overflow.
+pub fn parse_secs(raw: &str) -> Result<Duration, &'static str> {
+    match raw.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err("a number of seconds greater than 0 and at most 86400"),
+    }
+}
+
+fn parse_logs_timeout(raw: &str) -> Result<Duration, &'static str> {
+    match parse_secs(raw) {
+        Ok(d) if d <= MAX_LOGS_TIMEOUT => Ok(d),
+        _ => Err("a number of seconds greater than 0 and at most 300"),
+    }
+}
+
+fn parse_port(raw: &str) -> Result<u16, &'static str> {
+    raw.parse().map_err(|_| "a port number from 0 to 65535")
+}
+
+fn parse_count(raw: &str) -> Result<usize, &'static str> {
+    match raw.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("a whole number greater than 0"),
+    }
+}
+
+fn parse_base_url(raw: &str) -> Option<String> {
+    let url = url::Url::parse(raw).ok()?;
+    (url.scheme() == "http" && url.host().is_some()).then(|| raw.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup_from(
+        pairs: &[(&'static str, &str)],
+    ) -> impl Fn(&'static str) -> Result<Option<String>, ConfigError> {
+        let map: HashMap<&'static str, String> =
+            pairs.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        move |name| Ok(map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_help_table() {
+        let config = ServerConfig::from_lookup(lookup_from(&[])).unwrap();
+        assert_eq!(config, ServerConfig::default());
+        for s in SERVER_SETTINGS
+            .iter()
+            .filter(|s| !s.default.starts_with('('))
+        {
+            let from_default =
+                ServerConfig::from_lookup(lookup_from(&[(s.name, s.default)])).unwrap();
+            assert_eq!(from_default, ServerConfig::default(), "{}", s.name);
+        }
+        for s in CAMERA_SETTINGS
+            .iter()
+            .filter(|s| !s.default.starts_with('('))
+        {
+            let from_default =
+                CameraConfig::from_lookup(lookup_from(&[(s.name, s.default)])).unwrap();
+            assert_eq!(from_default, CameraConfig::default(), "{}", s.name);
+        }
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable() {
+        for (name, value) in [
+            ("PORT", "80a"),
+            ("PORT", "70000"),
+            ("POLL_HOLD_SECS", "0"),
+            ("ACK_TIMEOUT_SECS", "-1"),
+            ("CAMERA_GRACE_SECS", "NaN"),
+            ("LOGS_TIMEOUT_SECS", "301"),
+            ("MAX_WAITING_PER_CAMERA", "0"),
+            ("MAX_BODY_BYTES", "lots"),
+        ] {
+            let err = ServerConfig::from_lookup(lookup_from(&[(name, value)])).unwrap_err();
+            assert_eq!(err.variable, name);
+            assert!(err.to_string().contains(name));
+        }
+        for (name, value) in [
+            ("API_BASE_URL", "ftp://x"),
+            ("API_BASE_URL", "localhost:8080"),
+            ("CAMERA_ID", "bad id"),
+            ("EVENT_INTERVAL_SECS", "inf"),
+            ("POLL_TIMEOUT_SECS", ""),
+            ("MAX_EVENTS", "-3"),
+        ] {
+            let err = CameraConfig::from_lookup(lookup_from(&[(name, value)])).unwrap_err();
+            assert_eq!(err.variable, name);
+        }
+    }
+
+    #[test]
+    fn fractions_and_tokens_parse() {
+        let c = CameraConfig::from_lookup(lookup_from(&[
+            ("EVENT_INTERVAL_SECS", "0.25"),
+            ("CAMERA_TOKEN", "s3cret"),
+            ("API_BASE_URL", "http://api:8080/"),
+        ]))
+        .unwrap();
+        assert_eq!(c.event_interval, Some(Duration::from_millis(250)));
+        assert_eq!(c.camera_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.api_base_url, "http://api:8080");
+        let err =
+            ServerConfig::from_lookup(lookup_from(&[("API_TOKEN", "has space")])).unwrap_err();
+        assert!(
+            !err.to_string().contains("has space"),
+            "tokens are never echoed"
+        );
+    }
+
+    #[test]
+    fn help_lists_every_variable() {
+        let help = help_text("api", "about", SERVER_SETTINGS);
+        for s in SERVER_SETTINGS {
+            assert!(help.contains(s.name) && help.contains(s.default));
+        }
+    }
+}

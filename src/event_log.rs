@@ -1,0 +1,292 @@
+//! The camera's own log of events: bounded in memory, optionally persisted as JSON lines.
+//!
+//! With a file, an event is written to it before it becomes visible to any command, so an event
+//! a user could have seen survives the camera being killed. On start the file is reloaded; a
+//! torn last line (the process died mid-write) is skipped and reported. The file is compacted by
+//! writing a new file and renaming it over the old one, never by truncating in place.
+//!
+//! This module does no networking and knows nothing of the API server.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+
+use crate::protocol::{LogEntry, TimeRange};
+
+/// What was found when reloading a log file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadReport {
+    pub loaded: usize,
+    /// Lines that were not a valid event (a torn last line, or damage elsewhere).
+    pub skipped_lines: usize,
+    /// Events dropped because the file held more than `max_events`.
+    pub dropped_oldest: usize,
+}
+
+/// A camera's events, oldest first.
+pub struct EventLog {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    events: VecDeque<LogEntry>,
+    max_events: usize,
+    file: Option<Persisted>,
+}
+
+struct Persisted {
+    path: PathBuf,
+    file: File,
+    lines: usize,
+}
+
+impl EventLog {
+    /// A log kept only in memory, holding at most `max_events` (at least 1).
+    pub fn in_memory(max_events: usize) -> EventLog {
+        EventLog {
+            inner: Mutex::new(Inner {
+                events: VecDeque::new(),
+                max_events: max_events.max(1),
+                file: None,
+            }),
+        }
+    }
+
+    /// A log backed by `path`: reloads what is there, then appends to it.
+    pub fn open(path: &Path, max_events: usize) -> io::Result<(EventLog, LoadReport)> {
+        let max_events = max_events.max(1);
+        let (mut events, mut report, clean) = load(path)?;
+        while events.len() > max_events {
+            events.pop_front();
+            report.dropped_oldest += 1;
+        }
+        report.loaded = events.len();
+        // A torn or damaged file is rewritten whole, so the next append starts on a fresh line.
+        let file = if clean {
+            let file = OpenOptions::new().create(true).append(true).open(path)?;
+            Persisted {
+                path: path.to_path_buf(),
+                file,
+                lines: report.loaded + report.dropped_oldest,
+            }
+        } else {
+            rewrite(path, &events)?
+        };
+        let log = EventLog {
+            inner: Mutex::new(Inner {
+                events,
+                max_events,
+                file: Some(file),
+            }),
+        };
+        Ok((log, report))
+    }
+
+    /// Records an event. With a file, the line is written before the event is visible; if the
+    /// write fails the event is still kept in memory and the error is returned for reporting.
+    pub fn push(&self, entry: LogEntry) -> io::Result<()> {
+        let mut inner = self.inner.lock();
+        let written = match inner.file.as_mut() {
+            Some(persisted) => persisted.append(&entry),
+            None => Ok(()),
+        };
+        inner.events.push_back(entry);
+        if inner.events.len() > inner.max_events {
+            inner.events.pop_front();
+        }
+        let compacted = inner.compact_if_large();
+        written.and(compacted)
+    }
+
+    /// The events within `range` (inclusive), in log order.
+    pub fn in_range(&self, range: TimeRange) -> Vec<LogEntry> {
+        let inner = self.inner.lock();
+        inner
+            .events
+            .iter()
+            .filter(|e| range.contains(e.timestamp))
+            .cloned()
+            .collect()
+    }
+
+    pub fn snapshot(&self) -> Vec<LogEntry> {
+        self.in_range(TimeRange::ALL)
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Lines in the backing file (0 without one); for compaction tests.
+    pub fn file_lines(&self) -> usize {
+        self.inner.lock().file.as_ref().map_or(0, |f| f.lines)
+    }
+}
+
+impl Inner {
+    /// The file may hold up to twice `max_events` lines before it is rewritten.
+    fn compact_if_large(&mut self) -> io::Result<()> {
+        let Some(persisted) = &self.file else {
+            return Ok(());
+        };
+        if persisted.lines <= self.max_events.saturating_mul(2) {
+            return Ok(());
+        }
+        let path = persisted.path.clone();
+        self.file = Some(rewrite(&path, &self.events)?);
+        Ok(())
+    }
+}
+
+impl Persisted {
+    fn append(&mut self, entry: &LogEntry) -> io::Result<()> {
+        let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        line.push(b'\n');
+        // One write per line: a crash leaves at most one torn line, at the end.
+        self.file.write_all(&line)?;
+        self.file.flush()?;
+        self.lines += 1;
+        Ok(())
+    }
+}
+
+/// Reads every line; returns the events, the report, and whether the file was intact.
+fn load(path: &Path) -> io::Result<(VecDeque<LogEntry>, LoadReport, bool)> {
+    let mut events = VecDeque::new();
+    let mut report = LoadReport::default();
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((events, report, true)),
+        Err(e) => return Err(e),
+    };
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    let mut clean = true;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let complete = line.last() == Some(&b'\n');
+        match serde_json::from_slice::<LogEntry>(&line) {
+            Ok(entry) if complete && entry.timestamp.is_finite() => events.push_back(entry),
+            _ => {
+                report.skipped_lines += 1;
+                clean = false;
+            }
+        }
+    }
+    Ok((events, report, clean))
+}
+
+/// Writes `events` to a temporary file beside `path`, syncs it and renames it over `path`.
+fn rewrite(path: &Path, events: &VecDeque<LogEntry>) -> io::Result<Persisted> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".compacting");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut out = io::BufWriter::new(File::create(&tmp)?);
+        for entry in events {
+            serde_json::to_writer(&mut out, entry).map_err(io::Error::other)?;
+            out.write_all(b"\n")?;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    let file = OpenOptions::new().append(true).open(path)?;
+    Ok(Persisted {
+        path: path.to_path_buf(),
+        file,
+        lines: events.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(timestamp: f64) -> LogEntry {
+        LogEntry {
+            timestamp,
+            description: format!("event {timestamp}"),
+        }
+    }
+
+    fn temp_path(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("camera-logs-test-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir.join("events.jsonl")
+    }
+
+    #[test]
+    fn memory_log_is_bounded_and_drops_the_oldest() {
+        let log = EventLog::in_memory(3);
+        for t in 1..=5 {
+            log.push(entry(t as f64)).unwrap();
+        }
+        assert_eq!(log.snapshot(), vec![entry(3.0), entry(4.0), entry(5.0)]);
+        assert_eq!(
+            log.in_range(TimeRange::new(Some(4.0), Some(4.0))),
+            vec![entry(4.0)]
+        );
+    }
+
+    #[test]
+    fn file_survives_reopen_and_a_torn_line_is_skipped() {
+        let path = temp_path("torn");
+        {
+            let (log, report) = EventLog::open(&path, 100).unwrap();
+            assert_eq!(report, LoadReport::default());
+            log.push(entry(1.0)).unwrap();
+            log.push(entry(2.0)).unwrap();
+        }
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"timestamp": 3.0, "descr"#).unwrap();
+        drop(file);
+
+        let (log, report) = EventLog::open(&path, 100).unwrap();
+        assert_eq!(
+            report,
+            LoadReport {
+                loaded: 2,
+                skipped_lines: 1,
+                dropped_oldest: 0
+            }
+        );
+        log.push(entry(4.0)).unwrap();
+        drop(log);
+        let (log, report) = EventLog::open(&path, 100).unwrap();
+        assert_eq!(
+            report.skipped_lines, 0,
+            "the torn line was rewritten away, not appended to"
+        );
+        assert_eq!(log.snapshot(), vec![entry(1.0), entry(2.0), entry(4.0)]);
+    }
+
+    #[test]
+    fn file_is_compacted_past_twice_the_bound() {
+        let path = temp_path("compact");
+        let (log, _) = EventLog::open(&path, 10).unwrap();
+        for t in 0..21 {
+            log.push(entry(t as f64)).unwrap();
+        }
+        assert_eq!(
+            log.file_lines(),
+            10,
+            "21 lines > 2 x 10: rewritten with the 10 kept"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 10);
+        let (reopened, report) = EventLog::open(&path, 10).unwrap();
+        assert_eq!(report.loaded, 10);
+        assert_eq!(reopened.snapshot(), log.snapshot());
+    }
+}

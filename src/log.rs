@@ -1,0 +1,90 @@
+//! Human-readable log lines on stderr: `2026-11-23T12:00:00.123Z INFO  camera 'front' connected`.
+//!
+//! Deliberately tiny (no logging framework is on the dependency list). It must never be given a
+//! secret: tokens are checked, not printed.
+
+use std::fmt;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns all log output on or off (the load test silences the in-process pieces it drives).
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Writes one line; used through the `info!`, `warn!` and `error!` macros.
+pub fn write(level: &str, args: fmt::Arguments<'_>) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    let line = format!("{} {level:<5} {args}\n", utc_timestamp(SystemTime::now()));
+    // One write call per line keeps lines from different threads whole.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// Seconds since the Unix epoch as f64, the unit of every timestamp on the wire.
+pub fn epoch_secs(t: SystemTime) -> f64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(before) => -before.duration().as_secs_f64(),
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, computed by hand (civil-from-days, H. Hinnant's algorithm).
+pub fn utc_timestamp(t: SystemTime) -> String {
+    let millis = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let secs = (millis / 1000) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        millis % 1000
+    )
+}
+
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log::write("INFO", format_args!($($arg)*)) };
+}
+
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log::write("WARN", format_args!($($arg)*)) };
+}
+
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::log::write("ERROR", format_args!($($arg)*)) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_732_300_000_250);
+        assert_eq!(utc_timestamp(t), "2024-11-22T18:26:40.250Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

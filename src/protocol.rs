@@ -1,0 +1,255 @@
+//! The wire protocol shared by the API server, the camera and the load test: the JSON shapes
+//! on every endpoint and the inclusive time range that decides which events a caller sees.
+//!
+//! This module is pure data: it does no I/O and holds no locks, so both sides of the wire
+//! (and the tests) can rely on exactly the same encoding and filtering rules.
+
+use serde::{Deserialize, Serialize};
+
+/// One event in a camera's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Seconds since the Unix epoch, with fractions.
+    pub timestamp: f64,
+    pub description: String,
+}
+
+/// What the server answers to `GET /poll_for_command`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// The hold ended with nothing to do: poll again.
+    Noop,
+    /// Send the events within `[start_timestamp, end_timestamp]` to `POST /send_logs`.
+    SendLogs {
+        #[serde(rename = "requestId")]
+        request_id: String,
+        #[serde(rename = "startTimestamp")]
+        start_timestamp: f64,
+        #[serde(rename = "endTimestamp")]
+        end_timestamp: f64,
+    },
+}
+
+/// The body of `POST /send_logs`.
+///
+/// `request_id` is optional so that cameras written before request ids existed still work:
+/// their answer is matched to the camera's oldest command in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendLogsBody {
+    #[serde(rename = "requestId", default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    pub logs: Vec<LogEntry>,
+}
+
+/// The body of a successful `GET /logs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogsResponse {
+    #[serde(rename = "cameraId")]
+    pub camera_id: String,
+    pub logs: Vec<LogEntry>,
+}
+
+/// One row of `GET /cameras`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CameraInfo {
+    #[serde(rename = "cameraId")]
+    pub camera_id: String,
+    pub online: bool,
+    /// Epoch seconds of the last poll that started or ended.
+    #[serde(rename = "lastSeen")]
+    pub last_seen: f64,
+    #[serde(rename = "waitingRequests")]
+    pub waiting_requests: usize,
+}
+
+/// The body of `GET /cameras`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CamerasResponse {
+    pub cameras: Vec<CameraInfo>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// An inclusive time range; `None` on a side means "unbounded on that side".
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TimeRange {
+    pub start: Option<f64>,
+    pub end: Option<f64>,
+}
+
+impl TimeRange {
+    /// Everything, from the first event to the last.
+    pub const ALL: TimeRange = TimeRange {
+        start: None,
+        end: None,
+    };
+
+    pub fn new(start: Option<f64>, end: Option<f64>) -> TimeRange {
+        TimeRange { start, end }
+    }
+
+    /// Inclusive on both sides, as the user asked.
+    pub fn contains(&self, timestamp: f64) -> bool {
+        self.start.is_none_or(|start| start <= timestamp)
+            && self.end.is_none_or(|end| timestamp <= end)
+    }
+
+    /// The smallest range that covers both, so one camera round trip can serve many callers.
+    pub fn union(&self, other: &TimeRange) -> TimeRange {
+        let start = match (self.start, other.start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ => None,
+        };
+        let end = match (self.end, other.end) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+        TimeRange { start, end }
+    }
+
+    /// The bounds as sent to a camera: an open side becomes the most extreme finite f64, so a
+    /// camera that filters inclusively returns everything on that side.
+    pub fn wire_bounds(&self) -> (f64, f64) {
+        (self.start.unwrap_or(f64::MIN), self.end.unwrap_or(f64::MAX))
+    }
+
+    /// The index range of `sorted` (ascending by timestamp) that falls within this range.
+    /// Two binary searches, so every caller sharing one camera answer costs O(log n), not a copy.
+    pub fn slice_of(&self, sorted: &[LogEntry]) -> std::ops::Range<usize> {
+        let lo = match self.start {
+            Some(start) => sorted.partition_point(|e| e.timestamp < start),
+            None => 0,
+        };
+        let hi = match self.end {
+            Some(end) => sorted.partition_point(|e| e.timestamp <= end),
+            None => sorted.len(),
+        };
+        lo..hi.max(lo)
+    }
+}
+
+/// Sorts events ascending by timestamp; events with equal timestamps keep the camera's order.
+pub fn sort_by_timestamp(logs: &mut [LogEntry]) {
+    logs.sort_by(|a, b| a.timestamp.total_cmp(&b.timestamp));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(timestamp: f64) -> LogEntry {
+        LogEntry {
+            timestamp,
+            description: format!("event at {timestamp}"),
+        }
+    }
+
+    #[test]
+    fn bounds_are_inclusive() {
+        let range = TimeRange::new(Some(10.0), Some(20.0));
+        assert!(range.contains(10.0));
+        assert!(range.contains(20.0));
+        assert!(!range.contains(9.999));
+        assert!(!range.contains(20.001));
+        assert!(TimeRange::ALL.contains(f64::MIN));
+        assert!(TimeRange::new(None, Some(5.0)).contains(-1e300));
+    }
+
+    #[test]
+    fn slice_matches_contains() {
+        let logs: Vec<LogEntry> = [1.0, 2.0, 2.0, 3.5, 7.0, 10.0].map(entry).to_vec();
+        let ranges = [
+            TimeRange::ALL,
+            TimeRange::new(Some(2.0), Some(7.0)),
+            TimeRange::new(Some(2.0), Some(2.0)),
+            TimeRange::new(Some(2.1), Some(3.4)),
+            TimeRange::new(None, Some(0.5)),
+            TimeRange::new(Some(10.0), None),
+            TimeRange::new(Some(11.0), None),
+        ];
+        for range in ranges {
+            let expected: Vec<&LogEntry> = logs
+                .iter()
+                .filter(|e| range.contains(e.timestamp))
+                .collect();
+            let got: Vec<&LogEntry> = logs[range.slice_of(&logs)].iter().collect();
+            assert_eq!(got, expected, "range {range:?}");
+        }
+    }
+
+    #[test]
+    fn union_widens_and_open_sides_win() {
+        let a = TimeRange::new(Some(5.0), Some(10.0));
+        let b = TimeRange::new(Some(1.0), Some(7.0));
+        assert_eq!(a.union(&b), TimeRange::new(Some(1.0), Some(10.0)));
+        assert_eq!(
+            a.union(&TimeRange::new(None, Some(3.0))),
+            TimeRange::new(None, Some(10.0))
+        );
+        assert_eq!(
+            a.union(&TimeRange::new(Some(6.0), None)),
+            TimeRange::new(Some(5.0), None)
+        );
+    }
+
+    #[test]
+    fn open_sides_go_out_as_extreme_finite_numbers() {
+        let (start, end) = TimeRange::ALL.wire_bounds();
+        assert!(start.is_finite() && end.is_finite());
+        assert_eq!((start, end), (f64::MIN, f64::MAX));
+        let json = serde_json::to_string(&Command::SendLogs {
+            request_id: "r1".into(),
+            start_timestamp: start,
+            end_timestamp: end,
+        })
+        .unwrap();
+        let back: Command = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            back,
+            Command::SendLogs {
+                request_id: "r1".into(),
+                start_timestamp: f64::MIN,
+                end_timestamp: f64::MAX
+            }
+        );
+    }
+
+    #[test]
+    fn command_json_shape() {
+        assert_eq!(
+            serde_json::to_string(&Command::Noop).unwrap(),
+            r#"{"command":"noop"}"#
+        );
+        let v: serde_json::Value = serde_json::to_value(Command::SendLogs {
+            request_id: "abc".into(),
+            start_timestamp: 1.5,
+            end_timestamp: 2.5,
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"command": "send_logs", "requestId": "abc", "startTimestamp": 1.5, "endTimestamp": 2.5})
+        );
+    }
+
+    #[test]
+    fn sort_is_stable_for_equal_timestamps() {
+        let mut logs = vec![
+            entry(3.0),
+            entry(1.0),
+            LogEntry {
+                timestamp: 1.0,
+                description: "second".into(),
+            },
+        ];
+        sort_by_timestamp(&mut logs);
+        assert_eq!(logs[0].description, "event at 1");
+        assert_eq!(logs[1].description, "second");
+        assert_eq!(logs[2].timestamp, 3.0);
+    }
+}

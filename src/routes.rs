@@ -1,0 +1,434 @@
+//! HTTP routing: turns a tiny_http request into a call on the [`Registry`] and its result into
+//! a JSON response, and logs one line per meaningful event.
+//!
+//! Owns query and body parsing, authentication and the route table. It must not hold any state
+//! of its own and must not know how commands are matched to answers (that is the registry's).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tiny_http::{Header, Method, Request, Response};
+
+use crate::config::{ServerConfig, MAX_LOGS_TIMEOUT};
+use crate::error::ApiError;
+use crate::protocol::{CamerasResponse, LogEntry, SendLogsBody, TimeRange};
+use crate::registry::{Completion, Registry, RegistryStats};
+use crate::server::PoolStats;
+use crate::{info, warn};
+
+/// Longest camera id accepted, so ids stay readable in logs and cheap as map keys.
+pub const MAX_CAMERA_ID_LEN: usize = 64;
+
+/// Everything a request handler needs; shared by all handler threads.
+pub struct App {
+    pub config: ServerConfig,
+    pub registry: std::sync::Arc<Registry>,
+    pub pool: std::sync::Arc<PoolStats>,
+}
+
+/// A response ready to be written.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    fn json(value: &impl Serialize) -> Result<Reply, ApiError> {
+        let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Reply {
+            status: 200,
+            body,
+            headers: Vec::new(),
+        })
+    }
+
+    fn from_error(error: &ApiError) -> Reply {
+        Reply {
+            status: error.status(),
+            body: error.body(),
+            headers: error.headers(),
+        }
+    }
+}
+
+/// Serves one request to completion: route, respond, log. Never panics on client input.
+pub fn handle(app: &App, mut request: Request) {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    let reply = match route(app, &mut request, &method, path, query) {
+        Ok(reply) => reply,
+        Err(error) => {
+            warn!(
+                "{method} {} -> {}: {error} ({} ms)",
+                truncate(path, 64),
+                error.status(),
+                started.elapsed().as_millis()
+            );
+            Reply::from_error(&error)
+        }
+    };
+    if let Err(e) = request.respond(to_response(reply)) {
+        warn!(
+            "{method} {} : could not write the response: {e}",
+            truncate(path, 64)
+        );
+    }
+}
+
+/// The route table. A known path with the wrong method is 405; anything else unknown is 404.
+fn route(
+    app: &App,
+    request: &mut Request,
+    method: &Method,
+    path: &str,
+    query: &str,
+) -> Result<Reply, ApiError> {
+    let allowed = match path {
+        "/logs" | "/cameras" | "/health" | "/stats" | "/poll_for_command" => "GET",
+        "/send_logs" => "POST",
+        _ => return Err(ApiError::NoSuchPath(truncate(path, 64))),
+    };
+    if method.as_str() != allowed {
+        return Err(ApiError::MethodNotAllowed { allowed });
+    }
+    let query = Query::parse(query)?;
+    match path {
+        "/health" => Reply::json(&serde_json::json!({"status": "ok"})),
+        "/logs" => {
+            authorize(request, app.config.api_token.as_deref())?;
+            get_logs(app, &query)
+        }
+        "/cameras" => {
+            authorize(request, app.config.api_token.as_deref())?;
+            Reply::json(&CamerasResponse {
+                cameras: app.registry.cameras(),
+            })
+        }
+        "/stats" => {
+            authorize(request, app.config.api_token.as_deref())?;
+            Reply::json(&Stats {
+                registry: app.registry.stats(),
+                server: app.pool.snapshot(),
+            })
+        }
+        "/poll_for_command" => {
+            authorize(request, app.config.camera_token.as_deref())?;
+            let camera_id = query.camera_id()?;
+            Reply::json(&app.registry.poll(&camera_id))
+        }
+        _ => {
+            authorize(request, app.config.camera_token.as_deref())?;
+            send_logs(app, request, &query)
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Stats {
+    registry: RegistryStats,
+    server: crate::server::PoolSnapshot,
+}
+
+#[derive(Serialize)]
+struct LogsBody<'a> {
+    #[serde(rename = "cameraId")]
+    camera_id: &'a str,
+    logs: &'a [LogEntry],
+}
+
+fn get_logs(app: &App, query: &Query) -> Result<Reply, ApiError> {
+    let started = Instant::now();
+    let camera_id = query.camera_id()?;
+    let range = TimeRange::new(
+        query.number("startTimestamp")?,
+        query.number("endTimestamp")?,
+    );
+    if let (Some(start), Some(end)) = (range.start, range.end) {
+        if start > end {
+            return Err(ApiError::BadRequest(format!(
+                "startTimestamp ({start}) is after endTimestamp ({end})"
+            )));
+        }
+    }
+    let timeout = query.timeout(app.config.logs_timeout)?;
+    let slice = app.registry.fetch_logs(&camera_id, range, timeout)?;
+    let reply = Reply::json(&LogsBody {
+        camera_id: &camera_id,
+        logs: slice.entries(),
+    })?;
+    info!(
+        "logs returned for camera '{camera_id}': {} event(s) in {} ms",
+        slice.entries().len(),
+        started.elapsed().as_millis()
+    );
+    Ok(reply)
+}
+
+fn send_logs(app: &App, request: &mut Request, query: &Query) -> Result<Reply, ApiError> {
+    let camera_id = query.camera_id()?;
+    let body = read_body(request, app.config.max_body_bytes)?;
+    let answer: SendLogsBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed send_logs body: {e}")))?;
+    match app.registry.complete(&camera_id, answer)? {
+        Completion::Delivered { request_id, callers, events, elapsed } => info!(
+            "camera '{camera_id}' answered command {request_id}: {events} event(s) for {callers} caller(s), {} ms after the command",
+            elapsed.as_millis()
+        ),
+        Completion::Duplicate { request_id } => {
+            info!("camera '{camera_id}' answered command {request_id} again; ignored")
+        }
+    }
+    Reply::json(&serde_json::json!({"status": "ok"}))
+}
+
+/// Reads at most `limit` bytes; a declared or actual larger body is 413 without buffering it.
+fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    if request.body_length().is_some_and(|len| len > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let capacity = request.body_length().unwrap_or(0).min(64 * 1024);
+    let mut body = Vec::with_capacity(capacity);
+    request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
+    if body.len() > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    Ok(body)
+}
+
+/// Checks `Authorization: Bearer <token>` when a token is configured, in constant time.
+fn authorize(request: &Request, expected: Option<&str>) -> Result<(), ApiError> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let presented = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.trim().as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Compares without an early exit, so the time taken does not reveal how much of a guess matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len().max(b.len());
+    let mut diff = a.len() ^ b.len();
+    for i in 0..len {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// A parsed query string. Every parameter may appear once; unknown parameters are ignored.
+#[derive(Debug, Default)]
+pub struct Query {
+    params: HashMap<String, String>,
+}
+
+impl Query {
+    pub fn parse(raw: &str) -> Result<Query, ApiError> {
+        let mut params = HashMap::new();
+        for (key, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+            if params.insert(key.to_string(), value.into_owned()).is_some() {
+                return Err(ApiError::BadRequest(format!(
+                    "query parameter '{}' is given more than once",
+                    truncate(&key, 64)
+                )));
+            }
+        }
+        Ok(Query { params })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// `cameraId`, defaulting to `default`, checked against [`valid_camera_id`].
+    pub fn camera_id(&self) -> Result<String, ApiError> {
+        let id = self.get("cameraId").unwrap_or("default");
+        if valid_camera_id(id) {
+            Ok(id.to_string())
+        } else {
+            Err(ApiError::BadRequest(format!(
+                "cameraId must be 1 to {MAX_CAMERA_ID_LEN} letters, digits, '.', '_' or '-'; got '{}'",
+                truncate(id, 64)
+            )))
+        }
+    }
+
+    /// An optional finite number; anything else (NaN, inf, 1e400, 0x10, empty) is a 400.
+    pub fn number(&self, name: &str) -> Result<Option<f64>, ApiError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(None);
+        };
+        match parse_finite(raw) {
+            Some(value) => Ok(Some(value)),
+            None => Err(ApiError::BadRequest(format!(
+                "{name} must be a finite number of seconds since the epoch; got '{}'",
+                truncate(raw, 64)
+            ))),
+        }
+    }
+
+    /// `timeout` in seconds, in (0, 300]; the configured default when absent.
+    pub fn timeout(&self, default: Duration) -> Result<Duration, ApiError> {
+        match self.number("timeout")? {
+            None => Ok(default),
+            Some(secs) if secs > 0.0 && secs <= MAX_LOGS_TIMEOUT.as_secs_f64() => {
+                Ok(Duration::from_secs_f64(secs))
+            }
+            Some(secs) => Err(ApiError::BadRequest(format!(
+                "timeout must be greater than 0 and at most {} seconds; got {secs}",
+                MAX_LOGS_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+/// Plain decimal numbers only: Rust's parser also takes "inf" and "NaN", which are rejected here.
+fn parse_finite(raw: &str) -> Option<f64> {
+    let plain = raw
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
+    raw.parse::<f64>().ok().filter(|v| plain && v.is_finite())
+}
+
+/// Camera ids are 1 to 64 of `[A-Za-z0-9._-]`: safe in logs, URLs and map keys.
+pub fn valid_camera_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_CAMERA_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    let mut out: String = text.chars().take(max_chars).collect();
+    if text.chars().nth(max_chars).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+fn to_response(reply: Reply) -> Response<std::io::Cursor<Vec<u8>>> {
+    let mut response = Response::from_data(reply.body).with_status_code(reply.status);
+    let headers =
+        std::iter::once(("Content-Type", "application/json".to_string())).chain(reply.headers);
+    for (name, value) in headers {
+        // Names and values are ours and plain ASCII, so conversion cannot fail in practice.
+        if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(header);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_rejects_repeats_and_decodes() {
+        assert!(Query::parse("a=1&a=2").is_err());
+        let q = Query::parse("cameraId=front-door&startTimestamp=1.5&x=%20y").unwrap();
+        assert_eq!(q.camera_id().unwrap(), "front-door");
+        assert_eq!(q.number("startTimestamp").unwrap(), Some(1.5));
+        assert_eq!(q.get("x"), Some(" y"));
+        assert_eq!(Query::parse("").unwrap().camera_id().unwrap(), "default");
+    }
+
+    #[test]
+    fn numbers_must_be_plain_and_finite() {
+        for bad in [
+            "NaN",
+            "nan",
+            "inf",
+            "-Infinity",
+            "1e400",
+            "0x10",
+            "",
+            " 1",
+            "1,5",
+            "abc",
+            "%FF",
+        ] {
+            let q = Query::parse(&format!("startTimestamp={bad}")).unwrap();
+            assert_eq!(
+                q.number("startTimestamp").unwrap_err().status(),
+                400,
+                "{bad:?}"
+            );
+        }
+        for (good, value) in [
+            ("-0", 0.0),
+            ("1e3", 1000.0),
+            ("+2.5", 2.5),
+            (".5", 0.5),
+            ("1732300000.25", 1_732_300_000.25),
+        ] {
+            let q = Query::parse(&format!("startTimestamp={}", good.replace('+', "%2B"))).unwrap();
+            assert_eq!(q.number("startTimestamp").unwrap(), Some(value), "{good}");
+        }
+    }
+
+    #[test]
+    fn timeouts_are_bounded() {
+        let d = Duration::from_secs(30);
+        assert_eq!(Query::parse("").unwrap().timeout(d).unwrap(), d);
+        assert_eq!(
+            Query::parse("timeout=0.5").unwrap().timeout(d).unwrap(),
+            Duration::from_millis(500)
+        );
+        for bad in ["0", "-1", "301", "NaN"] {
+            assert!(
+                Query::parse(&format!("timeout={bad}"))
+                    .unwrap()
+                    .timeout(d)
+                    .is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Query::parse("timeout=300").unwrap().timeout(d).is_ok());
+    }
+
+    #[test]
+    fn camera_ids_are_checked() {
+        for bad in ["", "a b", "../etc", "é", &"x".repeat(65)] {
+            assert!(!valid_camera_id(bad), "{bad:?}");
+        }
+        for good in ["default", "cam-1", "Front_Door.2", &"x".repeat(64)] {
+            assert!(valid_camera_id(good), "{good:?}");
+        }
+        let q = Query::parse("cameraId=%FF%FE").unwrap();
+        assert_eq!(
+            q.camera_id().unwrap_err().status(),
+            400,
+            "bad UTF-8 is a 400"
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}
