@@ -193,7 +193,12 @@ impl Client {
     }
 
     fn poll(&self) -> Result<Command, String> {
-        let mut request = self.poll_agent.get(&self.poll_url);
+        // Connection: close on every request: the server drops idle connections after its header
+        // timeout, and a fresh connection per poll can never be caught reusing a closed one.
+        let mut request = self
+            .poll_agent
+            .get(&self.poll_url)
+            .header("Connection", "close");
         if let Some(auth) = &self.authorization {
             request = request.header("Authorization", auth);
         }
@@ -210,7 +215,10 @@ impl Client {
 
     /// Ok(true): accepted. Ok(false): refused for good (4xx), do not retry. Err: retry later.
     fn send(&self, body: &SendLogsBody) -> Result<bool, String> {
-        let mut request = self.post_agent.post(&self.send_url);
+        let mut request = self
+            .post_agent
+            .post(&self.send_url)
+            .header("Connection", "close");
         if let Some(auth) = &self.authorization {
             request = request.header("Authorization", auth);
         }

@@ -73,6 +73,29 @@ pub fn handle(app: &App, mut request: Request) {
             Reply::from_error(&error)
         }
     };
+    respond(app, request, reply, &method, path);
+}
+
+/// tiny_http 0.12 discards an unread request body, when the request is dropped, by allocating a
+/// buffer of the body's *declared* remaining length in one piece; a hostile `Content-Length`
+/// larger than memory aborts the whole process. Up to this size the allocation is lazy and cheap
+/// (and the discard is bounded by the socket read timeout).
+const SAFE_TO_DISCARD: usize = 64 * 1024 * 1024;
+
+fn respond(app: &App, request: Request, reply: Reply, method: &Method, path: &str) {
+    let declared = request.body_length().unwrap_or(0);
+    if declared > SAFE_TO_DISCARD && declared > app.config.max_body_bytes {
+        // Answer, then park the connection: never read again and never dropped, because dropping
+        // it is what would abort. It costs one idle thread and one socket, counted on /stats.
+        let stream = request.upgrade("none", to_response(reply));
+        std::mem::forget(stream);
+        app.pool.parked_connection();
+        warn!(
+            "{method} {} declared a {declared}-byte body; answered 413 and parked the connection",
+            truncate(path, 64)
+        );
+        return;
+    }
     if let Err(e) = request.respond(to_response(reply)) {
         warn!(
             "{method} {} : could not write the response: {e}",

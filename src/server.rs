@@ -35,6 +35,7 @@ pub struct PoolStats {
     idle: AtomicUsize,
     busy: AtomicUsize,
     spawn_failures: AtomicUsize,
+    parked: AtomicUsize,
 }
 
 /// A copy of [`PoolStats`] at one instant, plus the process's thread count.
@@ -45,17 +46,24 @@ pub struct PoolSnapshot {
     pub idle_handlers: usize,
     pub busy_handlers: usize,
     pub spawn_failures: usize,
+    /// Connections answered and then parked because their declared body was too large to discard.
+    pub parked_connections: usize,
     /// From /proc/self/status; 0 where that is not available.
     pub process_threads: usize,
 }
 
 impl PoolStats {
+    pub fn parked_connection(&self) {
+        self.parked.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> PoolSnapshot {
         PoolSnapshot {
             handler_threads: self.threads.load(Ordering::Relaxed),
             idle_handlers: self.idle.load(Ordering::Relaxed),
             busy_handlers: self.busy.load(Ordering::Relaxed),
             spawn_failures: self.spawn_failures.load(Ordering::Relaxed),
+            parked_connections: self.parked.load(Ordering::Relaxed),
             process_threads: process_threads(),
         }
     }
