@@ -16,6 +16,8 @@ use crate::registry::{Registry, RegistryConfig};
 use crate::routes::{self, App};
 use crate::{error, info};
 
+/// How often the nudger opens an empty connection to the server itself (see [`spawn_nudger`]).
+const NUDGE_EVERY: Duration = Duration::from_millis(100);
 /// Handler threads kept alive while idle.
 const MIN_WORKERS: usize = 4;
 /// Upper bound on handler threads; each blocked long poll or `/logs` call holds one.
@@ -92,6 +94,7 @@ pub struct ApiServer {
     addr: SocketAddr,
     pool: Arc<Pool>,
     ticker: Option<JoinHandle<()>>,
+    nudger: Option<JoinHandle<()>>,
 }
 
 impl ApiServer {
@@ -121,11 +124,13 @@ impl ApiServer {
         for _ in 0..MIN_WORKERS {
             spawn_worker(&pool)?;
         }
+        let nudger = spawn_nudger(&pool, loopback(addr))?;
         info!("API server listening on http://{addr}");
         Ok(ApiServer {
             addr,
             pool,
             ticker: Some(ticker),
+            nudger: Some(nudger),
         })
     }
 
@@ -135,11 +140,7 @@ impl ApiServer {
 
     /// `http://IP:PORT`, with 127.0.0.1 in place of an unspecified bind address.
     pub fn url(&self) -> String {
-        let mut addr = self.addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        format!("http://{addr}")
+        format!("http://{}", loopback(self.addr))
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -162,8 +163,11 @@ impl ApiServer {
     pub fn shutdown(mut self) {
         self.pool.app.registry.shutdown();
         self.pool.stopping.store(true, Ordering::SeqCst);
-        if let Some(ticker) = self.ticker.take() {
-            let _ = ticker.join();
+        for thread in [self.ticker.take(), self.nudger.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = thread.join();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.pool.app.pool.threads.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
@@ -172,6 +176,38 @@ impl ApiServer {
         info!("API server on {} stopped", self.addr);
         // Dropping the last Arc<Pool> drops tiny_http's Server, which closes the listener.
     }
+}
+
+/// The address to reach a server bound to `addr`: loopback in place of an unspecified address.
+fn loopback(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
+}
+
+/// Works around a lost wake-up in tiny_http 0.12's connection pool (`util::TaskPool`): when two
+/// connections arrive within one idle thread's wake-up latency, the second is queued with no
+/// thread woken for it, and waits until some pool thread finishes a whole connection. Under long
+/// polling every busy connection may be a `/logs` call waiting on exactly that queued camera
+/// connection, so without help it waits for a timeout. An empty connection to ourselves starts
+/// or wakes a pool thread, which finishes it at once and then takes the oldest queued
+/// connection. Cost: ten connect/close pairs a second on loopback.
+fn spawn_nudger(pool: &Arc<Pool>, target: SocketAddr) -> std::io::Result<JoinHandle<()>> {
+    let pool = Arc::clone(pool);
+    std::thread::Builder::new()
+        .name("tiny-http-nudger".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            while !pool.stopping.load(Ordering::SeqCst) {
+                std::thread::sleep(NUDGE_EVERY);
+                // Connected and dropped at once: tiny_http reads EOF and ends the connection.
+                let _ = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1));
+            }
+        })
 }
 
 fn spawn_worker(pool: &Arc<Pool>) -> std::io::Result<()> {
