@@ -159,6 +159,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub camera_token: Option<String>,
     pub api_token: Option<String>,
+    /// An idle handler thread beyond the minimum exits after this long (not an environment
+    /// variable: tests shorten it to watch the thread count return to idle).
+    pub worker_idle_exit: Duration,
 }
 
 /// The upper bound on any `/logs` timeout, from the wire protocol.
@@ -177,6 +180,7 @@ impl Default for ServerConfig {
             max_body_bytes: 16 * 1024 * 1024,
             camera_token: None,
             api_token: None,
+            worker_idle_exit: Duration::from_secs(30),
         }
     }
 }
@@ -213,6 +217,7 @@ impl ServerConfig {
             max_body_bytes: parse_or(&lookup, "MAX_BODY_BYTES", d.max_body_bytes, parse_count)?,
             camera_token: token(&lookup, "CAMERA_TOKEN")?,
             api_token: token(&lookup, "API_TOKEN")?,
+            worker_idle_exit: d.worker_idle_exit,
         })
     }
 

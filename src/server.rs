@@ -22,8 +22,6 @@ const NUDGE_EVERY: Duration = Duration::from_millis(100);
 const MIN_WORKERS: usize = 4;
 /// Upper bound on handler threads; each blocked long poll or `/logs` call holds one.
 const MAX_WORKERS: usize = 16_384;
-/// An idle worker above [`MIN_WORKERS`] exits after this long without a request.
-const IDLE_EXIT: Duration = Duration::from_secs(30);
 /// How often an idle worker wakes to notice shutdown.
 const WAKE_EVERY: Duration = Duration::from_millis(250);
 /// Handlers parse JSON (serde_json stops at depth 128) and format responses: 256 KiB is ample,
@@ -254,7 +252,7 @@ fn worker(pool: Arc<Pool>) {
                 stats.busy.fetch_sub(1, Ordering::SeqCst);
             }
             Ok(None) => {
-                let retire = last_request.elapsed() > IDLE_EXIT
+                let retire = last_request.elapsed() > pool.app.config.worker_idle_exit
                     && stats
                         .threads
                         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
