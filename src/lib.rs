@@ -6,7 +6,8 @@
 //! - [`protocol`]: the JSON on the wire and the inclusive time-range rules.
 //! - [`registry`]: cameras, commands in flight, waiting calls: all the race handling.
 //! - [`routes`]: HTTP routing, parsing, authentication.
-//! - [`server`]: the listener and the handler thread pool.
+//! - [`listener`]: the listening socket and the tiny_http servers on it, kept accepting.
+//! - [`server`]: the handler thread pool and shutdown.
 //! - [`camera`]: the camera client (one polling thread, one posting thread).
 //! - [`event_log`]: the camera's bounded, optionally persistent log of events.
 //! - [`config`], [`error`], [`log`]: settings from the environment, the error enum, log lines.
@@ -17,6 +18,7 @@ pub mod camera;
 pub mod config;
 pub mod error;
 pub mod event_log;
+pub mod listener;
 pub mod protocol;
 pub mod registry;
 pub mod routes;

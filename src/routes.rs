@@ -26,6 +26,7 @@ pub struct App {
     pub config: ServerConfig,
     pub registry: std::sync::Arc<Registry>,
     pub pool: std::sync::Arc<PoolStats>,
+    pub front_door: std::sync::Arc<crate::listener::FrontDoor>,
 }
 
 /// A response ready to be written.
@@ -138,6 +139,7 @@ fn route(
             Reply::json(&Stats {
                 registry: app.registry.stats(),
                 server: app.pool.snapshot(),
+                front_door: app.front_door.stats(),
             })
         }
         "/poll_for_command" => {
@@ -153,9 +155,11 @@ fn route(
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Stats {
     registry: RegistryStats,
     server: crate::server::PoolSnapshot,
+    front_door: crate::listener::FrontDoorStats,
 }
 
 #[derive(Serialize)]

@@ -1,27 +1,26 @@
-//! The API server: binds the listener, runs tiny_http on it, and serves requests from an
-//! elastic pool of handler threads. Long polls and `/logs` calls block their thread, so the pool
-//! grows whenever no thread is idle and shrinks back when the load is gone.
+//! The API server: opens the [`FrontDoor`] and serves its requests from an elastic pool of
+//! handler threads. Long polls and `/logs` calls block their thread, so the pool grows whenever
+//! no thread is idle and shrinks back when the load is gone.
 //!
-//! Owns thread lifetimes and shutdown; knows nothing of routes or cameras.
+//! Owns handler thread lifetimes and shutdown; knows nothing of routes, cameras or sockets.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{unbounded, Receiver};
+
 use crate::config::ServerConfig;
+use crate::listener::{loopback, FrontDoor, FrontDoorConfig};
 use crate::registry::{Registry, RegistryConfig};
 use crate::routes::{self, App};
 use crate::{error, info};
 
-/// How often the nudger opens an empty connection to the server itself (see [`spawn_nudger`]).
-const NUDGE_EVERY: Duration = Duration::from_millis(100);
 /// Handler threads kept alive while idle.
 const MIN_WORKERS: usize = 4;
-/// Upper bound on handler threads; each blocked long poll or `/logs` call holds one.
-const MAX_WORKERS: usize = 16_384;
 /// How often an idle worker wakes to notice shutdown.
 const WAKE_EVERY: Duration = Duration::from_millis(250);
 /// Handlers parse JSON (serde_json stops at depth 128) and format responses: 256 KiB is ample,
@@ -69,7 +68,8 @@ impl PoolStats {
     }
 }
 
-fn process_threads() -> usize {
+/// This process's thread count, from /proc/self/status; 0 where that is not available.
+pub fn process_threads() -> usize {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
@@ -82,9 +82,12 @@ fn process_threads() -> usize {
 }
 
 struct Pool {
-    http: tiny_http::Server,
+    requests: Receiver<tiny_http::Request>,
     app: App,
     stopping: AtomicBool,
+    /// Each request being served holds a handler, and each request has a connection, so the
+    /// connection limit bounds the handlers too.
+    max_workers: usize,
 }
 
 /// A running API server. Dropping it does not stop it; call [`ApiServer::shutdown`].
@@ -92,16 +95,22 @@ pub struct ApiServer {
     addr: SocketAddr,
     pool: Arc<Pool>,
     ticker: Option<JoinHandle<()>>,
-    nudger: Option<JoinHandle<()>>,
 }
 
 impl ApiServer {
     /// Binds `HOST:PORT` and starts serving on background threads.
     pub fn start(config: ServerConfig) -> std::io::Result<ApiServer> {
-        let listener = TcpListener::bind((config.host.as_str(), config.port))?;
-        let addr = listener.local_addr()?;
-        let http = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let (requests_tx, requests) = unbounded();
+        let front_door = FrontDoor::open(
+            &config.host,
+            config.port,
+            FrontDoorConfig {
+                header_timeout: config.header_timeout,
+                max_connections: config.max_connections,
+            },
+            requests_tx,
+        )?;
+        let addr = front_door.local_addr();
         let registry = Arc::new(Registry::new(RegistryConfig {
             poll_hold: config.poll_hold,
             ack_timeout: config.ack_timeout,
@@ -109,26 +118,27 @@ impl ApiServer {
             max_waiting_per_camera: config.max_waiting_per_camera,
         }));
         let ticker = registry.spawn_ticker()?;
+        let max_workers = config.max_connections + MIN_WORKERS;
         let app = App {
             config,
             registry,
             pool: Arc::new(PoolStats::default()),
+            front_door,
         };
         let pool = Arc::new(Pool {
-            http,
+            requests,
             app,
             stopping: AtomicBool::new(false),
+            max_workers,
         });
         for _ in 0..MIN_WORKERS {
             spawn_worker(&pool)?;
         }
-        let nudger = spawn_nudger(&pool, loopback(addr))?;
         info!("API server listening on http://{addr}");
         Ok(ApiServer {
             addr,
             pool,
             ticker: Some(ticker),
-            nudger: Some(nudger),
         })
     }
 
@@ -159,53 +169,18 @@ impl ApiServer {
     /// Answers held polls and waiting calls at once, stops the handler threads and closes the
     /// listening socket. Returns when all handler threads have exited or after `deadline`.
     pub fn shutdown(mut self) {
+        self.pool.app.front_door.close();
         self.pool.app.registry.shutdown();
         self.pool.stopping.store(true, Ordering::SeqCst);
-        for thread in [self.ticker.take(), self.nudger.take()]
-            .into_iter()
-            .flatten()
-        {
-            let _ = thread.join();
+        if let Some(ticker) = self.ticker.take() {
+            let _ = ticker.join();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.pool.app.pool.threads.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         info!("API server on {} stopped", self.addr);
-        // Dropping the last Arc<Pool> drops tiny_http's Server, which closes the listener.
     }
-}
-
-/// The address to reach a server bound to `addr`: loopback in place of an unspecified address.
-fn loopback(mut addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    addr
-}
-
-/// Works around a lost wake-up in tiny_http 0.12's connection pool (`util::TaskPool`): when two
-/// connections arrive within one idle thread's wake-up latency, the second is queued with no
-/// thread woken for it, and waits until some pool thread finishes a whole connection. Under long
-/// polling every busy connection may be a `/logs` call waiting on exactly that queued camera
-/// connection, so without help it waits for a timeout. An empty connection to ourselves starts
-/// or wakes a pool thread, which finishes it at once and then takes the oldest queued
-/// connection. Cost: ten connect/close pairs a second on loopback.
-fn spawn_nudger(pool: &Arc<Pool>, target: SocketAddr) -> std::io::Result<JoinHandle<()>> {
-    let pool = Arc::clone(pool);
-    std::thread::Builder::new()
-        .name("tiny-http-nudger".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            while !pool.stopping.load(Ordering::SeqCst) {
-                std::thread::sleep(NUDGE_EVERY);
-                // Connected and dropped at once: tiny_http reads EOF and ends the connection.
-                let _ = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1));
-            }
-        })
 }
 
 fn spawn_worker(pool: &Arc<Pool>) -> std::io::Result<()> {
@@ -232,14 +207,14 @@ fn worker(pool: Arc<Pool>) {
             break;
         }
         stats.idle.fetch_add(1, Ordering::SeqCst);
-        let received = pool.http.recv_timeout(WAKE_EVERY);
+        let received = pool.requests.recv_timeout(WAKE_EVERY);
         stats.idle.fetch_sub(1, Ordering::SeqCst);
         match received {
-            Ok(Some(request)) => {
+            Ok(request) => {
                 last_request = Instant::now();
                 // Keep one thread free for the next request, since this one may block for long.
                 if stats.idle.load(Ordering::SeqCst) == 0
-                    && stats.threads.load(Ordering::SeqCst) < MAX_WORKERS
+                    && stats.threads.load(Ordering::SeqCst) < pool.max_workers
                 {
                     if let Err(e) = spawn_worker(&pool) {
                         error!("could not start a handler thread: {e}; serving with the threads there are");
@@ -251,7 +226,7 @@ fn worker(pool: Arc<Pool>) {
                 }
                 stats.busy.fetch_sub(1, Ordering::SeqCst);
             }
-            Ok(None) => {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 let retire = last_request.elapsed() > pool.app.config.worker_idle_exit
                     && stats
                         .threads
@@ -263,10 +238,8 @@ fn worker(pool: Arc<Pool>) {
                     return;
                 }
             }
-            Err(e) => {
-                error!("the HTTP listener failed: {e}");
-                std::thread::sleep(WAKE_EVERY);
-            }
+            // Every pump has gone: the server is stopping.
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
     }
     stats.threads.fetch_sub(1, Ordering::SeqCst);

@@ -1,0 +1,382 @@
+//! The front door: the listening socket, the tiny_http servers accepting on it, and a
+//! supervisor that keeps them accepting. Requests come out of one crossbeam channel.
+//!
+//! tiny_http 0.12 leaves four gaps that this module closes without touching its code:
+//! - No timeouts. SO_RCVTIMEO and SO_SNDTIMEO are set on the listening socket; Linux copies
+//!   them to every accepted socket, so a connection that sends nothing for `header_timeout`
+//!   (idle, or stalled mid-request) is closed, and a client that stops reading cannot pin a
+//!   thread. The same option makes `accept()` itself time out when no connection arrives; the
+//!   supervisor's loopback nudge every 100 ms keeps that from happening, and a restart covers
+//!   it when the machine is too busy for the nudge.
+//! - Its accept loop ends for good on any `accept()` error (EMFILE, a timeout). Every tiny_http
+//!   server is drained by a pump thread; when one reports that its accept loop ended, the
+//!   supervisor starts a fresh tiny_http server on a duplicate of the same listening socket.
+//! - No connection limit. The supervisor counts this port's connections (from /proc/net/tcp,
+//!   only when the thread count says the limit could be near) and, at `max_connections`, stops
+//!   listening (`shutdown(SHUT_RD)` on the listening socket: new connects are refused) while
+//!   open connections keep being served; below 90 % of the limit it binds the port again.
+//! - A lost wake-up in its connection pool (`util::TaskPool`) can leave a new connection queued
+//!   until some other connection ends. The same loopback nudge, an empty connection, gets a pool
+//!   thread to take the oldest queued connection.
+//!
+//! What it cannot do: bound the time a client takes to send a whole request head. tiny_http reads
+//! the head itself, so a client that trickles one byte per read timeout keeps its connection;
+//! such connections count against `max_connections` like any other.
+//!
+//! This module knows nothing of routes; it must not answer requests itself.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+
+use crate::{error, info, warn};
+
+/// How often the supervisor nudges tiny_http's pool and checks the accept loops.
+const TICK: Duration = Duration::from_millis(100);
+/// How often the connection count is checked (when the thread count says it could be high).
+const COUNT_EVERY: Duration = Duration::from_millis(500);
+/// Resume accepting once connections fall below this share of the limit.
+const RESUME_PERCENT: usize = 90;
+/// Longest wait between attempts to restart a failed accept loop.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Limits the front door enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct FrontDoorConfig {
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// What `/stats` shows of the front door.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontDoorStats {
+    /// Connections on the port at the last count (0 until a count was needed).
+    pub connections: usize,
+    pub accepting: bool,
+    pub accept_loops: usize,
+    pub accept_loop_restarts: usize,
+    pub times_paused: usize,
+}
+
+/// The listening socket and everything accepting on it.
+pub struct FrontDoor {
+    config: FrontDoorConfig,
+    addr: SocketAddr,
+    requests: Sender<tiny_http::Request>,
+    /// The current listening socket; tiny_http servers accept on duplicates of it.
+    listener: Mutex<TcpListener>,
+    stopping: AtomicBool,
+    accepting: AtomicBool,
+    accept_loops: AtomicUsize,
+    restarts: AtomicUsize,
+    pauses: AtomicUsize,
+    connections: AtomicUsize,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl FrontDoor {
+    /// Binds `host:port`, starts accepting, and hands every request to `requests`.
+    pub fn open(
+        host: &str,
+        port: u16,
+        config: FrontDoorConfig,
+        requests: Sender<tiny_http::Request>,
+    ) -> std::io::Result<Arc<FrontDoor>> {
+        let listener = TcpListener::bind((host, port))?;
+        set_socket_timeouts(&listener, config.header_timeout)?;
+        let door = Arc::new(FrontDoor {
+            config,
+            addr: listener.local_addr()?,
+            requests,
+            listener: Mutex::new(listener),
+            stopping: AtomicBool::new(false),
+            accepting: AtomicBool::new(true),
+            accept_loops: AtomicUsize::new(0),
+            restarts: AtomicUsize::new(0),
+            pauses: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            supervisor: Mutex::new(None),
+        });
+        door.start_accept_loop()?;
+        let supervised = Arc::clone(&door);
+        let supervisor = std::thread::Builder::new()
+            .name("front-door".into())
+            .stack_size(128 * 1024)
+            .spawn(move || supervised.supervise())?;
+        *door.supervisor.lock() = Some(supervisor);
+        Ok(door)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stats(&self) -> FrontDoorStats {
+        FrontDoorStats {
+            connections: self.connections.load(Ordering::Relaxed),
+            accepting: self.accepting.load(Ordering::Relaxed),
+            accept_loops: self.accept_loops.load(Ordering::Relaxed),
+            accept_loop_restarts: self.restarts.load(Ordering::Relaxed),
+            times_paused: self.pauses.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops listening (the port refuses connections at once) and ends the supervisor and the
+    /// pumps; connections already open end as their requests finish.
+    pub fn close(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        stop_listening(&self.listener.lock());
+        if let Some(supervisor) = self.supervisor.lock().take() {
+            let _ = supervisor.join();
+        }
+    }
+
+    /// Starts one more tiny_http server on a duplicate of the listening socket, with a pump
+    /// thread that forwards its requests.
+    fn start_accept_loop(self: &Arc<Self>) -> std::io::Result<()> {
+        let listener = self.listener.lock().try_clone()?;
+        let http = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.accept_loops.fetch_add(1, Ordering::SeqCst);
+        let door = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("http-pump".into())
+            .stack_size(128 * 1024)
+            .spawn(move || door.pump(http));
+        if let Err(e) = spawned {
+            self.accept_loops.fetch_sub(1, Ordering::SeqCst);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Forwards one tiny_http server's requests. When its accept loop ends, its connections may
+    /// still deliver requests for up to a read timeout, so the pump drains until it has been
+    /// quiet for twice that, then drops the server.
+    fn pump(&self, http: tiny_http::Server) {
+        let mut accept_loop_alive = true;
+        let mut last_request = Instant::now();
+        let quiet_enough = self.config.header_timeout * 2;
+        loop {
+            match http.recv_timeout(Duration::from_millis(250)) {
+                Ok(Some(request)) => {
+                    last_request = Instant::now();
+                    if self.requests.send(request).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    let drained = !accept_loop_alive && last_request.elapsed() > quiet_enough;
+                    if drained || self.stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if accept_loop_alive {
+                        accept_loop_alive = false;
+                        self.accept_loops.fetch_sub(1, Ordering::SeqCst);
+                        if !self.stopping.load(Ordering::SeqCst)
+                            && self.accepting.load(Ordering::SeqCst)
+                        {
+                            warn!("an accept loop ended ({e}); the supervisor starts another");
+                        }
+                    }
+                }
+            }
+        }
+        if accept_loop_alive {
+            self.accept_loops.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn supervise(self: Arc<Self>) {
+        let target = loopback(self.addr);
+        let mut restart_backoff = TICK;
+        let mut next_restart = Instant::now();
+        let mut next_count = Instant::now();
+        while !self.stopping.load(Ordering::SeqCst) {
+            std::thread::sleep(TICK);
+            if self.accepting.load(Ordering::SeqCst) {
+                nudge(target);
+            }
+            if Instant::now() >= next_count {
+                next_count = Instant::now() + COUNT_EVERY;
+                self.enforce_connection_limit();
+            }
+            let wanted =
+                self.accepting.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst);
+            if wanted
+                && self.accept_loops.load(Ordering::SeqCst) == 0
+                && Instant::now() >= next_restart
+            {
+                match self.start_accept_loop() {
+                    Ok(()) => {
+                        self.restarts.fetch_add(1, Ordering::Relaxed);
+                        restart_backoff = TICK;
+                        info!("accepting connections again on {}", self.addr);
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: retry, slower each time, never in a hot loop.
+                        error!(
+                            "cannot restart the accept loop: {e}; retrying in {} ms",
+                            restart_backoff.as_millis()
+                        );
+                        next_restart = Instant::now() + restart_backoff;
+                        restart_backoff = (restart_backoff * 2).min(RESTART_BACKOFF_MAX);
+                    }
+                }
+            }
+        }
+    }
+
+    fn enforce_connection_limit(&self) {
+        let max = self.config.max_connections;
+        // Every open connection holds at least one thread, so the (cheap) thread count bounds
+        // the connection count; read /proc/net/tcp only when the limit could be near.
+        if crate::server::process_threads() < max * RESUME_PERCENT / 100
+            && self.accepting.load(Ordering::SeqCst)
+        {
+            self.connections.store(0, Ordering::Relaxed);
+            return;
+        }
+        let Some(open) = count_connections(self.addr.port()) else {
+            return;
+        };
+        self.connections.store(open, Ordering::Relaxed);
+        let accepting = self.accepting.load(Ordering::SeqCst);
+        if accepting && open >= max {
+            self.accepting.store(false, Ordering::SeqCst);
+            self.pauses.fetch_add(1, Ordering::Relaxed);
+            stop_listening(&self.listener.lock());
+            warn!("{open} connections reached MAX_CONNECTIONS={max}: refusing new ones, serving the open ones");
+        } else if !accepting && open < max * RESUME_PERCENT / 100 {
+            match self.listen_again() {
+                Ok(()) => info!("{open} connections, below the limit again: accepting new ones"),
+                Err(e) => error!("cannot listen on {} again: {e}; will retry", self.addr),
+            }
+        }
+    }
+
+    /// Binds the port afresh after a pause (the paused socket cannot listen again).
+    fn listen_again(&self) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.addr)?;
+        set_socket_timeouts(&listener, self.config.header_timeout)?;
+        *self.listener.lock() = listener;
+        self.accepting.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Bounds every read and write on every accepted connection (Linux copies SO_RCVTIMEO and
+/// SO_SNDTIMEO from the listening socket to the sockets it accepts).
+fn set_socket_timeouts(listener: &TcpListener, timeout: Duration) -> std::io::Result<()> {
+    with_socket(listener, |socket| {
+        socket.set_read_timeout(Some(timeout))?;
+        socket.set_write_timeout(Some(timeout))
+    })
+}
+
+/// Stops a listening socket: pending and future connects are refused and every thread blocked
+/// in `accept()` on it (or a duplicate) wakes with an error.
+fn stop_listening(listener: &TcpListener) {
+    let _ = with_socket(listener, |socket| socket.shutdown(std::net::Shutdown::Read));
+}
+
+/// Runs socket-level calls that std only offers on `TcpStream` against the listening socket.
+fn with_socket<T>(
+    listener: &TcpListener,
+    f: impl FnOnce(&TcpStream) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    // SAFETY: the descriptor is a valid socket owned by `listener`, which outlives this call;
+    // ManuallyDrop guarantees the temporary TcpStream never closes it. The calls made through
+    // it (setsockopt for timeouts, shutdown) are valid on any socket, listening or not.
+    let socket =
+        std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(listener.as_raw_fd()) });
+    f(&socket)
+}
+
+/// An empty connection to the server itself (see the module comment).
+fn nudge(target: SocketAddr) {
+    let _ = TcpStream::connect_timeout(&target, Duration::from_secs(1));
+}
+
+/// The address that reaches a server bound to `addr`: loopback in place of an unspecified one.
+pub fn loopback(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
+}
+
+/// Connections whose local port is `port`, from /proc/net/tcp and tcp6, that still cost us a
+/// socket and a thread: ESTABLISHED, and CLOSE_WAIT (the peer left, we still hold it). Sockets we
+/// closed and the kernel still winds down (FIN_WAIT, LAST_ACK, TIME_WAIT) cost neither.
+fn count_connections(port: u16) -> Option<usize> {
+    let mut total = 0;
+    let mut read_any = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            read_any = true;
+            total += count_in_table(&text, port);
+        }
+    }
+    read_any.then_some(total)
+}
+
+fn count_in_table(text: &str, port: u16) -> usize {
+    const ESTABLISHED: &str = "01";
+    const CLOSE_WAIT: &str = "08";
+    text.lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let local_port = fields
+                .next()
+                .and_then(|local| local.rsplit(':').next())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            let state = fields.nth(1);
+            local_port == Some(port) && matches!(state, Some(ESTABLISHED | CLOSE_WAIT))
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_only_connections_that_hold_a_thread() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+   2: 0100007F:1F90 0100007F:D2F2 08 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
+   3: 0100007F:1F90 0100007F:D2F4 06 00000000:00000000 00:00000000 00000000     0        0 0 1 0 20 4 30 10 -1
+   4: 0100007F:D2F0 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4 1 0 20 4 30 10 -1";
+        assert_eq!(
+            count_in_table(table, 8080),
+            2,
+            "ESTABLISHED and CLOSE_WAIT on :8080"
+        );
+        assert_eq!(count_in_table(table, 9999), 0);
+    }
+
+    #[test]
+    fn live_count_sees_a_real_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let before = count_connections(port).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_server_side, _) = listener.accept().unwrap();
+        assert_eq!(count_connections(port).unwrap(), before + 1);
+    }
+}
