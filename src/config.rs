@@ -59,6 +59,17 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         help: "largest accepted request body; a larger one gets 413",
     },
     Setting {
+        name: "HEADER_TIMEOUT_SECS",
+        default: "10",
+        help:
+            "a connection that sends nothing for this long (idle, or stalled mid-request) is closed",
+    },
+    Setting {
+        name: "MAX_CONNECTIONS",
+        default: "4096",
+        help: "open connections at most; beyond it new ones are refused until the count falls",
+    },
+    Setting {
         name: "CAMERA_TOKEN",
         default: "(unset)",
         help: "when set, camera endpoints require 'Authorization: Bearer <token>'",

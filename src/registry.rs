@@ -405,8 +405,10 @@ impl Registry {
     ) -> Result<Completion, ApiError> {
         let matches = match (&state.in_flight, &request_id) {
             (Some(command), Some(id)) => &command.request_id == id,
-            // Cameras that predate request ids answer the oldest (only) command in flight.
-            (Some(_), None) => true,
+            // Cameras that predate request ids answer the oldest (only) command in flight, but
+            // only once it was sent: a retried id-less answer to an earlier command must not
+            // complete one the camera has not seen yet.
+            (Some(command), None) => command.times_sent > 0,
             (None, _) => false,
         };
         if !matches {

@@ -86,13 +86,10 @@ const SAFE_TO_DISCARD: usize = 64 * 1024 * 1024;
 fn respond(app: &App, request: Request, reply: Reply, method: &Method, path: &str) {
     let declared = request.body_length().unwrap_or(0);
     if declared > SAFE_TO_DISCARD && declared > app.config.max_body_bytes {
-        // Answer, then park the connection: never read again and never dropped, because dropping
-        // it is what would abort. It costs one idle thread and one socket, counted on /stats.
-        let stream = request.upgrade("none", to_response(reply));
-        std::mem::forget(stream);
-        app.pool.parked_connection();
+        let status = reply.status;
+        park(app, request, reply);
         warn!(
-            "{method} {} declared a {declared}-byte body; answered 413 and parked the connection",
+            "{method} {} declared a {declared}-byte body; answered {status} and parked the connection",
             truncate(path, 64)
         );
         return;
@@ -103,6 +100,33 @@ fn respond(app: &App, request: Request, reply: Reply, method: &Method, path: &st
             truncate(path, 64)
         );
     }
+}
+
+/// Answers without ever dropping the request's body reader (dropping it is what would abort):
+/// `upgrade` hands over the raw stream, the answer is written whole, and the stream is then
+/// leaked. tiny_http's upgrade path writes no framing headers and forbids setting them, so the
+/// `Content-Length` and `Connection: close` lines ride in one header value of our own; they are
+/// fixed text, never client input. Cost per parked connection: one idle thread and one socket,
+/// counted on /stats; the peer is told to close it.
+fn park(app: &App, request: Request, reply: Reply) {
+    use std::io::Write;
+    let framing = format!(
+        "1\r\nContent-Length: {}\r\nConnection: close",
+        reply.body.len()
+    );
+    let mut response = Response::empty(reply.status);
+    for (name, value) in [
+        ("Content-Type", "application/json"),
+        ("X-Parked", framing.as_str()),
+    ] {
+        if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(header);
+        }
+    }
+    let mut stream = request.upgrade("none", response);
+    let _ = stream.write_all(&reply.body).and_then(|()| stream.flush());
+    std::mem::forget(stream);
+    app.pool.parked_connection();
 }
 
 /// The route table. A known path with the wrong method is 405; anything else unknown is 404.

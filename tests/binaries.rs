@@ -1,0 +1,280 @@
+//! The built `api` and `camera` binaries, run as child processes: the API server reports its
+//! address on stderr, a camera started against it gets its generated events served by `/logs`,
+//! `--help` lists every environment variable and exits 0, and a malformed value (or a stray
+//! argument) exits with code 2 and names the variable. Every child is killed by its own handle.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use camera_logs::config::{Setting, CAMERA_SETTINGS, SERVER_SETTINGS};
+use common::*;
+use crossbeam_channel::{unbounded, Receiver};
+use parking_lot::Mutex;
+
+const API: &str = env!("CARGO_BIN_EXE_api");
+const CAMERA: &str = env!("CARGO_BIN_EXE_camera");
+
+/// A command with none of the binaries' variables inherited from the test's environment.
+fn command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    for setting in SERVER_SETTINGS.iter().chain(CAMERA_SETTINGS) {
+        command.env_remove(setting.name);
+    }
+    command
+        .env_remove("HEADER_TIMEOUT_SECS")
+        .env_remove("MAX_CONNECTIONS")
+        .stdin(Stdio::null());
+    command
+}
+
+/// A running child, killed and reaped when dropped; its stderr is drained on a thread (so it
+/// can never block on a full pipe), kept for failure messages and sent line by line on `lines`.
+struct Running {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+    lines: Receiver<String>,
+}
+
+impl Running {
+    fn spawn(mut command: Command) -> Running {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the binary");
+        let pipe = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = unbounded();
+        let kept = Arc::clone(&stderr);
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                kept.lock().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Running {
+            child,
+            stderr,
+            lines,
+        }
+    }
+
+    /// Waits for a stderr line containing `marker` and returns it.
+    fn wait_for_line(&mut self, marker: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(marker) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no stderr line with {marker:?} within {PATIENCE:?}; exit status {:?}; stderr:\n{}",
+                    self.child.try_wait(),
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().join("\n")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `api` on 127.0.0.1 with an ephemeral port; returns it with its base URL.
+fn start_api() -> (Running, String) {
+    let mut api = command(API);
+    api.env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("POLL_HOLD_SECS", "2")
+        .env("ACK_TIMEOUT_SECS", "1")
+        .env("CAMERA_GRACE_SECS", "3");
+    let mut api = Running::spawn(api);
+    let line = api.wait_for_line("API server listening on http://");
+    let address = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(address.starts_with("http://127.0.0.1:"), "{line}");
+    (api, address)
+}
+
+/// Runs a command to completion (killed after the test's patience); returns its exit status,
+/// stdout and stderr.
+fn run_to_exit(mut command: Command) -> (ExitStatus, String, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the binary");
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the process did not exit within {PATIENCE:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    (status, stdout.join().unwrap(), stderr.join().unwrap())
+}
+
+#[test]
+fn the_binaries_serve_a_cameras_generated_events() {
+    let (_api, url) = start_api();
+    let mut camera = command(CAMERA);
+    camera
+        .env("API_BASE_URL", &url)
+        .env("CAMERA_ID", "bin-cam")
+        .env("EVENT_INTERVAL_SECS", "0.2")
+        .env("BACKOFF_MAX_SECS", "1");
+    let camera = Running::spawn(camera);
+
+    let all_url = logs_url(&url, "bin-cam", None, None, Some(5.0));
+    let mut events = Vec::new();
+    wait_until("/logs returns at least 3 events", PATIENCE, || {
+        let response = get(&all_url);
+        if response.status != 200 {
+            // Only "not polled yet" is expected on the way.
+            response.expect_error(404);
+            return false;
+        }
+        events = response.expect_logs().logs;
+        events.len() >= 3
+    });
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        events.windows(2).all(|w| w[0].timestamp <= w[1].timestamp),
+        "ascending: {events:?}"
+    );
+    for event in &events {
+        assert!(!event.description.is_empty());
+        assert!(
+            (now - event.timestamp).abs() < 120.0,
+            "{event:?} vs now {now}"
+        );
+    }
+
+    // A past window: exactly the events already seen in it. (The bounds sit 50 ms outside the
+    // events, 0.2 s apart: exact-timestamp bounds are checked in tests/api.rs.)
+    let (start, end) = (events[0].timestamp - 0.05, events[2].timestamp + 0.05);
+    let window = get(&logs_url(
+        &url,
+        "bin-cam",
+        Some(start),
+        Some(end),
+        Some(5.0),
+    ))
+    .expect_logs()
+    .logs;
+    assert_eq!(window, events[..3].to_vec());
+    assert!(
+        camera.stderr().contains("bin-cam"),
+        "the camera logs what it does:\n{}",
+        camera.stderr()
+    );
+}
+
+fn assert_help_lists(program: &str, settings: &[Setting]) {
+    let mut help = command(program);
+    help.arg("--help");
+    let (status, stdout, _) = run_to_exit(help);
+    assert_eq!(status.code(), Some(0), "{program} --help exits 0");
+    for setting in settings {
+        assert!(
+            stdout.contains(setting.name),
+            "{program} --help lists {}:\n{stdout}",
+            setting.name
+        );
+    }
+}
+
+#[test]
+fn help_lists_every_variable_and_exits_0() {
+    assert_help_lists(API, SERVER_SETTINGS);
+    assert_help_lists(CAMERA, CAMERA_SETTINGS);
+}
+
+#[test]
+fn every_variable_the_api_reads_is_listed_by_its_help() {
+    let mut help = command(API);
+    help.arg("--help");
+    let (_, help, _) = run_to_exit(help);
+    // Documented in the README's configuration table next to the others.
+    for variable in ["HEADER_TIMEOUT_SECS", "MAX_CONNECTIONS"] {
+        let mut bad = command(API);
+        bad.env(variable, "abc")
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0");
+        let (status, _, stderr) = run_to_exit(bad);
+        assert_eq!(status.code(), Some(2), "{variable}=abc: {stderr}");
+        assert!(stderr.contains(variable), "{variable}=abc: {stderr}");
+        assert!(
+            help.contains(variable),
+            "the api reads {variable} (a malformed value exits 2) but `api --help` does not \
+             list it:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn malformed_settings_exit_2_naming_the_variable() {
+    let cases = [
+        (API, "PORT", "abc"),
+        (API, "POLL_HOLD_SECS", "0"),
+        (API, "LOGS_TIMEOUT_SECS", "301"),
+        (CAMERA, "EVENT_INTERVAL_SECS", "-1"),
+        (CAMERA, "API_BASE_URL", "ftp://example"),
+        (CAMERA, "CAMERA_ID", "bad id"),
+    ];
+    for (program, variable, value) in cases {
+        let mut bad = command(program);
+        bad.env(variable, value);
+        // Harmless if the value were wrongly accepted: a free port, nothing listening.
+        if program == API && variable != "PORT" {
+            bad.env("HOST", "127.0.0.1").env("PORT", "0");
+        } else if program == CAMERA && variable != "API_BASE_URL" {
+            bad.env("API_BASE_URL", "http://127.0.0.1:9");
+        }
+        let (status, _, stderr) = run_to_exit(bad);
+        assert_eq!(status.code(), Some(2), "{variable}={value}: {stderr}");
+        assert!(stderr.contains(variable), "{variable}={value}: {stderr}");
+    }
+    for program in [API, CAMERA] {
+        let mut stray = command(program);
+        stray.arg("--port=8080");
+        let (status, _, stderr) = run_to_exit(stray);
+        assert_eq!(status.code(), Some(2), "a stray argument: {stderr}");
+    }
+}
