@@ -9,6 +9,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::log::Level;
+
 /// One environment variable: its name, default (as the user would type it) and meaning.
 #[derive(Debug, Clone, Copy)]
 pub struct Setting {
@@ -79,6 +81,11 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         default: "(unset)",
         help: "when set, /logs, /cameras and /stats require 'Authorization: Bearer <token>'",
     },
+    Setting {
+        name: "LOG_LEVEL",
+        default: "info",
+        help: "what is logged to stderr: info, warn, error or off",
+    },
 ];
 
 pub const CAMERA_SETTINGS: &[Setting] = &[
@@ -121,6 +128,11 @@ pub const CAMERA_SETTINGS: &[Setting] = &[
         name: "MAX_EVENTS",
         default: "100000",
         help: "events kept in memory; the oldest go first",
+    },
+    Setting {
+        name: "LOG_LEVEL",
+        default: "info",
+        help: "what is logged to stderr: info, warn, error or off",
     },
 ];
 
@@ -175,6 +187,8 @@ pub struct ServerConfig {
     /// An idle handler thread beyond the minimum exits after this long (not an environment
     /// variable: tests shorten it to watch the thread count return to idle).
     pub worker_idle_exit: Duration,
+    /// Applied by the binaries at start-up (the level is process-wide).
+    pub log_level: Level,
 }
 
 /// The upper bound on any `/logs` timeout, from the wire protocol.
@@ -196,6 +210,7 @@ impl Default for ServerConfig {
             camera_token: None,
             api_token: None,
             worker_idle_exit: Duration::from_secs(30),
+            log_level: Level::Info,
         }
     }
 }
@@ -235,6 +250,7 @@ impl ServerConfig {
             camera_token: token(&lookup, "CAMERA_TOKEN")?,
             api_token: token(&lookup, "API_TOKEN")?,
             worker_idle_exit: d.worker_idle_exit,
+            log_level: parse_or(&lookup, "LOG_LEVEL", d.log_level, str::parse)?,
         })
     }
 
@@ -264,6 +280,8 @@ pub struct CameraConfig {
     pub camera_token: Option<String>,
     pub log_file: Option<PathBuf>,
     pub max_events: usize,
+    /// Applied by the binary at start-up (the level is process-wide).
+    pub log_level: Level,
 }
 
 impl Default for CameraConfig {
@@ -277,6 +295,7 @@ impl Default for CameraConfig {
             camera_token: None,
             log_file: None,
             max_events: 100_000,
+            log_level: Level::Info,
         }
     }
 }
@@ -327,6 +346,7 @@ impl CameraConfig {
             camera_token: token(&lookup, "CAMERA_TOKEN")?,
             log_file,
             max_events: parse_or(&lookup, "MAX_EVENTS", d.max_events, parse_count)?,
+            log_level: parse_or(&lookup, "LOG_LEVEL", d.log_level, str::parse)?,
         })
     }
 }
@@ -454,6 +474,7 @@ mod tests {
             ("LOGS_TIMEOUT_SECS", "301"),
             ("MAX_WAITING_PER_CAMERA", "0"),
             ("MAX_BODY_BYTES", "lots"),
+            ("LOG_LEVEL", "loud"),
         ] {
             let err = ServerConfig::from_lookup(lookup_from(&[(name, value)])).unwrap_err();
             assert_eq!(err.variable, name);

@@ -5,21 +5,54 @@
 
 use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Turns all log output on or off (the load test silences the in-process pieces it drives).
-pub fn set_enabled(enabled: bool) {
-    ENABLED.store(enabled, Ordering::Relaxed);
+/// How much is logged: each level includes the ones above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
 }
 
-/// Writes one line; used through the `info!`, `warn!` and `error!` macros.
-pub fn write(level: &str, args: fmt::Arguments<'_>) {
-    if !ENABLED.load(Ordering::Relaxed) {
+impl std::str::FromStr for Level {
+    type Err = &'static str;
+
+    fn from_str(raw: &str) -> Result<Level, Self::Err> {
+        match raw.to_ascii_lowercase().as_str() {
+            "off" => Ok(Level::Off),
+            "error" => Ok(Level::Error),
+            "warn" => Ok(Level::Warn),
+            "info" => Ok(Level::Info),
+            _ => Err("one of info, warn, error, off"),
+        }
+    }
+}
+
+static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+
+/// Sets what is logged from now on (the binaries set it once from `LOG_LEVEL`).
+pub fn set_level(level: Level) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// Turns all log output on (at info) or off; tests silence the pieces they drive.
+pub fn set_enabled(enabled: bool) {
+    set_level(if enabled { Level::Info } else { Level::Off });
+}
+
+/// Writes one line at `level`; used through the `info!`, `warn!` and `error!` macros.
+pub fn write(level: Level, args: fmt::Arguments<'_>) {
+    if level as u8 > LEVEL.load(Ordering::Relaxed) {
         return;
     }
+    let level = match level {
+        Level::Info => "INFO",
+        Level::Warn => "WARN",
+        Level::Error | Level::Off => "ERROR",
+    };
     let line = format!("{} {level:<5} {args}\n", utc_timestamp(SystemTime::now()));
     // One write call per line keeps lines from different threads whole.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
@@ -61,17 +94,17 @@ pub fn utc_timestamp(t: SystemTime) -> String {
 
 #[macro_export]
 macro_rules! info {
-    ($($arg:tt)*) => { $crate::log::write("INFO", format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($arg)*)) };
 }
 
 #[macro_export]
 macro_rules! warn {
-    ($($arg:tt)*) => { $crate::log::write("WARN", format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Warn, format_args!($($arg)*)) };
 }
 
 #[macro_export]
 macro_rules! error {
-    ($($arg:tt)*) => { $crate::log::write("ERROR", format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($arg)*)) };
 }
 
 #[cfg(test)]

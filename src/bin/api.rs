@@ -19,7 +19,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let config = match ServerConfig::from_env() {
-        Ok(config) => config,
+        Ok(config) => {
+            camera_logs::log::set_level(config.log_level);
+            config
+        }
         Err(e) => {
             eprintln!("api: {e}");
             return ExitCode::from(2);

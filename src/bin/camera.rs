@@ -20,7 +20,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let config = match CameraConfig::from_env() {
-        Ok(config) => config,
+        Ok(config) => {
+            camera_logs::log::set_level(config.log_level);
+            config
+        }
         Err(e) => {
             eprintln!("camera: {e}");
             return ExitCode::from(2);
