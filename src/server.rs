@@ -159,6 +159,10 @@ impl ApiServer {
         self.pool.app.pool.snapshot()
     }
 
+    pub fn front_door_stats(&self) -> crate::listener::FrontDoorStats {
+        self.pool.app.front_door.stats()
+    }
+
     /// Blocks the calling thread while the server runs (the `api` binary's main thread).
     pub fn wait(mut self) {
         if let Some(ticker) = self.ticker.take() {
