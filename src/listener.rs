@@ -17,7 +17,10 @@
 //!   open connections keep being served; below 90 % of the limit it binds the port again.
 //! - A lost wake-up in its connection pool (`util::TaskPool`) can leave a new connection queued
 //!   until some other connection ends. The same loopback nudge, an empty connection, gets a pool
-//!   thread to take the oldest queued connection.
+//!   thread to take the oldest queued connection. It runs every 100 ms only while `/logs` calls
+//!   wait (the case where everyone may be waiting on the queued connection); otherwise every
+//!   `header_timeout / 2`, at most 4 s, since every wake restarts an idle pool thread's 5 s
+//!   retirement clock and frequent nudges would keep a burst's threads alive forever.
 //!
 //! What it cannot do: bound the time a client takes to send a whole request head. tiny_http reads
 //! the head itself, so a client that trickles one byte per read timeout keeps its connection;
@@ -37,8 +40,12 @@ use parking_lot::Mutex;
 
 use crate::{error, info, warn};
 
-/// How often the supervisor nudges tiny_http's pool and checks the accept loops.
+/// How often the supervisor wakes: nudges tiny_http's pool while requests flow, checks the
+/// accept loops.
 const TICK: Duration = Duration::from_millis(100);
+/// When quiet, nudge only this often: enough to keep accept() from timing out, rare enough that
+/// idle pool threads (each wake restarts their 5 s retirement clock) are retired.
+const QUIET_NUDGE_MAX: Duration = Duration::from_secs(4);
 /// How often the connection count is checked (when the thread count says it could be high).
 const COUNT_EVERY: Duration = Duration::from_millis(500);
 /// Resume accepting once connections fall below this share of the limit.
@@ -46,11 +53,16 @@ const RESUME_PERCENT: usize = 90;
 /// Longest wait between attempts to restart a failed accept loop.
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// Tells the front door whether calls are waiting on something a connection may bring.
+pub type WaitingProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Limits the front door enforces.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct FrontDoorConfig {
     pub header_timeout: Duration,
     pub max_connections: usize,
+    /// While true, the pool is nudged every tick (see the module comment).
+    pub callers_waiting: WaitingProbe,
 }
 
 /// What `/stats` shows of the front door.
@@ -201,10 +213,16 @@ impl FrontDoor {
         let mut restart_backoff = TICK;
         let mut next_restart = Instant::now();
         let mut next_count = Instant::now();
+        let mut last_nudge = Instant::now();
+        let quiet_nudge = (self.config.header_timeout / 2).clamp(TICK, QUIET_NUDGE_MAX);
         while !self.stopping.load(Ordering::SeqCst) {
             std::thread::sleep(TICK);
-            if self.accepting.load(Ordering::SeqCst) {
+            let waiting = (self.config.callers_waiting)();
+            if self.accepting.load(Ordering::SeqCst)
+                && (waiting || last_nudge.elapsed() >= quiet_nudge)
+            {
                 nudge(target);
+                last_nudge = Instant::now();
             }
             if Instant::now() >= next_count {
                 next_count = Instant::now() + COUNT_EVERY;

@@ -24,7 +24,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -155,6 +155,8 @@ pub struct Registry {
     cameras: Mutex<HashMap<String, Arc<Camera>>>,
     ids: RequestIds,
     next_waiter: AtomicU64,
+    /// `/logs` calls inside [`Registry::fetch_logs`] right now; cheap to read from other threads.
+    callers_waiting: AtomicUsize,
     /// Dropped at shutdown, which wakes every poll and waiter selecting on `shutdown_rx`.
     shutdown_tx: Mutex<Option<Sender<()>>>,
     shutdown_rx: Receiver<()>,
@@ -171,6 +173,7 @@ impl Registry {
                 counter: AtomicU64::new(0),
             },
             next_waiter: AtomicU64::new(0),
+            callers_waiting: AtomicUsize::new(0),
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             shutdown_rx,
         }
@@ -178,6 +181,11 @@ impl Registry {
 
     pub fn config(&self) -> &RegistryConfig {
         &self.config
+    }
+
+    /// How many `/logs` calls are waiting for a camera right now (one atomic load).
+    pub fn callers_waiting(&self) -> usize {
+        self.callers_waiting.load(Ordering::Relaxed)
     }
 
     /// Holds a camera's poll open until a command is due, the hold ends, or the server stops.
@@ -220,6 +228,7 @@ impl Registry {
         };
         let waiter_id = waiter.id;
         camera.lock_and(|state| self.enqueue(&camera, state, waiter))?;
+        let _counted = Counted::new(&self.callers_waiting);
 
         select! {
             recv(answer) -> reply => reply.unwrap_or_else(|_| Err(ApiError::Internal("reply channel closed".into()))),
@@ -602,6 +611,22 @@ impl CameraState {
             camera_id: camera_id.to_string(),
             seconds_since_seen: self.seconds_since_poll(now),
         }
+    }
+}
+
+/// Adds one to a counter for as long as it lives.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(counter: &'a AtomicUsize) -> Counted<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Counted(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

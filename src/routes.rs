@@ -265,8 +265,10 @@ fn authorize(request: &Request, expected: Option<&str>) -> Result<(), ApiError> 
         .headers()
         .iter()
         .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|h| h.value.as_str().trim().split_once(' '))
+        // The scheme name is case-insensitive (RFC 9110, section 11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token);
     if constant_time_eq(presented.trim().as_bytes(), expected.as_bytes()) {
         Ok(())
     } else {

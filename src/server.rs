@@ -101,22 +101,24 @@ impl ApiServer {
     /// Binds `HOST:PORT` and starts serving on background threads.
     pub fn start(config: ServerConfig) -> std::io::Result<ApiServer> {
         let (requests_tx, requests) = unbounded();
-        let front_door = FrontDoor::open(
-            &config.host,
-            config.port,
-            FrontDoorConfig {
-                header_timeout: config.header_timeout,
-                max_connections: config.max_connections,
-            },
-            requests_tx,
-        )?;
-        let addr = front_door.local_addr();
         let registry = Arc::new(Registry::new(RegistryConfig {
             poll_hold: config.poll_hold,
             ack_timeout: config.ack_timeout,
             camera_grace: config.camera_grace,
             max_waiting_per_camera: config.max_waiting_per_camera,
         }));
+        let probe_registry = Arc::clone(&registry);
+        let front_door = FrontDoor::open(
+            &config.host,
+            config.port,
+            FrontDoorConfig {
+                header_timeout: config.header_timeout,
+                max_connections: config.max_connections,
+                callers_waiting: Arc::new(move || probe_registry.callers_waiting() > 0),
+            },
+            requests_tx,
+        )?;
+        let addr = front_door.local_addr();
         let ticker = registry.spawn_ticker()?;
         let max_workers = config.max_connections + MIN_WORKERS;
         let app = App {
