@@ -43,16 +43,27 @@ pub fn set_enabled(enabled: bool) {
     set_level(if enabled { Level::Info } else { Level::Off });
 }
 
+/// Writes a line that matters at any level but `off` (where a server is listening), marked INFO.
+pub fn announce(args: fmt::Arguments<'_>) {
+    if LEVEL.load(Ordering::Relaxed) != Level::Off as u8 {
+        write_line("INFO", args);
+    }
+}
+
 /// Writes one line at `level`; used through the `info!`, `warn!` and `error!` macros.
 pub fn write(level: Level, args: fmt::Arguments<'_>) {
     if level as u8 > LEVEL.load(Ordering::Relaxed) {
         return;
     }
-    let level = match level {
+    let label = match level {
         Level::Info => "INFO",
         Level::Warn => "WARN",
         Level::Error | Level::Off => "ERROR",
     };
+    write_line(label, args);
+}
+
+fn write_line(level: &str, args: fmt::Arguments<'_>) {
     let line = format!("{} {level:<5} {args}\n", utc_timestamp(SystemTime::now()));
     // One write call per line keeps lines from different threads whole.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());

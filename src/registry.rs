@@ -346,7 +346,12 @@ impl Registry {
             id: camera_id.to_string(),
             dispatch_tx,
             dispatch_rx,
-            state: Mutex::new(CameraState::default()),
+            // Seen just now: the ticker may look at it before its first poll is counted open.
+            state: Mutex::new(CameraState {
+                last_poll_end: Some(Instant::now()),
+                last_seen: Some(SystemTime::now()),
+                ..CameraState::default()
+            }),
         });
         cameras.insert(camera_id.to_string(), Arc::clone(&camera));
         camera

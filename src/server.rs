@@ -136,7 +136,7 @@ impl ApiServer {
         for _ in 0..MIN_WORKERS {
             spawn_worker(&pool)?;
         }
-        info!("API server listening on http://{addr}");
+        crate::log::announce(format_args!("API server listening on http://{addr}"));
         Ok(ApiServer {
             addr,
             pool,
