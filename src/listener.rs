@@ -8,9 +8,11 @@
 //!   thread. The same option makes `accept()` itself time out when no connection arrives; the
 //!   supervisor's loopback nudge every 100 ms keeps that from happening, and a restart covers
 //!   it when the machine is too busy for the nudge.
-//! - Its accept loop ends for good on any `accept()` error (EMFILE, a timeout). Every tiny_http
-//!   server is drained by a pump thread; when one reports that its accept loop ended, the
-//!   supervisor starts a fresh tiny_http server on a duplicate of the same listening socket.
+//! - Its accept loop ends for good on any `accept()` error (EMFILE, a timeout), and silently if
+//!   it cannot spawn a connection thread (it panics). Every tiny_http server is drained by a
+//!   pump thread; when one reports that its accept loop ended, or three `/health` probes in a
+//!   row go unanswered, the supervisor starts a fresh tiny_http server on a duplicate of the
+//!   same listening socket (at most four side by side; extra ones are harmless).
 //! - No connection limit. The supervisor counts this port's connections (from /proc/net/tcp,
 //!   only when the thread count says the limit could be near) and, at `max_connections`, stops
 //!   listening (`shutdown(SHUT_RD)` on the listening socket: new connects are refused) while
@@ -28,6 +30,7 @@
 //!
 //! This module knows nothing of routes; it must not answer requests itself.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,6 +49,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// When quiet, nudge only this often: enough to keep accept() from timing out, rare enough that
 /// idle pool threads (each wake restarts their 5 s retirement clock) are retired.
 const QUIET_NUDGE_MAX: Duration = Duration::from_secs(4);
+/// Unanswered health probes in a row before another accept loop is started.
+const PROBES_BEFORE_NEW_LOOP: u32 = 3;
+/// Accept loops the supervisor may run side by side on the one socket.
+const MAX_ACCEPT_LOOPS: usize = 4;
 /// How often the connection count is checked (when the thread count says it could be high).
 const COUNT_EVERY: Duration = Duration::from_millis(500);
 /// Resume accepting once connections fall below this share of the limit.
@@ -213,27 +220,34 @@ impl FrontDoor {
         let mut restart_backoff = TICK;
         let mut next_restart = Instant::now();
         let mut next_count = Instant::now();
-        let mut last_nudge = Instant::now();
-        let quiet_nudge = (self.config.header_timeout / 2).clamp(TICK, QUIET_NUDGE_MAX);
+        let mut last_probe = Instant::now();
+        let mut failed_probes = 0;
+        let probe_every = (self.config.header_timeout / 2).clamp(TICK, QUIET_NUDGE_MAX);
         while !self.stopping.load(Ordering::SeqCst) {
             std::thread::sleep(TICK);
-            let waiting = (self.config.callers_waiting)();
-            if self.accepting.load(Ordering::SeqCst)
-                && (waiting || last_nudge.elapsed() >= quiet_nudge)
-            {
+            let accepting = self.accepting.load(Ordering::SeqCst);
+            if accepting && last_probe.elapsed() >= probe_every {
+                // A probe is also a nudge, and keeps accept() from timing out when quiet.
+                last_probe = Instant::now();
+                failed_probes = if probe(target) { 0 } else { failed_probes + 1 };
+            } else if accepting && (self.config.callers_waiting)() {
                 nudge(target);
-                last_nudge = Instant::now();
             }
             if Instant::now() >= next_count {
                 next_count = Instant::now() + COUNT_EVERY;
                 self.enforce_connection_limit();
             }
+            let loops = self.accept_loops.load(Ordering::SeqCst);
+            // No accept loop at all, or one that stopped answering without saying so (tiny_http
+            // panics in its accept thread when it cannot spawn a connection thread).
+            let silent = failed_probes >= PROBES_BEFORE_NEW_LOOP && loops < MAX_ACCEPT_LOOPS;
             let wanted =
                 self.accepting.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst);
-            if wanted
-                && self.accept_loops.load(Ordering::SeqCst) == 0
-                && Instant::now() >= next_restart
-            {
+            if wanted && (loops == 0 || silent) && Instant::now() >= next_restart {
+                if silent {
+                    warn!("{failed_probes} health probes in a row went unanswered; starting another accept loop");
+                    failed_probes = 0;
+                }
                 match self.start_accept_loop() {
                     Ok(()) => {
                         self.restarts.fetch_add(1, Ordering::Relaxed);
@@ -326,6 +340,22 @@ fn with_socket<T>(
 /// An empty connection to the server itself (see the module comment).
 fn nudge(target: SocketAddr) {
     let _ = TcpStream::connect_timeout(&target, Duration::from_secs(1));
+}
+
+/// Whether the server answers `GET /health` within a few seconds: proof that some accept loop
+/// is alive, since a connection is accepted by the kernel even when no thread calls accept().
+fn probe(target: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&target, Duration::from_secs(1)) else {
+        return false;
+    };
+    let request = b"GET /health HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n";
+    let mut status = [0u8; 12];
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .is_ok()
+        && stream.write_all(request).is_ok()
+        && stream.read_exact(&mut status).is_ok()
+        && &status == b"HTTP/1.1 200"
 }
 
 /// The address that reaches a server bound to `addr`: loopback in place of an unspecified one.
