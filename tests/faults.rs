@@ -13,7 +13,7 @@
 //! Tests 3 and 4 run an in-process server and are serialized by a lock, because test 4 measures
 //! this process's thread count; the others drive the built binaries.
 
-mod support;
+mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -23,9 +23,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use camera_logs::protocol::LogEntry;
-use camera_logs::ServerConfig;
+use camera_logs::{CameraConfig, ServerConfig};
+use common::*;
 use parking_lot::Mutex;
-use support::*;
 
 /// Held by the tests that run an in-process server (see the file comment).
 static IN_PROCESS: Mutex<()> = Mutex::new(());
@@ -39,7 +39,7 @@ fn spawn_logs(url: String) -> thread::JoinHandle<(Resp, Duration)> {
     thread::spawn(move || {
         let agent = agent(Duration::from_secs(120));
         let started = Instant::now();
-        let resp = get(&agent, &url, None);
+        let resp = get_with(&agent, &url, None);
         (resp, started.elapsed())
     })
 }
@@ -47,9 +47,12 @@ fn spawn_logs(url: String) -> thread::JoinHandle<(Resp, Duration)> {
 /// Waits until `/logs` on `url` answers 200 and returns its events.
 fn wait_for_logs(what: &str, url: &str) -> Vec<LogEntry> {
     let agent = agent(Duration::from_secs(20));
-    wait_until(what, PATIENCE, || {
-        let resp = try_get(&agent, url, None)?;
-        (resp.status == 200).then(|| logs_of(&resp.json()))
+    wait_for(what, PATIENCE, || {
+        let resp = try_get(&agent, url, None).ok_or("no answer")?;
+        if resp.status != 200 {
+            return Err(format!("HTTP {}", resp.status));
+        }
+        Ok(logs_of(&resp.json()))
     })
 }
 
@@ -80,8 +83,8 @@ fn camera_killed_with_a_command_in_flight_fails_callers_by_their_timeout() {
     let agent = agent(Duration::from_secs(10));
     let stats_url = format!("{}/stats", api.url);
     wait_until("a command in flight to the killed camera", PATIENCE, || {
-        let stats = get(&agent, &stats_url, None).json();
-        (stats["registry"]["commandsInFlight"] == 1).then_some(())
+        let stats = get_with(&agent, &stats_url, None).json();
+        stats["registry"]["commandsInFlight"] == 1
     });
 
     let (resp, took) = before.join().unwrap();
@@ -107,11 +110,12 @@ fn camera_killed_with_a_command_in_flight_fails_callers_by_their_timeout() {
         }
     }
 
-    let failed = wait_until("the server to report the camera offline", PATIENCE, || {
+    let failed = wait_for("the server to report the camera offline", PATIENCE, || {
         api.proc
             .stderr_lines()
             .into_iter()
             .find(|l| l.contains("waiting call(s) for camera 'doomed'"))
+            .ok_or_else(|| "no such line yet".to_string())
     });
     eprintln!("api: {failed}");
 
@@ -122,7 +126,7 @@ fn camera_killed_with_a_command_in_flight_fails_callers_by_their_timeout() {
         "restarted camera served /logs after {:?}",
         started.elapsed()
     );
-    let stats = get(&agent, &stats_url, None).json();
+    let stats = get_with(&agent, &stats_url, None).json();
     assert_eq!(stats["registry"]["waitingRequests"], 0, "{stats}");
     assert_eq!(stats["registry"]["commandsInFlight"], 0, "{stats}");
 }
@@ -172,8 +176,8 @@ fn api_restarted_on_the_same_port_is_rejoined_and_the_camera_idles_while_it_is_d
     // The port was this server's; another process could in theory take it meanwhile, so a
     // failed bind is retried until the deadline.
     let restarted_at = Instant::now();
-    let api = wait_until("the api to restart on its port", PATIENCE, || {
-        try_start_api(port, &api_env).ok()
+    let api = wait_for("the api to restart on its port", PATIENCE, || {
+        try_start_api(port, &api_env)
     });
     assert_eq!(api.port, port);
     wait_for_logs("the camera to rejoin the restarted server", &logs);
@@ -188,7 +192,6 @@ fn api_restarted_on_the_same_port_is_rejoined_and_the_camera_idles_while_it_is_d
             .stderr_lines()
             .iter()
             .any(|l| l.contains("could poll the API server again"))
-            .then_some(())
     });
 }
 
@@ -215,7 +218,7 @@ fn dead_poll(addr: std::net::SocketAddr, camera: &str, delay: Duration, life: Du
 #[test]
 fn polls_dying_at_random_moments_never_cross_answers() {
     let _serial = IN_PROCESS.lock();
-    let mut system = System::start(ServerConfig {
+    let mut system = TestServer::start(ServerConfig {
         ack_timeout: Duration::from_millis(500),
         // A dead poll is held until a command reaches it or the hold ends: a short hold keeps
         // one round's dead polls from swallowing the next round's commands too.
@@ -223,7 +226,14 @@ fn polls_dying_at_random_moments_never_cross_answers() {
         ..ServerConfig::for_tests()
     });
     let events = fixture(400);
-    system.add_camera(camera_config(&system.url, "race"), &events, None);
+    system.add_camera(
+        CameraConfig {
+            poll_timeout: Duration::from_secs(20),
+            ..camera_config(&system.url, "race")
+        },
+        &events,
+        None,
+    );
     let mut rng = Rng::new(0x5EED_0003);
     let swallowed = Arc::new(AtomicUsize::new(0));
     let (mut ok, mut errors, mut slow_rounds) = (0, 0, 0);
@@ -267,7 +277,7 @@ fn polls_dying_at_random_moments_never_cross_answers() {
                         thread::sleep(delay);
                         let agent = agent(Duration::from_secs(60));
                         let started = Instant::now();
-                        (get(&agent, &url, None), started.elapsed())
+                        (get_with(&agent, &url, None), started.elapsed())
                     }),
                 )
             })
@@ -335,17 +345,24 @@ fn mute_poller(url: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<usize> 
 #[test]
 fn two_thousand_calls_leave_no_state_and_no_threads_behind() {
     let _serial = IN_PROCESS.lock();
-    let mut system = System::start(ServerConfig {
+    let mut system = TestServer::start(ServerConfig {
         worker_idle_exit: Duration::from_secs(1),
         ..ServerConfig::for_tests()
     });
     let events = fixture(200);
-    system.add_camera(camera_config(&system.url, "busy"), &events, None);
+    system.add_camera(
+        CameraConfig {
+            poll_timeout: Duration::from_secs(20),
+            ..camera_config(&system.url, "busy")
+        },
+        &events,
+        None,
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let mute = mute_poller(system.url.clone(), Arc::clone(&stop));
     let stop_mute = StopOnDrop(stop);
     wait_until("both cameras online", PATIENCE, || {
-        (system.server().registry().stats().cameras_online == 2).then_some(())
+        system.server().registry().stats().cameras_online == 2
     });
     let idle_handlers = system.server().pool_stats().handler_threads;
     let idle_threads = system.server().pool_stats().process_threads;
@@ -363,7 +380,7 @@ fn two_thousand_calls_leave_no_state_and_no_threads_behind() {
                 let mut statuses = Vec::new();
                 for i in 0..250 {
                     if i % 10 == 0 {
-                        let resp = get(
+                        let resp = get_with(
                             &agent,
                             &format!("{url}/logs?cameraId=mute&timeout=0.05"),
                             None,
@@ -374,7 +391,7 @@ fn two_thousand_calls_leave_no_state_and_no_threads_behind() {
                     }
                     let a = rng.below(200);
                     let b = a + rng.below(200 - a);
-                    let resp = get(
+                    let resp = get_with(
                         &agent,
                         &format!(
                             "{url}/logs?cameraId=busy&startTimestamp={}&endTimestamp={}",
@@ -482,14 +499,17 @@ fn log_file_survives_sigkill_and_a_torn_line() {
 
     let mut first = start_camera_bin(&api.url, &camera_env);
     let agent = agent(Duration::from_secs(20));
-    let seen = wait_until("10 events served by the camera", PATIENCE, || {
-        let resp = try_get(&agent, &logs, None)?;
+    let seen = wait_for("10 events served by the camera", PATIENCE, || {
+        let resp = try_get(&agent, &logs, None).ok_or("no answer")?;
         let events = if resp.status == 200 {
             logs_of(&resp.json())
         } else {
             Vec::new()
         };
-        (events.len() >= 10).then_some(events)
+        if events.len() < 10 {
+            return Err(format!("{} events so far", events.len()));
+        }
+        Ok(events)
     });
     first.kill();
 

@@ -7,7 +7,7 @@
 //! predict; and that the tokens guard exactly the endpoints they should, never leak into the log,
 //! and that a camera cannot answer another camera's command.
 
-mod support;
+mod common;
 
 use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -21,21 +21,28 @@ use camera_logs::error::ApiError;
 use camera_logs::protocol::{LogEntry, SendLogsBody};
 use camera_logs::registry::{Registry, RegistryConfig};
 use camera_logs::routes::{valid_camera_id, Query};
-use camera_logs::ServerConfig;
-use support::*;
+use camera_logs::{CameraConfig, ServerConfig};
+use common::*;
 
 /// A server with one real camera, `cam`, serving `fixture(20)`.
-fn system_with_camera(config: ServerConfig) -> (System, Vec<LogEntry>) {
-    let mut system = System::start(config);
+fn system_with_camera(config: ServerConfig) -> (TestServer, Vec<LogEntry>) {
+    let mut system = TestServer::start(config);
     let events = fixture(20);
-    system.add_camera(camera_config(&system.url, "cam"), &events, None);
+    system.add_camera(
+        CameraConfig {
+            poll_timeout: Duration::from_secs(20),
+            ..camera_config(&system.url, "cam")
+        },
+        &events,
+        None,
+    );
     (system, events)
 }
 
 /// A normal `/logs` call still gets every event: the server survived whatever came before.
-fn assert_serving(system: &System, events: &[LogEntry], after: &str) {
+fn assert_serving(system: &TestServer, events: &[LogEntry], after: &str) {
     let agent = agent(Duration::from_secs(30));
-    let resp = get(
+    let resp = get_with(
         &agent,
         &format!("{}/logs?cameraId=cam&timeout=20", system.url),
         None,
@@ -108,10 +115,10 @@ fn malformed_queries_get_400_json_errors() {
         "/logs?cameraId=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
     ];
     for path in bad {
-        let resp = get(&agent, &format!("{}{path}", system.url), None);
+        let resp = get_with(&agent, &format!("{}{path}", system.url), None);
         resp.assert_json_error(&[400], path);
     }
-    let resp = post(
+    let resp = post_with(
         &agent,
         &format!("{}/send_logs?cameraId=%FF%FE", system.url),
         br#"{"logs":[]}"#,
@@ -126,7 +133,7 @@ fn malformed_queries_get_400_json_errors() {
         ("endTimestamp=-0", None, Some(0.0)),
         ("startTimestamp=-0&endTimestamp=0", Some(0.0), Some(0.0)),
     ] {
-        let resp = get(
+        let resp = get_with(
             &agent,
             &format!("{}/logs?cameraId=cam&{query}", system.url),
             None,
@@ -179,15 +186,14 @@ fn a_ten_megabyte_query_string_is_refused_and_the_server_survives() {
                 resp.status,
                 String::from_utf8_lossy(&resp.body)
             );
-            resp.into_resp()
-                .assert_json_error(&[400, 413, 414, 431], "10 MB query string");
+            resp.assert_json_error(&[400, 413, 414, 431], "10 MB query string");
         }
         None => eprintln!("10 MB query string: connection closed without an answer after {took:?}"),
     }
     assert_serving(&system, &events, "a 10 MB query string");
     let agent = agent(Duration::from_secs(10));
     assert_eq!(
-        get(&agent, &format!("{}/health", system.url), None).status,
+        get_with(&agent, &format!("{}/health", system.url), None).status,
         200
     );
 }
@@ -275,7 +281,7 @@ fn malformed_and_mistyped_send_logs_bodies_get_400() {
         ("duplicate field", br#"{"logs":[],"logs":[]}"#.to_vec()),
     ];
     for (what, body) in &bodies {
-        let resp = post(&agent, &url, body, None);
+        let resp = post_with(&agent, &url, body, None);
         resp.assert_json_error(&[400], what);
     }
     assert_serving(&system, &events, "malformed bodies");
@@ -286,7 +292,7 @@ fn malformed_and_mistyped_send_logs_bodies_get_400() {
         "[".repeat(100_000),
         "]".repeat(100_000)
     );
-    let resp = post(&agent, &url, ignored_deep.as_bytes(), None);
+    let resp = post_with(&agent, &url, ignored_deep.as_bytes(), None);
     resp.assert_json_error(&[400, 404], "deep nesting in an ignored field");
     assert_serving(&system, &events, "deep nesting in an ignored field");
 }
@@ -332,13 +338,13 @@ fn a_million_item_logs_array_is_answered_within_a_deadline() {
         })
     };
     wait_until("camera 'big' to poll", PATIENCE, || {
-        (system.server().registry().stats().cameras == 2).then_some(())
+        system.server().registry().stats().cameras == 2
     });
 
     // An unknown request id: parsed, sorted, then 404.
     let send_url = format!("{}/send_logs?cameraId=big", system.url);
     let started = Instant::now();
-    let resp = post(&agent, &send_url, body.as_bytes(), None);
+    let resp = post_with(&agent, &send_url, body.as_bytes(), None);
     let took = started.elapsed();
     eprintln!(
         "million items, unknown requestId: HTTP {} in {took:?}",
@@ -354,14 +360,14 @@ fn a_million_item_logs_array_is_answered_within_a_deadline() {
     );
     let caller = {
         let agent = agent.clone();
-        thread::spawn(move || get(&agent, &logs_url, None))
+        thread::spawn(move || get_with(&agent, &logs_url, None))
     };
     let request_id = commands
         .recv_timeout(PATIENCE)
         .expect("a command for the fake camera");
     let body = body.replacen("REQUEST", &request_id, 1);
     let started = Instant::now();
-    let resp = post(&agent, &send_url, body.as_bytes(), None);
+    let resp = post_with(&agent, &send_url, body.as_bytes(), None);
     let took = started.elapsed();
     eprintln!(
         "million items, matching requestId: HTTP {} in {took:?}",
@@ -378,7 +384,7 @@ fn a_million_item_logs_array_is_answered_within_a_deadline() {
 }
 
 /// Declares `declared` body bytes, sends fewer, closes the write side; returns the answer.
-fn short_body_then_half_close(system: &System, declared: usize) -> Option<RawResponse> {
+fn short_body_then_half_close(system: &TestServer, declared: usize) -> Option<Resp> {
     let sent = br#"{"logs":[{"timestamp":1,"descr"#;
     let mut request = format!(
         "POST /send_logs?cameraId=cam HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
@@ -413,7 +419,6 @@ fn a_long_body_cut_short_then_half_closed_gets_400() {
     assert_serving(&system, &events, "a short body");
     outcome
         .expect("no answer to a body cut short")
-        .into_resp()
         .assert_json_error(&[400], "Content-Length 2000, short body");
 }
 
@@ -425,9 +430,7 @@ fn a_small_body_cut_short_is_refused_and_the_server_keeps_serving() {
     // the one outcome besides a 400 JSON error that is acceptable: no hang, no crash.
     let outcome = short_body_then_half_close(&system, 100);
     if let Some(response) = outcome {
-        response
-            .into_resp()
-            .assert_json_error(&[400], "Content-Length 100, short body");
+        response.assert_json_error(&[400], "Content-Length 100, short body");
     }
     assert_serving(&system, &events, "a short body");
 }
@@ -438,7 +441,7 @@ fn an_absurd_content_length_is_413_and_the_server_survives() {
     let agent = agent(Duration::from_secs(10));
     let stats_url = format!("{}/stats", system.url);
     let parked = || {
-        get(&agent, &stats_url, None).json()["server"]["parkedConnections"]
+        get_with(&agent, &stats_url, None).json()["server"]["parkedConnections"]
             .as_u64()
             .unwrap()
     };
@@ -483,9 +486,7 @@ fn an_absurd_content_length_is_413_and_the_server_survives() {
     let request = "POST /send_logs?cameraId=cam HTTP/1.1\r\nHost: x\r\n\
                    Content-Length: 99999999999999999999999999\r\nConnection: close\r\n\r\n";
     match raw_exchange(system.addr, request.as_bytes(), false, PATIENCE) {
-        Some(resp) => resp
-            .into_resp()
-            .assert_json_error(&[400, 413], "a Content-Length beyond u64"),
+        Some(resp) => resp.assert_json_error(&[400, 413], "a Content-Length beyond u64"),
         None => eprintln!("a Content-Length beyond u64: connection closed without an answer"),
     }
     assert_serving(&system, &events, "a Content-Length beyond u64");
@@ -752,7 +753,7 @@ fn hundreds_of_generated_requests_get_exactly_the_predicted_json_answer() {
     let mut sink = TcpStream::connect(system.addr).unwrap();
     sink.write_all(sink_poll).unwrap();
     wait_until("camera 'sink' to be known", PATIENCE, || {
-        (system.server().registry().stats().cameras == 2).then_some(())
+        system.server().registry().stats().cameras == 2
     });
     let _ = sink.shutdown(Shutdown::Both);
 
@@ -789,8 +790,7 @@ fn hundreds_of_generated_requests_get_exactly_the_predicted_json_answer() {
             (raw_post("/send_logs?cameraId=sink", &body), predicted, what)
         };
         let resp = raw_exchange(system.addr, &request, false, PATIENCE)
-            .unwrap_or_else(|| panic!("request #{i} got no answer: {what}"))
-            .into_resp();
+            .unwrap_or_else(|| panic!("request #{i} got no answer: {what}"));
         assert!(
             predicted.contains(&resp.status),
             "request #{i}: {what}: expected {predicted:?}, got HTTP {} {}",
@@ -806,7 +806,7 @@ fn hundreds_of_generated_requests_get_exactly_the_predicted_json_answer() {
     }
     eprintln!("300 generated requests: {statuses:?}");
     let agent = agent(Duration::from_secs(10));
-    let health = get(&agent, &format!("{}/health", system.url), None);
+    let health = get_with(&agent, &format!("{}/health", system.url), None);
     assert_eq!(
         (health.status, health.json()),
         (200, serde_json::json!({"status": "ok"}))
@@ -824,7 +824,7 @@ fn assert_unauthorized(resp: &Resp, context: &str) {
 #[test]
 fn camera_endpoints_require_the_camera_token() {
     const TOKEN: &str = "camera-token-5b1d";
-    let mut system = System::start(ServerConfig {
+    let mut system = TestServer::start(ServerConfig {
         camera_token: Some(TOKEN.to_string()),
         poll_hold: Duration::from_millis(500),
         ..ServerConfig::for_tests()
@@ -840,9 +840,12 @@ fn camera_endpoints_require_the_camera_token() {
         Some("camera-token-5b1dd"),
         Some(""),
     ] {
-        assert_unauthorized(&get(&agent, &poll, token), &format!("poll with {token:?}"));
         assert_unauthorized(
-            &post(&agent, &send, body, token),
+            &get_with(&agent, &poll, token),
+            &format!("poll with {token:?}"),
+        );
+        assert_unauthorized(
+            &post_with(&agent, &send, body, token),
             &format!("send_logs with {token:?}"),
         );
     }
@@ -864,19 +867,22 @@ fn camera_endpoints_require_the_camera_token() {
 
     // A camera with the wrong token is refused again and again and never becomes known.
     let impostor = start_camera(
-        camera_config(&system.url, "impostor").with_token("not-the-token"),
+        CameraConfig {
+            poll_timeout: Duration::from_secs(20),
+            ..camera_config(&system.url, "impostor")
+        }
+        .with_token("not-the-token"),
         &fixture(3),
     );
     wait_until("the impostor to be refused twice", PATIENCE, || {
-        (impostor
+        impostor
             .stats()
             .failures
             .load(std::sync::atomic::Ordering::SeqCst)
-            >= 2)
-            .then_some(())
+            >= 2
     });
     impostor.stop(Duration::from_secs(5));
-    let resp = get(
+    let resp = get_with(
         &agent,
         &format!("{}/logs?cameraId=impostor&timeout=1", system.url),
         None,
@@ -886,7 +892,11 @@ fn camera_endpoints_require_the_camera_token() {
     // The right token works end to end.
     let events = fixture(20);
     system.add_camera(
-        camera_config(&system.url, "cam").with_token(TOKEN),
+        CameraConfig {
+            poll_timeout: Duration::from_secs(20),
+            ..camera_config(&system.url, "cam")
+        }
+        .with_token(TOKEN),
         &events,
         None,
     );
@@ -904,24 +914,26 @@ impl WithToken for camera_logs::CameraConfig {
     }
 }
 
-fn finish_raw(system: &System, request: &str) -> Resp {
-    raw_exchange(system.addr, request.as_bytes(), false, PATIENCE)
-        .expect("an answer")
-        .into_resp()
+fn finish_raw(system: &TestServer, request: &str) -> Resp {
+    raw_exchange(system.addr, request.as_bytes(), false, PATIENCE).expect("an answer")
 }
 
 #[test]
 fn user_endpoints_require_the_api_token_and_health_does_not() {
     const API: &str = "api-token-9e2c";
     const CAMERA: &str = "camera-token-71aa";
-    let mut system = System::start(ServerConfig {
+    let mut system = TestServer::start(ServerConfig {
         api_token: Some(API.to_string()),
         camera_token: Some(CAMERA.to_string()),
         ..ServerConfig::for_tests()
     });
     let events = fixture(20);
     system.add_camera(
-        camera_config(&system.url, "cam").with_token(CAMERA),
+        CameraConfig {
+            poll_timeout: Duration::from_secs(20),
+            ..camera_config(&system.url, "cam")
+        }
+        .with_token(CAMERA),
         &events,
         Some(API),
     );
@@ -929,9 +941,12 @@ fn user_endpoints_require_the_api_token_and_health_does_not() {
     for path in ["/logs?cameraId=cam&timeout=10", "/cameras", "/stats"] {
         let url = format!("{}{path}", system.url);
         for token in [None, Some("wrong"), Some(CAMERA), Some("api-token-9e2")] {
-            assert_unauthorized(&get(&agent, &url, token), &format!("{path} with {token:?}"));
+            assert_unauthorized(
+                &get_with(&agent, &url, token),
+                &format!("{path} with {token:?}"),
+            );
         }
-        let resp = get(&agent, &url, Some(API));
+        let resp = get_with(&agent, &url, Some(API));
         assert_eq!(
             resp.status,
             200,
@@ -939,16 +954,16 @@ fn user_endpoints_require_the_api_token_and_health_does_not() {
             resp.text()
         );
     }
-    let resp = get(&agent, &format!("{}/health", system.url), None);
+    let resp = get_with(&agent, &format!("{}/health", system.url), None);
     assert_eq!(resp.status, 200, "/health needs no token");
     // The API token does not open the camera endpoints.
-    let resp = get(
+    let resp = get_with(
         &agent,
         &format!("{}/poll_for_command?cameraId=cam", system.url),
         Some(API),
     );
     assert_unauthorized(&resp, "poll with the API token");
-    let resp = get(
+    let resp = get_with(
         &agent,
         &format!("{}/logs?cameraId=cam&timeout=10", system.url),
         Some(API),
@@ -977,7 +992,7 @@ fn tokens_never_appear_in_the_server_log() {
     let agent = agent(Duration::from_secs(20));
     let logs = format!("{}/logs?cameraId=cam&timeout=5", api.url);
     wait_until("the camera to answer", PATIENCE, || {
-        (get(&agent, &logs, Some(API)).status == 200).then_some(())
+        get_with(&agent, &logs, Some(API)).status == 200
     });
 
     let mut refused = Vec::new();
@@ -991,9 +1006,9 @@ fn tokens_never_appear_in_the_server_log() {
         ("/poll_for_command?cameraId=cam", Some(WRONG)),
         ("/poll_for_command?cameraId=cam", None),
     ] {
-        refused.push(get(&agent, &format!("{}{path}", api.url), token));
+        refused.push(get_with(&agent, &format!("{}{path}", api.url), token));
     }
-    refused.push(post(
+    refused.push(post_with(
         &agent,
         &format!("{}/send_logs?cameraId=cam", api.url),
         br#"{"logs":[]}"#,
@@ -1008,13 +1023,13 @@ fn tokens_never_appear_in_the_server_log() {
         );
     }
     // Requests with the right token that fail for other reasons are logged too.
-    let resp = get(
+    let resp = get_with(
         &agent,
         &format!("{}/logs?cameraId=nobody", api.url),
         Some(API),
     );
     resp.assert_json_error(&[404], "unknown camera");
-    let resp = post(
+    let resp = post_with(
         &agent,
         &format!("{}/send_logs?cameraId=cam", api.url),
         b"{",
@@ -1022,9 +1037,13 @@ fn tokens_never_appear_in_the_server_log() {
     );
     resp.assert_json_error(&[400], "malformed body with the right token");
 
-    let logged = wait_until("the server to log every refusal", PATIENCE, || {
+    let logged = wait_for("the server to log every refusal", PATIENCE, || {
         let text = api.proc.stderr_text();
-        (text.matches("-> 401").count() >= refused.len()).then_some(text)
+        let logged = text.matches("-> 401").count();
+        if logged < refused.len() {
+            return Err(format!("{logged} of {} refusals logged", refused.len()));
+        }
+        Ok(text)
     });
     for secret in [API, CAMERA, WRONG] {
         assert!(
@@ -1040,7 +1059,7 @@ fn tokens_never_appear_in_the_server_log() {
 
 #[test]
 fn a_camera_cannot_answer_another_cameras_command() {
-    let system = System::start(ServerConfig {
+    let system = TestServer::start(ServerConfig {
         poll_hold: Duration::from_millis(500),
         ..ServerConfig::for_tests()
     });
@@ -1048,7 +1067,7 @@ fn a_camera_cannot_answer_another_cameras_command() {
     // Camera B polls once so that it is known: a 404 for it is about the request id.
     let poll_b = format!("{}/poll_for_command?cameraId=b", system.url);
     assert_eq!(
-        get(&agent, &poll_b, None).json(),
+        get_with(&agent, &poll_b, None).json(),
         serde_json::json!({"command": "noop"})
     );
 
@@ -1060,7 +1079,7 @@ fn a_camera_cannot_answer_another_cameras_command() {
         let (agent, stop) = (agent.clone(), Arc::clone(&stop));
         thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                let command = get(&agent, &poll_a, None).json();
+                let command = get_with(&agent, &poll_a, None).json();
                 if command["command"] == "send_logs" {
                     let _ = commands_tx.send(command);
                 }
@@ -1068,14 +1087,14 @@ fn a_camera_cannot_answer_another_cameras_command() {
         })
     };
     wait_until("camera 'a' to poll", PATIENCE, || {
-        (system.server().registry().stats().cameras == 2).then_some(())
+        system.server().registry().stats().cameras == 2
     });
     let caller = {
         let (agent, url) = (
             agent.clone(),
             format!("{}/logs?cameraId=a&timeout=20", system.url),
         );
-        thread::spawn(move || get(&agent, &url, None))
+        thread::spawn(move || get_with(&agent, &url, None))
     };
     let command = commands
         .recv_timeout(PATIENCE)
@@ -1087,9 +1106,9 @@ fn a_camera_cannot_answer_another_cameras_command() {
         "logs": [{"timestamp": 1.0, "description": "forged by b"}],
     });
     let send_b = format!("{}/send_logs?cameraId=b", system.url);
-    let resp = post(&agent, &send_b, forged.to_string().as_bytes(), None);
+    let resp = post_with(&agent, &send_b, forged.to_string().as_bytes(), None);
     resp.assert_json_error(&[404], "b answering a's request id");
-    let resp = post(&agent, &send_b, br#"{"logs":[]}"#, None);
+    let resp = post_with(&agent, &send_b, br#"{"logs":[]}"#, None);
     resp.assert_json_error(&[404], "b answering without a request id");
     assert_eq!(
         system.server().registry().stats().waiting_requests,
@@ -1102,7 +1121,7 @@ fn a_camera_cannot_answer_another_cameras_command() {
         "logs": [{"timestamp": 2.0, "description": "from a"}],
     });
     let send_a = format!("{}/send_logs?cameraId=a", system.url);
-    let resp = post(&agent, &send_a, genuine.to_string().as_bytes(), None);
+    let resp = post_with(&agent, &send_a, genuine.to_string().as_bytes(), None);
     assert_eq!(resp.status, 200, "{}", resp.text());
     let answer = caller.join().unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
