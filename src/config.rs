@@ -169,6 +169,37 @@ pub fn help_text(program: &str, about: &str, settings: &[Setting]) -> String {
     text
 }
 
+/// The start both binaries share: `--help` prints every variable and exits 0; a stray argument
+/// or a malformed variable is reported and exits 2; otherwise the configuration is read once
+/// and the log level applied.
+pub fn from_args_and_env<T>(
+    program: &str,
+    about: &str,
+    settings: &[Setting],
+    read: impl FnOnce() -> Result<T, ConfigError>,
+    log_level: impl FnOnce(&T) -> Level,
+) -> Result<T, std::process::ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", help_text(program, about, settings));
+        return Err(std::process::ExitCode::SUCCESS);
+    }
+    if let Some(arg) = args.first() {
+        eprintln!("{program}: unexpected argument {arg:?}; configuration comes from the environment (see --help)");
+        return Err(std::process::ExitCode::from(2));
+    }
+    match read() {
+        Ok(config) => {
+            crate::log::set_level(log_level(&config));
+            Ok(config)
+        }
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}
+
 /// Settings of the API server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {

@@ -3,31 +3,19 @@
 
 use std::process::ExitCode;
 
-use camera_logs::config::{help_text, CameraConfig, CAMERA_SETTINGS};
+use camera_logs::config::{from_args_and_env, CameraConfig, CAMERA_SETTINGS};
 use camera_logs::CameraHandle;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!(
-            "{}",
-            help_text("camera", "a camera-logs camera client", CAMERA_SETTINGS)
-        );
-        return ExitCode::SUCCESS;
-    }
-    if let Some(arg) = args.first() {
-        eprintln!("camera: unexpected argument {arg:?}; configuration comes from the environment (see --help)");
-        return ExitCode::from(2);
-    }
-    let config = match CameraConfig::from_env() {
-        Ok(config) => {
-            camera_logs::log::set_level(config.log_level);
-            config
-        }
-        Err(e) => {
-            eprintln!("camera: {e}");
-            return ExitCode::from(2);
-        }
+    let config = match from_args_and_env(
+        "camera",
+        "a camera-logs camera client",
+        CAMERA_SETTINGS,
+        CameraConfig::from_env,
+        |c| c.log_level,
+    ) {
+        Ok(config) => config,
+        Err(exit) => return exit,
     };
     match CameraHandle::start(config) {
         Ok(camera) => {
