@@ -43,8 +43,8 @@ use parking_lot::Mutex;
 
 use crate::{error, info, warn};
 
-/// How often the supervisor wakes: nudges tiny_http's pool while requests flow, checks the
-/// accept loops.
+/// How often the supervisor wakes: nudges tiny_http's pool while calls wait, checks the accept
+/// loops.
 const TICK: Duration = Duration::from_millis(100);
 /// When quiet, nudge only this often: enough to keep accept() from timing out, rare enough that
 /// idle pool threads (each wake restarts their 5 s retirement clock) are retired.
@@ -272,9 +272,7 @@ impl FrontDoor {
         let max = self.config.max_connections;
         // Every open connection holds at least one thread, so the (cheap) thread count bounds
         // the connection count; read /proc/net/tcp only when the limit could be near.
-        if crate::server::process_threads() < max * RESUME_PERCENT / 100
-            && self.accepting.load(Ordering::SeqCst)
-        {
+        if process_threads() < max * RESUME_PERCENT / 100 && self.accepting.load(Ordering::SeqCst) {
             self.connections.store(0, Ordering::Relaxed);
             return;
         }
@@ -335,6 +333,19 @@ fn with_socket<T>(
     let socket =
         std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(listener.as_raw_fd()) });
     f(&socket)
+}
+
+/// This process's thread count, from /proc/self/status; 0 where that is not available.
+pub fn process_threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// An empty connection to the server itself (see the module comment).

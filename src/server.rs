@@ -63,22 +63,9 @@ impl PoolStats {
             busy_handlers: self.busy.load(Ordering::Relaxed),
             spawn_failures: self.spawn_failures.load(Ordering::Relaxed),
             parked_connections: self.parked.load(Ordering::Relaxed),
-            process_threads: process_threads(),
+            process_threads: crate::listener::process_threads(),
         }
     }
-}
-
-/// This process's thread count, from /proc/self/status; 0 where that is not available.
-pub fn process_threads() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Threads:"))
-                .and_then(|n| n.trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 struct Pool {
@@ -92,7 +79,6 @@ struct Pool {
 
 /// A running API server. Dropping it does not stop it; call [`ApiServer::shutdown`].
 pub struct ApiServer {
-    addr: SocketAddr,
     pool: Arc<Pool>,
     ticker: Option<JoinHandle<()>>,
 }
@@ -138,19 +124,18 @@ impl ApiServer {
         }
         crate::log::announce(format_args!("API server listening on http://{addr}"));
         Ok(ApiServer {
-            addr,
             pool,
             ticker: Some(ticker),
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.pool.app.front_door.local_addr()
     }
 
     /// `http://IP:PORT`, with 127.0.0.1 in place of an unspecified bind address.
     pub fn url(&self) -> String {
-        format!("http://{}", loopback(self.addr))
+        format!("http://{}", loopback(self.addr()))
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -173,7 +158,7 @@ impl ApiServer {
     }
 
     /// Answers held polls and waiting calls at once, stops the handler threads and closes the
-    /// listening socket. Returns when all handler threads have exited or after `deadline`.
+    /// listening socket. Returns when all handler threads have exited, or after 10 s.
     pub fn shutdown(mut self) {
         self.pool.app.front_door.close();
         self.pool.app.registry.shutdown();
@@ -185,7 +170,7 @@ impl ApiServer {
         while self.pool.app.pool.threads.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        info!("API server on {} stopped", self.addr);
+        info!("API server on {} stopped", self.addr());
     }
 }
 
