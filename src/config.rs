@@ -5,11 +5,13 @@
 //! the variable; the binaries print it and exit with code 2. Nothing here reads the environment
 //! after start-up.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::log::Level;
+use crate::protocol::valid_camera_id;
 
 /// One environment variable: its name, default (as the user would type it) and meaning.
 #[derive(Debug, Clone, Copy)]
@@ -22,8 +24,8 @@ pub struct Setting {
 pub const SERVER_SETTINGS: &[Setting] = &[
     Setting {
         name: "HOST",
-        default: "0.0.0.0",
-        help: "address to listen on",
+        default: "127.0.0.1",
+        help: "address to listen on; 0.0.0.0 only behind the nginx edge (deploy/nginx.conf)",
     },
     Setting {
         name: "PORT",
@@ -72,9 +74,24 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         help: "open connections at most; beyond it new ones are refused until the count falls",
     },
     Setting {
+        name: "CAMERA_FORGET_SECS",
+        default: "3600",
+        help: "a camera offline this long, with no call waiting for it, is forgotten (404 after)",
+    },
+    Setting {
+        name: "MAX_CAMERAS",
+        default: "100000",
+        help: "cameras known at most; a poll for a new id beyond it gets 503 with Retry-After",
+    },
+    Setting {
         name: "CAMERA_TOKEN",
         default: "(unset)",
-        help: "when set, camera endpoints require 'Authorization: Bearer <token>'",
+        help: "when set, camera endpoints require 'Authorization: Bearer <token>' (one token shared by all cameras)",
+    },
+    Setting {
+        name: "CAMERA_TOKENS_FILE",
+        default: "(unset)",
+        help: "lines 'cameraId token': each camera may poll and answer only for its own id (instead of CAMERA_TOKEN)",
     },
     Setting {
         name: "API_TOKEN",
@@ -213,7 +230,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub header_timeout: Duration,
     pub max_connections: usize,
-    pub camera_token: Option<String>,
+    pub camera_forget: Duration,
+    pub max_cameras: usize,
+    pub camera_auth: CameraAuth,
     pub api_token: Option<String>,
     /// An idle handler thread beyond the minimum exits after this long (not an environment
     /// variable: tests shorten it to watch the thread count return to idle).
@@ -228,7 +247,7 @@ pub const MAX_LOGS_TIMEOUT: Duration = Duration::from_secs(300);
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            host: "0.0.0.0".to_string(),
+            host: "127.0.0.1".to_string(),
             port: 8080,
             poll_hold: Duration::from_secs(30),
             logs_timeout: Duration::from_secs(30),
@@ -238,7 +257,9 @@ impl Default for ServerConfig {
             max_body_bytes: 16 * 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             max_connections: 4096,
-            camera_token: None,
+            camera_forget: Duration::from_secs(3600),
+            max_cameras: 100_000,
+            camera_auth: CameraAuth::Open,
             api_token: None,
             worker_idle_exit: Duration::from_secs(30),
             log_level: Level::Info,
@@ -278,7 +299,9 @@ impl ServerConfig {
             max_body_bytes: parse_or(&lookup, "MAX_BODY_BYTES", d.max_body_bytes, parse_count)?,
             header_timeout: parse_or(&lookup, "HEADER_TIMEOUT_SECS", d.header_timeout, parse_secs)?,
             max_connections: parse_or(&lookup, "MAX_CONNECTIONS", d.max_connections, parse_count)?,
-            camera_token: token(&lookup, "CAMERA_TOKEN")?,
+            camera_forget: parse_or(&lookup, "CAMERA_FORGET_SECS", d.camera_forget, parse_secs)?,
+            max_cameras: parse_or(&lookup, "MAX_CAMERAS", d.max_cameras, parse_count)?,
+            camera_auth: camera_auth(&lookup)?,
             api_token: token(&lookup, "API_TOKEN")?,
             worker_idle_exit: d.worker_idle_exit,
             log_level: parse_or(&lookup, "LOG_LEVEL", d.log_level, str::parse)?,
@@ -297,6 +320,105 @@ impl ServerConfig {
             ..ServerConfig::default()
         }
     }
+}
+
+/// Who may use the camera endpoints (`/poll_for_command`, `/send_logs`).
+#[derive(Clone, PartialEq)]
+pub enum CameraAuth {
+    /// Anyone: for loopback and trusted networks.
+    Open,
+    /// One bearer token shared by every camera (`CAMERA_TOKEN`). Any holder can poll or answer
+    /// as any camera id, so one leaked camera can forge every camera's answers.
+    Shared(String),
+    /// A token per camera id (`CAMERA_TOKENS_FILE`): a camera may poll and answer only for its
+    /// own id.
+    PerCamera(HashMap<String, String>),
+}
+
+impl fmt::Debug for CameraAuth {
+    /// Never prints a token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CameraAuth::Open => write!(f, "Open"),
+            CameraAuth::Shared(_) => write!(f, "Shared(<hidden>)"),
+            CameraAuth::PerCamera(tokens) => write!(f, "PerCamera({} cameras)", tokens.len()),
+        }
+    }
+}
+
+impl CameraAuth {
+    /// The token that camera `camera_id` must present, or `None` when none is needed. An id
+    /// missing from the tokens file has no token at all: nothing it presents is accepted.
+    pub fn expected_for(&self, camera_id: &str) -> Option<Option<&str>> {
+        match self {
+            CameraAuth::Open => None,
+            CameraAuth::Shared(token) => Some(Some(token)),
+            CameraAuth::PerCamera(tokens) => Some(tokens.get(camera_id).map(String::as_str)),
+        }
+    }
+
+    /// For the start-up line: what protects the camera endpoints.
+    pub fn describe(&self) -> String {
+        match self {
+            CameraAuth::Open => "off".to_string(),
+            CameraAuth::Shared(_) => "on (one shared CAMERA_TOKEN)".to_string(),
+            CameraAuth::PerCamera(tokens) => {
+                format!("on (CAMERA_TOKENS_FILE, {} cameras)", tokens.len())
+            }
+        }
+    }
+}
+
+/// Reads `CAMERA_TOKEN` or `CAMERA_TOKENS_FILE` (setting both is an error: which one wins
+/// would be a guess, and the weaker one would undo the stronger).
+fn camera_auth(
+    lookup: &impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
+) -> Result<CameraAuth, ConfigError> {
+    let shared = token(lookup, "CAMERA_TOKEN")?;
+    let file = lookup("CAMERA_TOKENS_FILE")?.filter(|p| !p.is_empty());
+    match (shared, file) {
+        (Some(_), Some(path)) => Err(ConfigError {
+            variable: "CAMERA_TOKENS_FILE",
+            value: path,
+            expected: "CAMERA_TOKEN unset (use one of CAMERA_TOKEN and CAMERA_TOKENS_FILE)",
+        }),
+        (Some(token), None) => Ok(CameraAuth::Shared(token)),
+        (None, Some(path)) => read_tokens_file(&path).map(CameraAuth::PerCamera),
+        (None, None) => Ok(CameraAuth::Open),
+    }
+}
+
+fn read_tokens_file(path: &str) -> Result<HashMap<String, String>, ConfigError> {
+    let fail = |expected: &'static str| ConfigError {
+        variable: "CAMERA_TOKENS_FILE",
+        value: path.to_string(),
+        expected,
+    };
+    let text = std::fs::read_to_string(path).map_err(|_| fail("a readable UTF-8 file"))?;
+    parse_tokens(&text).map_err(fail)
+}
+
+/// `cameraId token` per line; blank lines and lines starting with `#` are skipped. The error
+/// never quotes a line, since it may hold a token.
+pub fn parse_tokens(text: &str) -> Result<HashMap<String, String>, &'static str> {
+    const EXPECTED: &str = "lines 'cameraId token' (a valid camera id, one token of printable ASCII, each id once), and at least one";
+    let mut tokens = HashMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(id), Some(token), None) = (words.next(), words.next(), words.next()) else {
+            return Err(EXPECTED);
+        };
+        if !valid_camera_id(id) || tokens.insert(id.to_string(), token.to_string()).is_some() {
+            return Err(EXPECTED);
+        }
+    }
+    if tokens.is_empty() {
+        return Err(EXPECTED);
+    }
+    Ok(tokens)
 }
 
 /// Settings of the camera.

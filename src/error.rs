@@ -32,6 +32,8 @@ pub enum ApiError {
     },
     /// The camera did not answer within the caller's timeout.
     CameraTimeout { camera_id: String, after: Duration },
+    /// A poll for a new camera id while `MAX_CAMERAS` are known.
+    TooManyCameras { limit: usize },
     /// The server is stopping and will not start new work.
     ShuttingDown,
     /// A bug on our side; the request fails but the server keeps serving.
@@ -50,7 +52,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::TooManyWaiting { .. } => 429,
             ApiError::Internal(_) => 500,
-            ApiError::CameraOffline { .. } | ApiError::ShuttingDown => 503,
+            ApiError::CameraOffline { .. }
+            | ApiError::TooManyCameras { .. }
+            | ApiError::ShuttingDown => 503,
             ApiError::CameraTimeout { .. } => 504,
         }
     }
@@ -63,6 +67,8 @@ impl ApiError {
                 vec![("Retry-After", "1".to_string())]
             }
             ApiError::CameraOffline { .. } => vec![("Retry-After", "5".to_string())],
+            // Room is made only as offline cameras are forgotten: minutes, not seconds.
+            ApiError::TooManyCameras { .. } => vec![("Retry-After", "60".to_string())],
             ApiError::Unauthorized => vec![("WWW-Authenticate", "Bearer".to_string())],
             _ => Vec::new(),
         }
@@ -112,6 +118,10 @@ impl fmt::Display for ApiError {
                 "camera '{camera_id}' did not answer within {:.1} s",
                 after.as_secs_f64()
             ),
+            ApiError::TooManyCameras { limit } => write!(
+                f,
+                "this server already knows {limit} cameras (MAX_CAMERAS); retry later"
+            ),
             ApiError::ShuttingDown => write!(f, "the server is shutting down"),
             ApiError::Internal(why) => write!(f, "internal error: {why}"),
         }
@@ -142,6 +152,7 @@ mod tests {
                 429,
             ),
             (ApiError::Internal("x".into()), 500),
+            (ApiError::TooManyCameras { limit: 2 }, 503),
             (
                 ApiError::CameraOffline {
                     camera_id: "c".into(),

@@ -24,6 +24,10 @@
 //!   `header_timeout / 2`, at most 4 s, since every wake restarts an idle pool thread's 5 s
 //!   retirement clock and frequent nudges would keep a burst's threads alive forever.
 //!
+//! - It panics in a connection thread when a client resets its connection before tiny_http
+//!   reads the peer address (client.rs: `remote_addr.as_ref().unwrap()`), one backtrace per
+//!   reset. [`quiet_tiny_http_panics`] counts those and logs one line a minute instead.
+//!
 //! What it cannot do: bound the time a client takes to send a whole request head. tiny_http reads
 //! the head itself, so a client that trickles one byte per read timeout keeps its connection;
 //! such connections count against `max_connections` like any other.
@@ -82,6 +86,8 @@ pub struct FrontDoorStats {
     pub accept_loops: usize,
     pub accept_loop_restarts: usize,
     pub times_paused: usize,
+    /// tiny_http's connection threads that panicked (client resets); counted, not printed.
+    pub tiny_http_panics: usize,
 }
 
 /// The listening socket and everything accepting on it.
@@ -144,6 +150,7 @@ impl FrontDoor {
             accept_loops: self.accept_loops.load(Ordering::Relaxed),
             accept_loop_restarts: self.restarts.load(Ordering::Relaxed),
             times_paused: self.pauses.load(Ordering::Relaxed),
+            tiny_http_panics: tiny_http_panics(),
         }
     }
 
@@ -335,6 +342,55 @@ fn with_socket<T>(
     f(&socket)
 }
 
+/// Panics inside tiny_http's own threads since start (see [`quiet_tiny_http_panics`]).
+static TINY_HTTP_PANICS: AtomicUsize = AtomicUsize::new(0);
+/// At most one log line about them per this long.
+const PANIC_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// Replaces the default panic report, for panics raised inside tiny_http's code only, with a
+/// count and one warning line a minute. Every other panic is reported as before. Installed once
+/// per process; later calls do nothing.
+pub fn quiet_tiny_http_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let default_report = std::panic::take_hook();
+        let last_report: Mutex<Option<(Instant, usize)>> = Mutex::new(None);
+        std::panic::set_hook(Box::new(move |info| {
+            let in_tiny_http = info
+                .location()
+                .is_some_and(|at| is_tiny_http_source(at.file()));
+            if !in_tiny_http {
+                return default_report(info);
+            }
+            let total = TINY_HTTP_PANICS.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut last = last_report.lock();
+            let due = last.is_none_or(|(at, _)| at.elapsed() >= PANIC_REPORT_EVERY);
+            if due {
+                let since = total - last.map_or(0, |(_, count)| count);
+                *last = Some((Instant::now(), total));
+                let at = info
+                    .location()
+                    .map_or(String::new(), |at| format!(" at {}:{}", at.file(), at.line()));
+                warn!(
+                    "tiny_http panicked in a connection thread{at} {since} time(s) since the last report (a client reset its connection; the server keeps serving); next report in {} s at the earliest",
+                    PANIC_REPORT_EVERY.as_secs()
+                );
+            }
+        }));
+    });
+}
+
+/// Whether a panic location lies in tiny_http's sources (`.../tiny_http-0.12.0/src/client.rs`).
+fn is_tiny_http_source(file: &str) -> bool {
+    file.split(['/', '\\'])
+        .any(|part| part.starts_with("tiny_http-") || part == "tiny_http")
+}
+
+/// Panics inside tiny_http's threads so far.
+pub fn tiny_http_panics() -> usize {
+    TINY_HTTP_PANICS.load(Ordering::Relaxed)
+}
+
 /// This process's thread count, from /proc/self/status; 0 where that is not available.
 pub fn process_threads() -> usize {
     std::fs::read_to_string("/proc/self/status")
@@ -430,6 +486,24 @@ mod tests {
             "ESTABLISHED and CLOSE_WAIT on :8080"
         );
         assert_eq!(count_in_table(table, 9999), 0);
+    }
+
+    #[test]
+    fn tiny_http_sources_are_recognised() {
+        for file in [
+            "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tiny_http-0.12.0/src/client.rs",
+            "C:\\cargo\\registry\\src\\x\\tiny_http-0.12.0\\src\\client.rs",
+            "vendor/tiny_http/src/util/sequential.rs",
+        ] {
+            assert!(is_tiny_http_source(file), "{file}");
+        }
+        for file in [
+            "src/routes.rs",
+            "/rustc/abc/library/core/src/option.rs",
+            "src/tiny_http.rs",
+        ] {
+            assert!(!is_tiny_http_source(file), "{file}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Human-readable log lines on stderr: `2026-11-23T12:00:00.123Z INFO  camera 'front' connected`.
 //!
 //! Deliberately tiny (no logging framework is on the dependency list). It must never be given a
-//! secret: tokens are checked, not printed.
+//! secret: tokens are checked, not printed. Text a client chose (a method, a path, an address
+//! header) goes through [`clean`] first, so it can neither forge a line nor make one huge.
 
 use std::fmt;
 use std::io::Write;
@@ -69,6 +70,25 @@ fn write_line(level: &str, args: fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// Client-supplied text made safe for one log line (and for an error message): control bytes
+/// (NUL, CR, LF, ESC, ...) are escaped as `\u{..}`, and the text is cut to `max_chars`
+/// characters, with `…` marking the cut.
+pub fn clean(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars + 8));
+    for (i, c) in text.chars().enumerate() {
+        if i == max_chars {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Seconds since the Unix epoch as f64, the unit of every timestamp on the wire.
 pub fn epoch_secs(t: SystemTime) -> f64 {
     match t.duration_since(UNIX_EPOCH) {
@@ -122,6 +142,18 @@ macro_rules! error {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn clean_escapes_control_bytes_and_cuts_long_text() {
+        assert_eq!(clean("GET", 16), "GET");
+        assert_eq!(
+            clean("a\nINFO  forged\r\0\x1b[31m", 64),
+            "a\\nINFO  forged\\r\\u{0}\\u{1b}[31m"
+        );
+        assert_eq!(clean(&"x".repeat(1_000_000), 8), "xxxxxxxx…");
+        assert_eq!(clean("ééé", 2), "éé…");
+        assert_eq!(clean("", 4), "");
+    }
 
     #[test]
     fn formats_known_instants() {

@@ -67,6 +67,9 @@ pub struct CameraInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CamerasResponse {
     pub cameras: Vec<CameraInfo>,
+    /// Pass as `after` for the next page; `null` on the last page.
+    #[serde(rename = "nextAfter")]
+    pub next_after: Option<String>,
 }
 
 /// The body of every error response.
@@ -131,6 +134,18 @@ impl TimeRange {
         };
         lo..hi.max(lo)
     }
+}
+
+/// Longest camera id accepted, so ids stay readable in logs and cheap as map keys.
+pub const MAX_CAMERA_ID_LEN: usize = 64;
+
+/// Camera ids are 1 to 64 of `[A-Za-z0-9._-]`: safe in logs, URLs, file lines and map keys.
+pub fn valid_camera_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_CAMERA_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Sorts events ascending by timestamp; events with equal timestamps keep the camera's order.

@@ -16,6 +16,9 @@
 //!    no trace) or finds its answer already in its channel.
 //! 5. The ticker re-queues a command that got no answer within the ack timeout (the poll that
 //!    carried it may have died), fails waiters of a camera that went offline, and logs both.
+//! 6. Memory is bounded: a poll for a new id beyond `max_cameras` is refused, and the ticker
+//!    forgets a camera offline for `camera_forget` once no thread holds it (see
+//!    [`Registry::forget_idle`]).
 //!
 //! This module never touches HTTP: it takes ids, ranges and events, and returns protocol values
 //! or an [`ApiError`].
@@ -39,6 +42,11 @@ use crate::{info, warn};
 
 /// How many answered request ids a camera remembers, so a repeated answer is a harmless 200.
 const REMEMBERED_ANSWERS: usize = 64;
+/// Cameras named one by one in the log when they go offline in the same tick; the rest are
+/// counted in one line, so a crowd of vanished ids cannot flood the log.
+const OFFLINE_LINES_PER_TICK: usize = 5;
+/// Cameras per `/cameras` page when the caller does not say.
+pub const DEFAULT_PAGE: usize = 1000;
 
 /// The timings and bounds the registry enforces.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +55,10 @@ pub struct RegistryConfig {
     pub ack_timeout: Duration,
     pub camera_grace: Duration,
     pub max_waiting_per_camera: usize,
+    /// A camera offline this long, with nothing waiting on it, is forgotten.
+    pub camera_forget: Duration,
+    /// Cameras known at most; a poll for a new id beyond it is refused.
+    pub max_cameras: usize,
 }
 
 impl RegistryConfig {
@@ -189,8 +201,9 @@ impl Registry {
     }
 
     /// Holds a camera's poll open until a command is due, the hold ends, or the server stops.
-    pub fn poll(&self, camera_id: &str) -> Command {
-        let camera = self.camera_for_poll(camera_id);
+    /// A new camera beyond `max_cameras` is refused at once.
+    pub fn poll(&self, camera_id: &str) -> Result<Command, ApiError> {
+        let camera = self.camera_for_poll(camera_id)?;
         let _open = OpenPoll::start(&camera);
         camera.lock_and(|state| self.redispatch_if_overdue(&camera, state, Instant::now()));
 
@@ -200,12 +213,12 @@ impl Registry {
             select! {
                 recv(camera.dispatch_rx) -> id => match id {
                     Ok(id) => if let Some(command) = camera.take_for_dispatch(&id) {
-                        return command;
+                        return Ok(command);
                     },
-                    Err(_) => return Command::Noop,
+                    Err(_) => return Ok(Command::Noop),
                 },
-                recv(self.shutdown_rx) -> _ => return Command::Noop,
-                default(left) => return Command::Noop,
+                recv(self.shutdown_rx) -> _ => return Ok(Command::Noop),
+                default(left) => return Ok(Command::Noop),
             }
         }
     }
@@ -256,11 +269,19 @@ impl Registry {
         camera.lock_and(|state| self.deliver(&camera, state, body.request_id, logs))
     }
 
-    /// One row per known camera, sorted by id.
-    pub fn cameras(&self) -> Vec<CameraInfo> {
-        let now = Instant::now();
-        let mut rows: Vec<CameraInfo> = self
+    /// One page of known cameras, sorted by id: at most `limit` ids after `after`, and the id to
+    /// pass as `after` for the next page when more remain.
+    pub fn cameras(&self, after: Option<&str>, limit: usize) -> (Vec<CameraInfo>, Option<String>) {
+        let mut page: Vec<Arc<Camera>> = self
             .all_cameras()
+            .into_iter()
+            .filter(|camera| after.is_none_or(|after| camera.id.as_str() > after))
+            .collect();
+        page.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let now = Instant::now();
+        let rows: Vec<CameraInfo> = page
             .iter()
             .map(|camera| {
                 let state = camera.state.lock();
@@ -272,8 +293,10 @@ impl Registry {
                 }
             })
             .collect();
-        rows.sort_by(|a, b| a.camera_id.cmp(&b.camera_id));
-        rows
+        let next = more
+            .then(|| rows.last().map(|row| row.camera_id.clone()))
+            .flatten();
+        (rows, next)
     }
 
     pub fn stats(&self) -> RegistryStats {
@@ -291,15 +314,54 @@ impl Registry {
         stats
     }
 
-    /// Re-sends overdue commands and fails the callers of cameras that went offline.
+    /// Re-sends overdue commands, fails the callers of cameras that went offline, and forgets
+    /// cameras offline for longer than `camera_forget`.
     pub fn tick(&self) {
         let now = Instant::now();
+        let mut went_offline = 0;
         for camera in self.all_cameras() {
             camera.lock_and(|state| {
                 self.redispatch_if_overdue(&camera, state, now);
-                self.check_offline(&camera, state, now);
+                if self.check_offline(&camera, state, now, went_offline < OFFLINE_LINES_PER_TICK) {
+                    went_offline += 1;
+                }
             });
         }
+        if went_offline > OFFLINE_LINES_PER_TICK {
+            warn!(
+                "{} more camera(s) went offline",
+                went_offline - OFFLINE_LINES_PER_TICK
+            );
+        }
+        self.forget_idle(now);
+    }
+
+    /// Forgets cameras offline for longer than `camera_forget` with nothing waiting on them.
+    ///
+    /// Only a camera that no thread holds is removed: every holder got its `Arc` from the map,
+    /// under the map's lock, which is held here, so a strong count of one means that no poll,
+    /// call or answer is using the camera and none can pick it up before it is gone. A camera
+    /// that polls again later simply registers anew.
+    pub fn forget_idle(&self, now: Instant) -> usize {
+        let forget_after = self.config.camera_forget;
+        let mut cameras = self.cameras.lock();
+        let before = cameras.len();
+        cameras.retain(|_, camera| {
+            Arc::strong_count(camera) > 1 || !camera.state.lock().forgettable(now, forget_after)
+        });
+        let forgotten = before - cameras.len();
+        // A crowd of one-off ids must not leave its table behind.
+        if cameras.capacity() > 4 * cameras.len() + 64 {
+            cameras.shrink_to_fit();
+        }
+        drop(cameras);
+        if forgotten > 0 {
+            info!(
+                "forgot {forgotten} camera(s) offline for more than {} s",
+                forget_after.as_secs()
+            );
+        }
+        forgotten
     }
 
     /// Runs [`Registry::tick`] on its own thread until [`Registry::shutdown`].
@@ -335,10 +397,15 @@ impl Registry {
         self.cameras.lock().values().cloned().collect()
     }
 
-    fn camera_for_poll(&self, camera_id: &str) -> Arc<Camera> {
+    fn camera_for_poll(&self, camera_id: &str) -> Result<Arc<Camera>, ApiError> {
         let mut cameras = self.cameras.lock();
         if let Some(camera) = cameras.get(camera_id) {
-            return Arc::clone(camera);
+            return Ok(Arc::clone(camera));
+        }
+        if cameras.len() >= self.config.max_cameras {
+            return Err(ApiError::TooManyCameras {
+                limit: self.config.max_cameras,
+            });
         }
         info!("camera '{camera_id}' connected");
         let (dispatch_tx, dispatch_rx) = unbounded();
@@ -354,7 +421,7 @@ impl Registry {
             }),
         });
         cameras.insert(camera_id.to_string(), Arc::clone(&camera));
-        camera
+        Ok(camera)
     }
 
     fn enqueue(
@@ -527,20 +594,31 @@ impl Registry {
         let _ = camera.dispatch_tx.send(command.request_id.clone());
     }
 
-    fn check_offline(&self, camera: &Camera, state: &mut CameraState, now: Instant) {
+    /// Fails the waiting calls of a camera that is offline. Returns whether it went offline
+    /// just now (logged by name when `name_it`).
+    fn check_offline(
+        &self,
+        camera: &Camera,
+        state: &mut CameraState,
+        now: Instant,
+        name_it: bool,
+    ) -> bool {
         if state.online(now, self.config.camera_grace) {
-            return;
+            return false;
         }
-        if !state.reported_offline {
+        let went_offline = !state.reported_offline;
+        if went_offline {
             state.reported_offline = true;
-            warn!(
-                "camera '{}' went offline: no poll for {:.1} s",
-                camera.id,
-                state.seconds_since_poll(now)
-            );
+            if name_it {
+                warn!(
+                    "camera '{}' went offline: no poll for {:.1} s",
+                    camera.id,
+                    state.seconds_since_poll(now)
+                );
+            }
         }
         if state.waiting() == 0 {
-            return;
+            return went_offline;
         }
         let error = state.offline_error(&camera.id, now);
         let abandoned = state.in_flight.take();
@@ -557,6 +635,7 @@ impl Registry {
             "failed {failed} waiting call(s) for camera '{}': it is offline",
             camera.id
         );
+        went_offline
     }
 }
 
@@ -600,6 +679,16 @@ impl CameraState {
             || self
                 .last_poll_end
                 .is_some_and(|end| now.saturating_duration_since(end) <= grace)
+    }
+
+    /// Offline for longer than `forget_after`, with no poll, call or command on it.
+    fn forgettable(&self, now: Instant, forget_after: Duration) -> bool {
+        self.open_polls == 0
+            && self.in_flight.is_none()
+            && self.next_batch.is_empty()
+            && self
+                .last_poll_end
+                .is_some_and(|end| now.saturating_duration_since(end) > forget_after)
     }
 
     fn waiting(&self) -> usize {
@@ -674,6 +763,8 @@ mod tests {
             ack_timeout: Duration::from_millis(300),
             camera_grace: Duration::from_secs(5),
             max_waiting_per_camera: 3,
+            camera_forget: Duration::from_secs(3600),
+            max_cameras: 100,
         }))
     }
 
@@ -698,7 +789,7 @@ mod tests {
                 request_id,
                 start_timestamp,
                 end_timestamp,
-            } = registry.poll(camera)
+            } = registry.poll(camera).unwrap()
             {
                 return (request_id, start_timestamp, end_timestamp);
             }
@@ -738,7 +829,7 @@ mod tests {
             camera_grace: Duration::from_millis(1),
             ..*registry.config()
         });
-        short.poll("cam");
+        short.poll("cam").unwrap();
         thread::sleep(Duration::from_millis(20));
         let started = Instant::now();
         let err = short
@@ -754,7 +845,7 @@ mod tests {
     #[test]
     fn callers_arriving_during_a_command_share_the_next_one() {
         let registry = registry();
-        registry.poll("cam"); // registers the camera
+        registry.poll("cam").unwrap(); // registers the camera
         let first = spawn_fetch(&registry, TimeRange::new(Some(2.0), Some(3.0)));
         let (id1, start, end) = poll_until_command(&registry, "cam");
         assert_eq!((start, end), (2.0, 3.0));
@@ -780,8 +871,8 @@ mod tests {
     #[test]
     fn duplicate_and_foreign_answers() {
         let registry = registry();
-        registry.poll("cam");
-        registry.poll("other");
+        registry.poll("cam").unwrap();
+        registry.poll("other").unwrap();
         let caller = spawn_fetch(&registry, TimeRange::ALL);
         let (id, _, _) = poll_until_command(&registry, "cam");
         let err = registry.complete("other", answer(&id, vec![])).unwrap_err();
@@ -808,7 +899,7 @@ mod tests {
     #[test]
     fn unanswered_command_is_sent_again_with_the_same_id() {
         let registry = registry();
-        registry.poll("cam");
+        registry.poll("cam").unwrap();
         let caller = spawn_fetch(&registry, TimeRange::ALL);
         let (id, _, _) = poll_until_command(&registry, "cam"); // this "poll" dies: no answer
         thread::sleep(registry.config().ack_timeout);
@@ -824,7 +915,7 @@ mod tests {
     #[test]
     fn a_caller_that_times_out_leaves_nothing_behind() {
         let registry = registry();
-        registry.poll("cam");
+        registry.poll("cam").unwrap();
         let err = registry
             .fetch_logs("cam", TimeRange::ALL, Duration::from_millis(50))
             .unwrap_err();
@@ -832,14 +923,14 @@ mod tests {
         let stats = registry.stats();
         assert_eq!((stats.waiting_requests, stats.commands_in_flight), (0, 0));
         // The command queued for it is stale: a poll skips it and answers noop.
-        assert_eq!(registry.poll("cam"), Command::Noop);
+        assert_eq!(registry.poll("cam").unwrap(), Command::Noop);
         assert_eq!(registry.stats().queued_dispatches, 0);
     }
 
     #[test]
     fn waiting_calls_are_bounded() {
         let registry = registry();
-        registry.poll("cam");
+        registry.poll("cam").unwrap();
         let callers: Vec<_> = (0..3)
             .map(|_| spawn_fetch(&registry, TimeRange::ALL))
             .collect();

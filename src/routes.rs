@@ -13,13 +13,11 @@ use tiny_http::{Header, Method, Request, Response};
 
 use crate::config::{ServerConfig, MAX_LOGS_TIMEOUT};
 use crate::error::ApiError;
-use crate::protocol::{CamerasResponse, LogEntry, SendLogsBody, TimeRange};
-use crate::registry::{Completion, Registry, RegistryStats};
+pub use crate::protocol::valid_camera_id;
+use crate::protocol::{CamerasResponse, LogEntry, SendLogsBody, TimeRange, MAX_CAMERA_ID_LEN};
+use crate::registry::{Completion, Registry, RegistryStats, DEFAULT_PAGE};
 use crate::server::PoolStats;
 use crate::{info, warn};
-
-/// Longest camera id accepted, so ids stay readable in logs and cheap as map keys.
-pub const MAX_CAMERA_ID_LEN: usize = 64;
 
 /// Everything a request handler needs; shared by all handler threads.
 pub struct App {
@@ -66,8 +64,10 @@ pub fn handle(app: &App, mut request: Request) {
         Ok(reply) => reply,
         Err(error) => {
             warn!(
-                "{method} {} -> {}: {error} ({} ms)",
+                "{} {} from {} -> {}: {error} ({} ms)",
+                truncate(method.as_str(), 16),
                 truncate(path, 64),
+                client_address(&request),
                 error.status(),
                 started.elapsed().as_millis()
             );
@@ -87,16 +87,19 @@ fn respond(app: &App, request: Request, reply: Reply, method: &Method, path: &st
     let declared = request.body_length().unwrap_or(0);
     if declared > SAFE_TO_DISCARD && declared > app.config.max_body_bytes {
         let status = reply.status;
+        let client = client_address(&request);
         park(app, request, reply);
         warn!(
-            "{method} {} declared a {declared}-byte body; answered {status} and parked the connection",
-            truncate(path, 64)
+            "{} {} from {client} declared a {declared}-byte body; answered {status} and parked the connection",
+            truncate(method.as_str(), 16),
+            truncate(path, 64),
         );
         return;
     }
     if let Err(e) = request.respond(to_response(reply)) {
         warn!(
-            "{method} {} : could not write the response: {e}",
+            "{} {}: could not write the response: {e}",
+            truncate(method.as_str(), 16),
             truncate(path, 64)
         );
     }
@@ -150,12 +153,16 @@ fn route(
         "/health" => Reply::json(&serde_json::json!({"status": "ok"})),
         "/logs" => {
             authorize(request, app.config.api_token.as_deref())?;
-            get_logs(app, &query)
+            get_logs(app, &query, &client_address(request))
         }
         "/cameras" => {
             authorize(request, app.config.api_token.as_deref())?;
+            let (cameras, next_after) = app
+                .registry
+                .cameras(query.after()?.as_deref(), query.limit()?);
             Reply::json(&CamerasResponse {
-                cameras: app.registry.cameras(),
+                cameras,
+                next_after,
             })
         }
         "/stats" => {
@@ -167,13 +174,12 @@ fn route(
             })
         }
         "/poll_for_command" => {
-            authorize(request, app.config.camera_token.as_deref())?;
-            let camera_id = query.camera_id()?;
-            Reply::json(&app.registry.poll(&camera_id))
+            let camera_id = authorize_camera(app, request, &query)?;
+            Reply::json(&app.registry.poll(&camera_id)?)
         }
         _ => {
-            authorize(request, app.config.camera_token.as_deref())?;
-            send_logs(app, request, &query)
+            let camera_id = authorize_camera(app, request, &query)?;
+            send_logs(app, request, &camera_id)
         }
     }
 }
@@ -193,7 +199,7 @@ struct LogsBody<'a> {
     logs: &'a [LogEntry],
 }
 
-fn get_logs(app: &App, query: &Query) -> Result<Reply, ApiError> {
+fn get_logs(app: &App, query: &Query, client: &str) -> Result<Reply, ApiError> {
     let started = Instant::now();
     let camera_id = query.camera_id()?;
     let range = TimeRange::new(
@@ -214,19 +220,18 @@ fn get_logs(app: &App, query: &Query) -> Result<Reply, ApiError> {
         logs: slice.entries(),
     })?;
     info!(
-        "logs returned for camera '{camera_id}': {} event(s) in {} ms",
+        "logs returned for camera '{camera_id}' to {client}: {} event(s) in {} ms",
         slice.entries().len(),
         started.elapsed().as_millis()
     );
     Ok(reply)
 }
 
-fn send_logs(app: &App, request: &mut Request, query: &Query) -> Result<Reply, ApiError> {
-    let camera_id = query.camera_id()?;
+fn send_logs(app: &App, request: &mut Request, camera_id: &str) -> Result<Reply, ApiError> {
     let body = read_body(request, app.config.max_body_bytes)?;
     let answer: SendLogsBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed send_logs body: {e}")))?;
-    match app.registry.complete(&camera_id, answer)? {
+    match app.registry.complete(camera_id, answer)? {
         Completion::Delivered { request_id, callers, events, elapsed } => info!(
             "camera '{camera_id}' answered command {request_id}: {events} event(s) for {callers} caller(s), {} ms after the command",
             elapsed.as_millis()
@@ -254,6 +259,18 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
         return Err(ApiError::PayloadTooLarge { limit });
     }
     Ok(body)
+}
+
+/// The camera id of a camera endpoint, once its caller has proved it may act for that id.
+fn authorize_camera(app: &App, request: &Request, query: &Query) -> Result<String, ApiError> {
+    let camera_id = query.camera_id()?;
+    match app.config.camera_auth.expected_for(&camera_id) {
+        None => {}
+        Some(Some(token)) => authorize(request, Some(token))?,
+        // An id with no line in the tokens file: nothing a caller presents is accepted.
+        Some(None) => return Err(ApiError::Unauthorized),
+    }
+    Ok(camera_id)
 }
 
 /// Checks `Authorization: Bearer <token>` when a token is configured, in constant time.
@@ -325,6 +342,32 @@ impl Query {
         }
     }
 
+    /// `after` of `/cameras`: a camera id, when given.
+    pub fn after(&self) -> Result<Option<String>, ApiError> {
+        match self.get("after") {
+            None => Ok(None),
+            Some(id) if valid_camera_id(id) => Ok(Some(id.to_string())),
+            Some(id) => Err(ApiError::BadRequest(format!(
+                "after must be a camera id; got '{}'",
+                truncate(id, 64)
+            ))),
+        }
+    }
+
+    /// `limit` of `/cameras`: 1 to `DEFAULT_PAGE` (the default).
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        let Some(raw) = self.get("limit") else {
+            return Ok(DEFAULT_PAGE);
+        };
+        match raw.parse::<usize>() {
+            Ok(n) if (1..=DEFAULT_PAGE).contains(&n) => Ok(n),
+            _ => Err(ApiError::BadRequest(format!(
+                "limit must be a whole number from 1 to {DEFAULT_PAGE}; got '{}'",
+                truncate(raw, 64)
+            ))),
+        }
+    }
+
     /// An optional finite number; anything else (NaN, inf, 1e400, 0x10, empty) is a 400.
     pub fn number(&self, name: &str) -> Result<Option<f64>, ApiError> {
         let Some(raw) = self.get(name) else {
@@ -362,21 +405,24 @@ fn parse_finite(raw: &str) -> Option<f64> {
     raw.parse::<f64>().ok().filter(|v| plain && v.is_finite())
 }
 
-/// Camera ids are 1 to 64 of `[A-Za-z0-9._-]`: safe in logs, URLs and map keys.
-pub fn valid_camera_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_CAMERA_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+/// Client text quoted in an error message or a log line: escaped and bounded.
+fn truncate(text: &str, max_chars: usize) -> String {
+    crate::log::clean(text, max_chars)
 }
 
-fn truncate(text: &str, max_chars: usize) -> String {
-    let mut out: String = text.chars().take(max_chars).collect();
-    if text.chars().nth(max_chars).is_some() {
-        out.push('…');
+/// Who sent the request, for log lines: the address the edge vouches for (`X-Real-IP`, set by
+/// deploy/nginx.conf from the connection it accepted), else the connection's own peer.
+fn client_address(request: &Request) -> String {
+    let forwarded = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("X-Real-IP"))
+        .map(|h| truncate(h.value.as_str().trim(), 64));
+    match (forwarded, request.remote_addr()) {
+        (Some(client), _) => client,
+        (None, Some(peer)) => peer.ip().to_string(),
+        (None, None) => "unknown".to_string(),
     }
-    out
 }
 
 fn to_response(reply: Reply) -> Response<std::io::Cursor<Vec<u8>>> {

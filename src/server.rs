@@ -2,8 +2,16 @@
 //! handler threads. Long polls and `/logs` calls block their thread, so the pool grows whenever
 //! no thread is idle and shrinks back when the load is gone.
 //!
+//! Requests of one connection are served one at a time, in order ([`Connections`]): tiny_http
+//! hands over every pipelined request at once, yet each response is written only after the
+//! previous one (its writers are chained), so a handler given request 2 while request 1 is a
+//! held poll would block for the whole hold. One poll followed by 5,000 pipelined requests took
+//! every handler thread for `POLL_HOLD_SECS`; now it takes one, and the rest wait in a queue.
+//!
 //! Owns handler thread lifetimes and shutdown; knows nothing of routes, cameras or sockets.
 
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,6 +20,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver};
+use parking_lot::Mutex;
+use tiny_http::Request;
 
 use crate::config::ServerConfig;
 use crate::listener::{loopback, FrontDoor, FrontDoorConfig};
@@ -35,6 +45,7 @@ pub struct PoolStats {
     busy: AtomicUsize,
     spawn_failures: AtomicUsize,
     parked: AtomicUsize,
+    pipelined: AtomicUsize,
 }
 
 /// A copy of [`PoolStats`] at one instant, plus the process's thread count.
@@ -47,6 +58,8 @@ pub struct PoolSnapshot {
     pub spawn_failures: usize,
     /// Connections answered and then parked because their declared body was too large to discard.
     pub parked_connections: usize,
+    /// Requests waiting behind an earlier request of the same connection (pipelined).
+    pub pipelined_waiting: usize,
     /// From /proc/self/status; 0 where that is not available.
     pub process_threads: usize,
 }
@@ -63,13 +76,59 @@ impl PoolStats {
             busy_handlers: self.busy.load(Ordering::Relaxed),
             spawn_failures: self.spawn_failures.load(Ordering::Relaxed),
             parked_connections: self.parked.load(Ordering::Relaxed),
+            pipelined_waiting: self.pipelined.load(Ordering::Relaxed),
             process_threads: crate::listener::process_threads(),
         }
     }
 }
 
+/// The connections with a request being served, each with the requests it pipelined behind it.
+#[derive(Default)]
+struct Connections {
+    serving: Mutex<HashMap<SocketAddr, VecDeque<Request>>>,
+}
+
+impl Connections {
+    /// The request back when it may be served now; `None` when it waits behind an earlier
+    /// request of its connection (a connection is identified by its peer's address and port).
+    fn admit(&self, request: Request, stats: &PoolStats) -> Option<Request> {
+        let Some(peer) = request.remote_addr().copied() else {
+            return Some(request);
+        };
+        match self.serving.lock().entry(peer) {
+            Entry::Occupied(mut waiting) => {
+                waiting.get_mut().push_back(request);
+                stats.pipelined.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(VecDeque::new());
+                Some(request)
+            }
+        }
+    }
+
+    /// Called when a request of `peer` has been answered: the connection's next request, if it
+    /// sent one.
+    fn finished(&self, peer: Option<SocketAddr>, stats: &PoolStats) -> Option<Request> {
+        let peer = peer?;
+        let mut serving = self.serving.lock();
+        let next = serving.get_mut(&peer)?.pop_front();
+        match next {
+            Some(_) => {
+                stats.pipelined.fetch_sub(1, Ordering::Relaxed);
+            }
+            None => {
+                serving.remove(&peer);
+            }
+        }
+        next
+    }
+}
+
 struct Pool {
     requests: Receiver<tiny_http::Request>,
+    connections: Connections,
     app: App,
     stopping: AtomicBool,
     /// Each request being served holds a handler, and each request has a connection, so the
@@ -86,12 +145,15 @@ pub struct ApiServer {
 impl ApiServer {
     /// Binds `HOST:PORT` and starts serving on background threads.
     pub fn start(config: ServerConfig) -> std::io::Result<ApiServer> {
+        crate::listener::quiet_tiny_http_panics();
         let (requests_tx, requests) = unbounded();
         let registry = Arc::new(Registry::new(RegistryConfig {
             poll_hold: config.poll_hold,
             ack_timeout: config.ack_timeout,
             camera_grace: config.camera_grace,
             max_waiting_per_camera: config.max_waiting_per_camera,
+            camera_forget: config.camera_forget,
+            max_cameras: config.max_cameras,
         }));
         let probe_registry = Arc::clone(&registry);
         let front_door = FrontDoor::open(
@@ -115,6 +177,7 @@ impl ApiServer {
         };
         let pool = Arc::new(Pool {
             requests,
+            connections: Connections::default(),
             app,
             stopping: AtomicBool::new(false),
             max_workers,
@@ -123,6 +186,16 @@ impl ApiServer {
             spawn_worker(&pool)?;
         }
         crate::log::announce(format_args!("API server listening on http://{addr}"));
+        crate::log::announce(format_args!("{}", exposure(addr)));
+        info!(
+            "authentication: cameras {}, users {}",
+            pool.app.config.camera_auth.describe(),
+            if pool.app.config.api_token.is_some() {
+                "on (API_TOKEN)"
+            } else {
+                "off"
+            }
+        );
         Ok(ApiServer {
             pool,
             ticker: Some(ticker),
@@ -174,6 +247,16 @@ impl ApiServer {
     }
 }
 
+/// How the server is exposed, for the start-up log: the bare api is for loopback and trusted
+/// networks; anything untrusted clients can reach goes through the nginx edge.
+fn exposure(addr: SocketAddr) -> String {
+    if addr.ip().is_loopback() {
+        format!("exposure: loopback only ({}): reachable from this machine alone; to serve other machines, put the nginx edge (deploy/nginx.conf) in front and let it reach this port", addr.ip())
+    } else {
+        format!("exposure: bound to {}: reachable from the network; this port must be reachable only by the nginx edge (deploy/nginx.conf) and trusted hosts, never by untrusted clients directly", addr.ip())
+    }
+}
+
 fn spawn_worker(pool: &Arc<Pool>) -> std::io::Result<()> {
     let stats = &pool.app.pool;
     stats.threads.fetch_add(1, Ordering::SeqCst);
@@ -211,11 +294,12 @@ fn worker(pool: Arc<Pool>) {
                         error!("could not start a handler thread: {e}; serving with the threads there are");
                     }
                 }
-                stats.busy.fetch_add(1, Ordering::SeqCst);
-                if catch_unwind(AssertUnwindSafe(|| routes::handle(&pool.app, request))).is_err() {
-                    error!("a request handler panicked; the request got a 500 and the server keeps serving");
+                let mut next = pool.connections.admit(request, stats);
+                while let Some(request) = next {
+                    let peer = request.remote_addr().copied();
+                    serve(&pool, request);
+                    next = pool.connections.finished(peer, stats);
                 }
-                stats.busy.fetch_sub(1, Ordering::SeqCst);
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 let retire = last_request.elapsed() > pool.app.config.worker_idle_exit
@@ -234,4 +318,13 @@ fn worker(pool: Arc<Pool>) {
         }
     }
     stats.threads.fetch_sub(1, Ordering::SeqCst);
+}
+
+fn serve(pool: &Pool, request: Request) {
+    let stats = &pool.app.pool;
+    stats.busy.fetch_add(1, Ordering::SeqCst);
+    if catch_unwind(AssertUnwindSafe(|| routes::handle(&pool.app, request))).is_err() {
+        error!("a request handler panicked; the request got a 500 and the server keeps serving");
+    }
+    stats.busy.fetch_sub(1, Ordering::SeqCst);
 }

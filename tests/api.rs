@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use camera_logs::protocol::LogEntry;
 use camera_logs::ServerConfig;
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn assert_ascending(logs: &[LogEntry]) {
     assert!(
@@ -546,7 +546,7 @@ fn cameras_and_health_have_their_documented_shapes() {
     );
     assert_eq!(
         get(&format!("{}/cameras", server.url)).expect_json(200),
-        json!({"cameras": []})
+        json!({"cameras": [], "nextAfter": null})
     );
     let stats = get(&format!("{}/stats", server.url)).expect_json(200);
     assert_eq!(stats["registry"]["waitingRequests"], 0, "{stats}");
@@ -577,5 +577,17 @@ fn cameras_and_health_have_their_documented_shapes() {
             (now - last_seen).abs() < 60.0,
             "lastSeen {last_seen} vs now {now}"
         );
+    }
+    assert_eq!(body["nextAfter"], Value::Null, "one page holds both");
+
+    // Pages: one id at a time, each page naming where the next one starts.
+    let first = get(&format!("{}/cameras?limit=1", server.url)).expect_json(200);
+    assert_eq!(first["cameras"][0]["cameraId"], "a-cam");
+    assert_eq!(first["nextAfter"], "a-cam");
+    let second = get(&format!("{}/cameras?limit=1&after=a-cam", server.url)).expect_json(200);
+    assert_eq!(second["cameras"][0]["cameraId"], "b.cam");
+    assert_eq!(second["nextAfter"], Value::Null);
+    for bad in ["limit=0", "limit=1001", "limit=x", "after=a%20b"] {
+        get(&format!("{}/cameras?{bad}", server.url)).expect_error(400);
     }
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use camera_logs::config::CameraAuth;
 use camera_logs::error::ApiError;
 use camera_logs::protocol::{LogEntry, SendLogsBody};
 use camera_logs::registry::{Registry, RegistryConfig};
@@ -673,8 +674,10 @@ fn thousands_of_generated_inputs_never_panic_the_parsers_and_errors_are_400() {
         ack_timeout: Duration::from_secs(1),
         camera_grace: Duration::from_secs(60),
         max_waiting_per_camera: 8,
+        camera_forget: Duration::from_secs(3600),
+        max_cameras: 10,
     });
-    registry.poll("cam");
+    registry.poll("cam").unwrap();
     let (mut query_errors, mut body_errors) = (0, 0);
 
     for i in 0..4000 {
@@ -825,7 +828,7 @@ fn assert_unauthorized(resp: &Resp, context: &str) {
 fn camera_endpoints_require_the_camera_token() {
     const TOKEN: &str = "camera-token-5b1d";
     let mut system = TestServer::start(ServerConfig {
-        camera_token: Some(TOKEN.to_string()),
+        camera_auth: CameraAuth::Shared(TOKEN.to_string()),
         poll_hold: Duration::from_millis(500),
         ..ServerConfig::for_tests()
     });
@@ -924,7 +927,7 @@ fn user_endpoints_require_the_api_token_and_health_does_not() {
     const CAMERA: &str = "camera-token-71aa";
     let mut system = TestServer::start(ServerConfig {
         api_token: Some(API.to_string()),
-        camera_token: Some(CAMERA.to_string()),
+        camera_auth: CameraAuth::Shared(CAMERA.to_string()),
         ..ServerConfig::for_tests()
     });
     let events = fixture(20);

@@ -150,7 +150,7 @@ fn tokens_are_required_when_configured() {
     let events = fixture(20);
     let mut config = ServerConfig::for_tests();
     config.api_token = Some("user-secret".into());
-    config.camera_token = Some("camera-secret".into());
+    config.camera_auth = camera_logs::config::CameraAuth::Shared("camera-secret".into());
     let server = TestServer::start(config);
 
     let poll = get(&format!("{}/poll_for_command?cameraId=front", server.url));

@@ -1312,12 +1312,20 @@ impl Monitor {
 
     /// This run's cameras that the server counts as online.
     fn online(&self, prefix: &str) -> Result<usize, String> {
-        let cameras: CamerasResponse = self.get("/cameras")?;
-        Ok(cameras
-            .cameras
-            .iter()
-            .filter(|c| c.online && c.camera_id.starts_with(prefix))
-            .count())
+        let mut online = 0;
+        let mut path = "/cameras".to_string();
+        loop {
+            let page: CamerasResponse = self.get(&path)?;
+            online += page
+                .cameras
+                .iter()
+                .filter(|c| c.online && c.camera_id.starts_with(prefix))
+                .count();
+            match page.next_after {
+                Some(after) => path = format!("/cameras?after={after}"),
+                None => return Ok(online),
+            }
+        }
     }
 
     /// `registry.openPolls` from /stats, when the server has it.

@@ -651,7 +651,8 @@ impl TestServer {
     pub fn wait_for_camera(&self, camera: &str) {
         wait_until(&format!("camera '{camera}' is online"), PATIENCE, || {
             self.registry()
-                .cameras()
+                .cameras(None, usize::MAX)
+                .0
                 .iter()
                 .any(|c| c.camera_id == camera && c.online)
         });
