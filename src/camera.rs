@@ -5,6 +5,11 @@
 //!
 //! When the server is unreachable or answers with an error, both threads back off exponentially
 //! with jitter (0.5 s doubling to a cap) and log once per failure streak, never spinning.
+//!
+//! An https:// `API_BASE_URL` is reached through rustls, trusting only the certificates of
+//! `CA_CERT_FILE` when it is set, else the bundled webpki roots. A certificate the camera does
+//! not trust (or a server that does not speak TLS) is logged with its cause and a hint, and
+//! retried with the same backoff: a streak that turns into a TLS failure is logged once more.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -15,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-use crate::config::CameraConfig;
+use crate::config::{CaCerts, CameraConfig};
 use crate::event_log::EventLog;
 use crate::log::epoch_secs;
 use crate::protocol::{Command, LogEntry, SendLogsBody, TimeRange};
@@ -83,8 +88,10 @@ impl CameraHandle {
         let (commands_tx, commands_rx) = unbounded();
         let client = Client::new(&config);
         info!(
-            "camera '{}' starting; API server at {}",
-            config.camera_id, config.api_base_url
+            "camera '{}' starting; API server at {}{}",
+            config.camera_id,
+            config.api_base_url,
+            describe_trust(&config)
         );
 
         let mut threads = Vec::new();
@@ -160,11 +167,42 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinH
     std::thread::Builder::new().name(name.to_string()).spawn(f)
 }
 
+/// The start-up line's note on what an https:// server is trusted by (empty for plain http).
+fn describe_trust(config: &CameraConfig) -> String {
+    let https = config.api_base_url.starts_with("https://");
+    match (&config.ca_certs, https) {
+        (Some(ca), true) => format!(
+            "; trusting only the {} CA certificate(s) of {}",
+            ca.der.len(),
+            ca.path.display()
+        ),
+        (None, true) => "; trusting the bundled webpki roots".to_string(),
+        (Some(_), false) => "; CA_CERT_FILE unused (the URL is not https://)".to_string(),
+        (None, false) => String::new(),
+    }
+}
+
+/// TLS for an https:// server: exactly the roots of `CA_CERT_FILE` when set, else webpki's.
+fn tls_config(ca_certs: Option<&CaCerts>) -> ureq::tls::TlsConfig {
+    let roots = match ca_certs {
+        Some(ca) => ureq::tls::RootCerts::new_with_certs(
+            &ca.der
+                .iter()
+                .map(|der| ureq::tls::Certificate::from_der(der).to_owned())
+                .collect::<Vec<_>>(),
+        ),
+        None => ureq::tls::RootCerts::WebPki,
+    };
+    ureq::tls::TlsConfig::builder().root_certs(roots).build()
+}
+
 /// The HTTP side of the camera: URLs, the bearer token and a ureq agent.
 #[derive(Clone)]
 struct Client {
     poll_url: String,
     send_url: String,
+    /// `scheme://host:port` of the server, for failure messages (never any user:password).
+    origin: String,
     camera_id: String,
     authorization: Option<String>,
     poll_agent: ureq::Agent,
@@ -173,23 +211,35 @@ struct Client {
 
 impl Client {
     fn new(config: &CameraConfig) -> Client {
+        let tls = tls_config(config.ca_certs.as_ref());
         let agent = |timeout: Duration| {
             ureq::Agent::new_with_config(
                 ureq::Agent::config_builder()
                     .timeout_global(Some(timeout))
                     .http_status_as_error(false)
+                    .tls_config(tls.clone())
                     .build(),
             )
         };
         let base = config.api_base_url.trim_end_matches('/');
+        let origin = url::Url::parse(base).map_or_else(
+            |_| base.to_string(),
+            |url| url.origin().ascii_serialization(),
+        );
         Client {
             poll_url: format!("{base}/poll_for_command?cameraId={}", config.camera_id),
             send_url: format!("{base}/send_logs?cameraId={}", config.camera_id),
+            origin,
             camera_id: config.camera_id.clone(),
             authorization: config.camera_token.as_ref().map(|t| format!("Bearer {t}")),
             poll_agent: agent(config.poll_timeout),
             post_agent: agent(Duration::from_secs(60)),
         }
+    }
+
+    /// The text logged for a request that got no response.
+    fn describe_error(&self, e: &ureq::Error) -> String {
+        describe_call_error(&self.origin, &e.to_string())
     }
 
     fn poll(&self) -> Result<Command, String> {
@@ -202,7 +252,7 @@ impl Client {
         if let Some(auth) = &self.authorization {
             request = request.header("Authorization", auth);
         }
-        let mut response = request.call().map_err(|e| e.to_string())?;
+        let mut response = request.call().map_err(|e| self.describe_error(&e))?;
         let status = response.status().as_u16();
         if status != 200 {
             return Err(describe_status(status, &mut response));
@@ -222,7 +272,9 @@ impl Client {
         if let Some(auth) = &self.authorization {
             request = request.header("Authorization", auth);
         }
-        let mut response = request.send_json(body).map_err(|e| e.to_string())?;
+        let mut response = request
+            .send_json(body)
+            .map_err(|e| self.describe_error(&e))?;
         match response.status().as_u16() {
             200 => Ok(true),
             status @ (408 | 429) => Err(describe_status(status, &mut response)),
@@ -236,6 +288,50 @@ impl Client {
             status => Err(describe_status(status, &mut response)),
         }
     }
+}
+
+/// Starts every TLS failure's text; such a failure needs a fix on one side, not just a retry.
+const TLS_CERTIFICATE: &str = "TLS certificate of ";
+const TLS_HANDSHAKE: &str = "TLS handshake with ";
+
+/// Names the cause of a failed call to `origin` (ureq's error text, `error`): a certificate the
+/// camera does not trust, with a hint at the fix; a handshake that failed because the other end
+/// does not speak TLS; or else ureq's own text, unchanged.
+fn describe_call_error(origin: &str, error: &str) -> String {
+    // rustls's wording (`rustls::Error`'s Display, reached through ureq's io or rustls error).
+    if let Some(at) = error.find("invalid peer certificate: ") {
+        let cause = &error[at + "invalid peer certificate: ".len()..];
+        let hint = if cause.contains("UnknownIssuer") || cause.contains("BadSignature") {
+            "set CA_CERT_FILE to the edge's CA (or check that it holds the CA that signed the edge's certificate)"
+        } else if cause.contains("not valid for name") || cause.contains("NotValidForName") {
+            "API_BASE_URL must use a host name the certificate was issued for"
+        } else if cause.contains("expired")
+            || cause.contains("not valid yet")
+            || cause.contains("Expired")
+            || cause.contains("NotValidYet")
+        {
+            "renew the edge's certificate, or check this camera's clock"
+        } else if cause.contains("CaUsedAsEndEntity") {
+            "the edge presents a CA certificate as its own; give it one with basicConstraints CA:FALSE (self-signed, or signed by the CA in CA_CERT_FILE)"
+        } else {
+            "check the edge's certificate and CA_CERT_FILE"
+        };
+        return format!("{TLS_CERTIFICATE}{origin} not trusted: {cause}; {hint}");
+    }
+    const NOT_TLS: [&str; 6] = [
+        "received corrupt message",
+        "received unexpected",
+        "peer is incompatible",
+        "peer misbehaved",
+        "received fatal alert",
+        "tls handshake eof",
+    ];
+    if origin.starts_with("https://") && NOT_TLS.iter().any(|m| error.contains(m)) {
+        return format!(
+            "{TLS_HANDSHAKE}{origin} failed: {error}; is the server speaking https:// on that port?"
+        );
+    }
+    error.to_string()
 }
 
 fn describe_status(status: u16, response: &mut ureq::http::Response<ureq::Body>) -> String {
@@ -345,12 +441,15 @@ impl Poster {
     }
 }
 
-/// Exponential backoff with jitter that logs a failure streak once, and its end once.
+/// Exponential backoff with jitter that logs a failure streak once, and its end once; a streak
+/// that turns into a TLS failure (which retrying alone will not fix) is logged once more.
 struct Backoff {
     what: &'static str,
     max: Duration,
     failures: u32,
     started: Option<Instant>,
+    /// Whether this streak has logged a TLS failure.
+    logged_tls: bool,
     jitter: Jitter,
 }
 
@@ -361,6 +460,7 @@ impl Backoff {
             max,
             failures: 0,
             started: None,
+            logged_tls: false,
             jitter: Jitter::new(),
         }
     }
@@ -376,8 +476,12 @@ impl Backoff {
     /// Records a failure and sleeps; returns false if the camera is stopping.
     fn failed(&mut self, why: &str, stop: &Receiver<()>) -> bool {
         self.failures += 1;
-        if self.failures == 1 {
-            self.started = Some(Instant::now());
+        let tls = why.starts_with(TLS_CERTIFICATE) || why.starts_with(TLS_HANDSHAKE);
+        if self.failures == 1 || (tls && !self.logged_tls) {
+            if self.failures == 1 {
+                self.started = Some(Instant::now());
+            }
+            self.logged_tls |= tls;
             warn!(
                 "could not {}: {why}; retrying with backoff (up to {:.0} s)",
                 self.what,
@@ -402,6 +506,7 @@ impl Backoff {
         }
         self.failures = 0;
         self.started = None;
+        self.logged_tls = false;
     }
 }
 
@@ -502,6 +607,114 @@ mod tests {
             backoff.delay() >= Duration::from_millis(250),
             "never a busy loop"
         );
+    }
+
+    #[test]
+    fn certificate_failures_name_the_cause_and_the_fix() {
+        let origin = "https://edge.example:8443";
+        for (error, cause, hint) in [
+            (
+                "io: invalid peer certificate: UnknownIssuer",
+                "UnknownIssuer",
+                "set CA_CERT_FILE",
+            ),
+            (
+                "rustls: invalid peer certificate: BadSignature",
+                "BadSignature",
+                "set CA_CERT_FILE",
+            ),
+            (
+                "io: invalid peer certificate: certificate not valid for name \"edge\"; certificate is only valid for IpAddress(127.0.0.1)",
+                "not valid for name",
+                "API_BASE_URL must use a host name",
+            ),
+            (
+                "io: invalid peer certificate: certificate expired: verification time 2 (UNIX), but certificate is not valid after 1 (1 seconds ago)",
+                "certificate expired",
+                "renew the edge's certificate",
+            ),
+            (
+                "io: invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))",
+                "CaUsedAsEndEntity",
+                "CA:FALSE",
+            ),
+            (
+                "io: invalid peer certificate: UnsupportedSignatureAlgorithm",
+                "UnsupportedSignatureAlgorithm",
+                "check the edge's certificate",
+            ),
+        ] {
+            let text = describe_call_error(origin, error);
+            assert!(
+                text.starts_with(&format!("{TLS_CERTIFICATE}{origin} not trusted: ")),
+                "{text}"
+            );
+            assert!(text.contains(cause) && text.contains(hint), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_server_that_does_not_speak_tls_is_named() {
+        let error = "io: received corrupt message of type InvalidContentType";
+        let text = describe_call_error("https://edge:8443", error);
+        assert!(
+            text.starts_with("TLS handshake with https://edge:8443 failed: io: received corrupt"),
+            "{text}"
+        );
+        // Other failures keep ureq's own text, over https as over http.
+        for origin in ["https://edge:8443", "http://edge:8080"] {
+            let refused = "io: Connection refused (os error 111)";
+            assert_eq!(describe_call_error(origin, refused), refused);
+        }
+        assert_eq!(describe_call_error("http://edge:8080", error), error);
+    }
+
+    #[test]
+    fn a_streak_that_turns_into_a_tls_failure_is_logged_once_more() {
+        // A dropped sender: `failed` returns at once instead of sleeping.
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        drop(stop_tx);
+        let mut backoff = Backoff::new(Duration::from_secs(1), "test");
+        assert!(!backoff.failed("io: Connection refused", &stop_rx));
+        assert!(!backoff.logged_tls);
+        let tls = describe_call_error(
+            "https://edge",
+            "io: invalid peer certificate: UnknownIssuer",
+        );
+        assert!(!backoff.failed(&tls, &stop_rx));
+        assert!(backoff.logged_tls);
+        assert_eq!(backoff.failures, 2);
+        backoff.succeeded();
+        assert!(!backoff.logged_tls && backoff.failures == 0);
+    }
+
+    #[test]
+    fn ca_cert_file_replaces_the_webpki_roots() {
+        let default = tls_config(None);
+        assert!(matches!(default.root_certs(), ureq::tls::RootCerts::WebPki));
+        let ca = CaCerts {
+            path: "ca.pem".into(),
+            der: vec![vec![0x30, 0x00], vec![0x30, 0x01, 0x00]],
+        };
+        match tls_config(Some(&ca)).root_certs() {
+            ureq::tls::RootCerts::Specific(certs) => {
+                let der: Vec<&[u8]> = certs.iter().map(|c| c.der()).collect();
+                assert_eq!(der, [&[0x30, 0x00][..], &[0x30, 0x01, 0x00][..]]);
+            }
+            other => panic!("expected exactly the CA_CERT_FILE roots, got {other:?}"),
+        }
+        let https = CameraConfig {
+            api_base_url: "https://edge".to_string(),
+            ca_certs: Some(ca.clone()),
+            ..CameraConfig::default()
+        };
+        assert!(describe_trust(&https).contains("trusting only the 2 CA certificate(s) of ca.pem"));
+        let http = CameraConfig {
+            ca_certs: Some(ca),
+            ..CameraConfig::default()
+        };
+        assert!(describe_trust(&http).contains("unused"));
+        assert_eq!(describe_trust(&CameraConfig::default()), "");
     }
 
     #[test]

@@ -74,6 +74,11 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         help: "open connections at most; beyond it new ones are refused until the count falls",
     },
     Setting {
+        name: "WORKER_IDLE_SECS",
+        default: "30",
+        help: "a handler thread beyond the minimum that has been idle this long exits",
+    },
+    Setting {
         name: "CAMERA_FORGET_SECS",
         default: "3600",
         help: "a camera offline this long, with no call waiting for it, is forgotten (404 after)",
@@ -109,7 +114,7 @@ pub const CAMERA_SETTINGS: &[Setting] = &[
     Setting {
         name: "API_BASE_URL",
         default: "http://localhost:8080",
-        help: "where the API server is",
+        help: "where the API server is: http://, or https:// (e.g. through the nginx edge)",
     },
     Setting {
         name: "CAMERA_ID",
@@ -135,6 +140,11 @@ pub const CAMERA_SETTINGS: &[Setting] = &[
         name: "CAMERA_TOKEN",
         default: "(unset)",
         help: "bearer token sent to the server's camera endpoints",
+    },
+    Setting {
+        name: "CA_CERT_FILE",
+        default: "(unset)",
+        help: "PEM file of the CA certificate(s) an https:// server must chain to (a private CA or a self-signed edge), instead of the bundled webpki roots",
     },
     Setting {
         name: "LOG_FILE",
@@ -234,8 +244,7 @@ pub struct ServerConfig {
     pub max_cameras: usize,
     pub camera_auth: CameraAuth,
     pub api_token: Option<String>,
-    /// An idle handler thread beyond the minimum exits after this long (not an environment
-    /// variable: tests shorten it to watch the thread count return to idle).
+    /// An idle handler thread beyond the minimum exits after this long.
     pub worker_idle_exit: Duration,
     /// Applied by the binaries at start-up (the level is process-wide).
     pub log_level: Level,
@@ -303,7 +312,12 @@ impl ServerConfig {
             max_cameras: parse_or(&lookup, "MAX_CAMERAS", d.max_cameras, parse_count)?,
             camera_auth: camera_auth(&lookup)?,
             api_token: token(&lookup, "API_TOKEN")?,
-            worker_idle_exit: d.worker_idle_exit,
+            worker_idle_exit: parse_or(
+                &lookup,
+                "WORKER_IDLE_SECS",
+                d.worker_idle_exit,
+                parse_secs,
+            )?,
             log_level: parse_or(&lookup, "LOG_LEVEL", d.log_level, str::parse)?,
         })
     }
@@ -431,10 +445,95 @@ pub struct CameraConfig {
     pub poll_timeout: Duration,
     pub backoff_max: Duration,
     pub camera_token: Option<String>,
+    /// `CA_CERT_FILE`: the only roots trusted for an https:// server; `None` trusts the bundled
+    /// webpki roots. Unused with an http:// URL.
+    pub ca_certs: Option<CaCerts>,
     pub log_file: Option<PathBuf>,
     pub max_events: usize,
     /// Applied by the binary at start-up (the level is process-wide).
     pub log_level: Level,
+}
+
+/// The CA certificates read from `CA_CERT_FILE` at start-up, in DER form. Certificates are
+/// public; any private key in the same file is skipped, never kept.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaCerts {
+    pub path: PathBuf,
+    pub der: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for CaCerts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CaCerts({}, {} certificate(s))",
+            self.path.display(),
+            self.der.len()
+        )
+    }
+}
+
+impl CaCerts {
+    /// Reads every `CERTIFICATE` block of the PEM file at `path`; a file that cannot be read,
+    /// is not PEM, or holds no well-formed certificate is a [`ConfigError`] on `CA_CERT_FILE`.
+    pub fn read(path: &str) -> Result<CaCerts, ConfigError> {
+        let fail = |expected: &'static str| ConfigError {
+            variable: "CA_CERT_FILE",
+            value: path.to_string(),
+            expected,
+        };
+        let pem = std::fs::read(path).map_err(|_| fail("a readable PEM file"))?;
+        let der = parse_ca_pem(&pem).map_err(fail)?;
+        Ok(CaCerts {
+            path: PathBuf::from(path),
+            der,
+        })
+    }
+}
+
+/// The DER of every certificate in `pem`. The error never quotes the file, which may hold a key.
+pub fn parse_ca_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
+    const EXPECTED: &str =
+        "a PEM file with one or more CA certificates (-----BEGIN CERTIFICATE-----)";
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) if is_der_sequence(cert.der()) => {
+                certs.push(cert.der().to_vec())
+            }
+            Ok(ureq::tls::PemItem::Certificate(_)) | Err(_) => return Err(EXPECTED),
+            // A private key (or any other item) is not a trust root: skipped, never kept.
+            Ok(_) => {}
+        }
+    }
+    if certs.is_empty() {
+        return Err(EXPECTED);
+    }
+    Ok(certs)
+}
+
+/// A cheap shape check of a DER certificate (one SEQUENCE spanning exactly the bytes), so a
+/// corrupted block fails at start-up rather than as "unknown issuer" on every connection.
+fn is_der_sequence(der: &[u8]) -> bool {
+    let [0x30, first, rest @ ..] = der else {
+        return false;
+    };
+    let (len, body) = match *first {
+        n @ 0..=0x7f => (usize::from(n), rest),
+        n @ 0x81..=0x84 => {
+            let count = usize::from(n & 0x7f);
+            if rest.len() < count {
+                return false;
+            }
+            let (len_bytes, body) = rest.split_at(count);
+            let len = len_bytes
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+            (len, body)
+        }
+        _ => return false,
+    };
+    len == body.len()
 }
 
 impl Default for CameraConfig {
@@ -446,6 +545,7 @@ impl Default for CameraConfig {
             poll_timeout: Duration::from_secs(60),
             backoff_max: Duration::from_secs(30),
             camera_token: None,
+            ca_certs: None,
             log_file: None,
             max_events: 100_000,
             log_level: Level::Info,
@@ -467,7 +567,7 @@ impl CameraConfig {
             Some(raw) => parse_base_url(&raw).ok_or(ConfigError {
                 variable: "API_BASE_URL",
                 value: raw,
-                expected: "an http:// URL such as http://localhost:8080",
+                expected: "an http:// or https:// URL such as http://localhost:8080",
             })?,
             None => d.api_base_url,
         };
@@ -485,6 +585,11 @@ impl CameraConfig {
         let log_file = lookup("LOG_FILE")?
             .filter(|p| !p.is_empty())
             .map(PathBuf::from);
+        // Read (and checked) even with an http:// URL, where it is then unused.
+        let ca_certs = match lookup("CA_CERT_FILE")?.filter(|p| !p.is_empty()) {
+            Some(path) => Some(CaCerts::read(&path)?),
+            None => None,
+        };
         Ok(CameraConfig {
             api_base_url,
             camera_id,
@@ -497,6 +602,7 @@ impl CameraConfig {
             poll_timeout: parse_or(&lookup, "POLL_TIMEOUT_SECS", d.poll_timeout, parse_secs)?,
             backoff_max: parse_or(&lookup, "BACKOFF_MAX_SECS", d.backoff_max, parse_secs)?,
             camera_token: token(&lookup, "CAMERA_TOKEN")?,
+            ca_certs,
             log_file,
             max_events: parse_or(&lookup, "MAX_EVENTS", d.max_events, parse_count)?,
             log_level: parse_or(&lookup, "LOG_LEVEL", d.log_level, str::parse)?,
@@ -578,7 +684,8 @@ fn parse_count(raw: &str) -> Result<usize, &'static str> {
 
 fn parse_base_url(raw: &str) -> Option<String> {
     let url = url::Url::parse(raw).ok()?;
-    (url.scheme() == "http" && url.host().is_some()).then(|| raw.trim_end_matches('/').to_string())
+    (matches!(url.scheme(), "http" | "https") && url.host().is_some())
+        .then(|| raw.trim_end_matches('/').to_string())
 }
 
 #[cfg(test)]
@@ -671,5 +778,127 @@ mod tests {
         for s in SERVER_SETTINGS {
             assert!(help.contains(s.name) && help.contains(s.default));
         }
+    }
+
+    /// A self-signed test CA (its key was thrown away): test data, trusted nowhere.
+    const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBujCCAWGgAwIBAgIUCvAECHNp6tPHnbhQjep5+m2cr2kwCgYIKoZIzj0EAwIw
+MjEwMC4GA1UEAwwnY2FtZXJhLWxvZ3MgdGVzdCBDQSAoY29uZmlnIHRlc3RzIG9u
+bHkpMCAXDTI2MTEyMzIwMzAyMFoYDzIxMjYxMDMwMjAzMDIwWjAyMTAwLgYDVQQD
+DCdjYW1lcmEtbG9ncyB0ZXN0IENBIChjb25maWcgdGVzdHMgb25seSkwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAAR+q0bXkDRJ6ARfES5EhluP8BPEmBh9UGjDdh2R
+SNU4xl6yLqbVdkzdxALZRRqKhpo8wOISbEhVHoVa+iPIUwVho1MwUTAdBgNVHQ4E
+FgQUv1FKnhTnUjo7XjD23UQa4KVuYokwHwYDVR0jBBgwFoAUv1FKnhTnUjo7XjD2
+3UQa4KVuYokwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBEAiBFB6fM
+JIokNI2maB2tClNN3bi9OuKLrd6h7ytHd7D5TwIgG7Xx4HHqgDktRL/4JBQ5UroP
+RG9HjNGlT/IrtPD/9RU=
+-----END CERTIFICATE-----
+";
+
+    /// Writes `contents` to a file of its own under the temporary directory.
+    fn temp_file(name: &str, contents: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("camera-logs-config-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn https_base_urls_are_accepted() {
+        let c = CameraConfig::from_lookup(lookup_from(&[(
+            "API_BASE_URL",
+            "https://edge.example:8443/",
+        )]))
+        .unwrap();
+        assert_eq!(c.api_base_url, "https://edge.example:8443");
+        let err =
+            CameraConfig::from_lookup(lookup_from(&[("API_BASE_URL", "ftp://edge")])).unwrap_err();
+        assert!(err.to_string().contains("https://"), "{err}");
+    }
+
+    #[test]
+    fn ca_cert_file_reads_every_certificate() {
+        const FAKE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let two = temp_file(
+            "two.pem",
+            &format!("# the edge's CA\n{TEST_CA_PEM}{TEST_CA_PEM}{FAKE_KEY}"),
+        );
+        let c = CameraConfig::from_lookup(lookup_from(&[
+            ("API_BASE_URL", "https://edge.example"),
+            ("CA_CERT_FILE", &two.to_string_lossy()),
+        ]))
+        .unwrap();
+        let _ = std::fs::remove_file(&two);
+        let ca = c.ca_certs.unwrap();
+        assert_eq!(ca.path, two);
+        assert_eq!(ca.der.len(), 2, "both certificates, and not the key");
+        assert_eq!(ca.der[0].first(), Some(&0x30));
+        assert!(!format!("{ca:?}").contains("48,"), "Debug is short: {ca:?}");
+
+        // Empty means unset: the bundled roots.
+        let c = CameraConfig::from_lookup(lookup_from(&[("CA_CERT_FILE", "")])).unwrap();
+        assert_eq!(c.ca_certs, None);
+    }
+
+    #[test]
+    fn an_unusable_ca_cert_file_names_the_variable() {
+        let missing = std::env::temp_dir().join("camera-logs-config-no-such-ca.pem");
+        let garbage = temp_file("garbage.pem", "not a certificate\n");
+        let bad_base64 = temp_file(
+            "bad-base64.pem",
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        );
+        // Valid base64 ("hello world"), but no DER certificate.
+        let not_der = temp_file(
+            "not-der.pem",
+            "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+        );
+        let truncated = temp_file("truncated.pem", &TEST_CA_PEM[..200]);
+        let key_only = temp_file(
+            "key-only.pem",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        );
+        for path in [
+            &missing,
+            &garbage,
+            &bad_base64,
+            &not_der,
+            &truncated,
+            &key_only,
+        ] {
+            let value = path.to_string_lossy().into_owned();
+            // With an http:// URL too: a set variable is checked even where it is unused.
+            let err =
+                CameraConfig::from_lookup(lookup_from(&[("CA_CERT_FILE", &value)])).unwrap_err();
+            assert_eq!(err.variable, "CA_CERT_FILE", "{value}");
+            assert_eq!(err.value, value);
+            assert!(err.to_string().contains("CA_CERT_FILE"), "{err}");
+            assert!(
+                !err.to_string().contains("AAAA"),
+                "the file is never quoted"
+            );
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    #[test]
+    fn der_shape_check() {
+        assert!(is_der_sequence(&[0x30, 0x00]));
+        assert!(is_der_sequence(&[0x30, 0x02, 1, 2]));
+        assert!(is_der_sequence(&[0x30, 0x81, 0x01, 9]));
+        assert!(!is_der_sequence(&[0x30, 0x03, 1, 2]));
+        assert!(!is_der_sequence(&[0x31, 0x00]));
+        assert!(!is_der_sequence(&[0x30, 0x82, 0x01]));
+        assert!(!is_der_sequence(&[0x30, 0x80, 0, 0]));
+        assert!(!is_der_sequence(&[]));
+    }
+
+    #[test]
+    fn camera_help_lists_ca_cert_file() {
+        let help = help_text("camera", "about", CAMERA_SETTINGS);
+        for s in CAMERA_SETTINGS {
+            assert!(help.contains(s.name) && help.contains(s.default));
+        }
+        assert!(help.contains("CA_CERT_FILE") && help.contains("https://"));
     }
 }
