@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod edge;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -1013,8 +1015,14 @@ pub struct Proc {
 impl Proc {
     /// Starts `program` with exactly `envs` as its environment.
     pub fn spawn(name: &str, program: &str, envs: &[(&str, String)]) -> Proc {
+        Proc::spawn_args(name, program, &[], envs)
+    }
+
+    /// Starts `program` with `args` and exactly `envs` as its environment.
+    pub fn spawn_args(name: &str, program: &str, args: &[&str], envs: &[(&str, String)]) -> Proc {
         let mut command = Command::new(program);
         command
+            .args(args)
             .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
