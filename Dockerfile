@@ -1,12 +1,18 @@
-# camera-logs: one image holds both binaries (`api` and `camera`); docker-compose.yml picks one.
+# camera-logs: one image holds both binaries (`api` and `camera`); docker-compose.yml picks one
+# and puts the nginx edge in front of the api.
 #
 #   docker build -t camera-logs .
-#   docker run --rm -p 8080:8080 camera-logs                 # the API server
+#   docker run --rm -e HOST=0.0.0.0 -p 127.0.0.1:8080:8080 camera-logs   # a bare api, trusted use only
 #   docker run --rm -e API_BASE_URL=http://host:8080 camera-logs camera
+#
+# The api binds 127.0.0.1 unless HOST says otherwise: a bare api is for loopback and trusted
+# networks; anything untrusted clients can reach goes through deploy/nginx.conf.
 
 # --- build: the official Rust image ---
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
+# Cargo.toml keeps line tables in release builds for profiling; the image does without them.
+ENV CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols
 # Dependencies first, so editing the sources does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src/bin && echo 'fn main() {}' > src/bin/api.rs && echo 'fn main() {}' > src/bin/camera.rs \
@@ -17,16 +23,18 @@ COPY src ./src
 # touch: the real sources must be newer than the placeholder build above.
 RUN touch src/lib.rs src/bin/*.rs && cargo build --release --locked --bin api --bin camera
 
-# --- run: slim Debian, a non-root user, nothing but the binaries and curl for the healthcheck ---
+# --- run: slim Debian, a non-root user, the binaries, and curl for compose's api healthcheck ---
+# No HEALTHCHECK here: the same image runs cameras, which serve nothing; compose checks the api.
 FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends curl ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin camlogs
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin camlogs \
+    && mkdir -p /var/lib/camera-logs && chown camlogs /var/lib/camera-logs
 COPY --from=build /src/target/release/api /src/target/release/camera /usr/local/bin/
 USER camlogs
-ENV HOST=0.0.0.0 PORT=8080
+# A camera's LOG_FILE lives here; a volume mounted on it starts owned by camlogs.
+VOLUME /var/lib/camera-logs
+ENV PORT=8080
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD curl -fsS "http://127.0.0.1:${PORT}/health" || exit 1
 CMD ["api"]

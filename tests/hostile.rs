@@ -1132,3 +1132,147 @@ fn a_camera_cannot_answer_another_cameras_command() {
     stop.store(true, Ordering::SeqCst);
     poller.join().unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Per-camera credentials and a bounded registry
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn per_camera_tokens_let_a_camera_poll_and_answer_only_for_its_own_id() {
+    const TOKEN_A: &str = "token-a-1f3e";
+    const TOKEN_B: &str = "token-b-77c2";
+    let tokens = [("a", TOKEN_A), ("b", TOKEN_B)]
+        .into_iter()
+        .map(|(id, token)| (id.to_string(), token.to_string()))
+        .collect();
+    let mut system = TestServer::start(ServerConfig {
+        camera_auth: CameraAuth::PerCamera(tokens),
+        poll_hold: Duration::from_millis(500),
+        ..ServerConfig::for_tests()
+    });
+    let agent = agent(Duration::from_secs(10));
+    let forged = br#"{"logs":[{"timestamp":1.0,"description":"forged"}]}"#;
+    // Another camera's token, no token, and any token for an id with no line in the file.
+    for (camera, token) in [
+        ("a", Some(TOKEN_B)),
+        ("a", None),
+        ("b", Some(TOKEN_A)),
+        ("c", Some(TOKEN_A)),
+        ("c", Some(TOKEN_B)),
+    ] {
+        let context = format!("camera {camera} with {token:?}");
+        let poll = format!("{}/poll_for_command?cameraId={camera}", system.url);
+        assert_unauthorized(
+            &get_with(&agent, &poll, token),
+            &format!("poll as {context}"),
+        );
+        let send = format!("{}/send_logs?cameraId={camera}", system.url);
+        assert_unauthorized(
+            &post_with(&agent, &send, forged, token),
+            &format!("send_logs as {context}"),
+        );
+    }
+    assert_eq!(
+        system.stats().cameras,
+        0,
+        "a refused poll registered a camera"
+    );
+
+    // Camera a with its own token works end to end, and b's token still cannot answer for it.
+    let events = fixture(20);
+    system.add_camera(
+        CameraConfig {
+            poll_timeout: Duration::from_secs(20),
+            ..camera_config(&system.url, "a")
+        }
+        .with_token(TOKEN_A),
+        &events,
+        None,
+    );
+    let send_a = format!("{}/send_logs?cameraId=a", system.url);
+    assert_unauthorized(
+        &post_with(&agent, &send_a, forged, Some(TOKEN_B)),
+        "b's token answering for a camera that is online",
+    );
+    let resp = get_with(
+        &agent,
+        &format!("{}/logs?cameraId=a&timeout=20", system.url),
+        None,
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(logs_of(&resp.json()), expected(&events, None, None));
+}
+
+#[test]
+fn beyond_max_cameras_a_new_id_is_503_with_retry_after_and_known_cameras_keep_working() {
+    let (system, events) = system_with_camera(ServerConfig {
+        max_cameras: 2,
+        poll_hold: Duration::from_millis(300),
+        ..ServerConfig::for_tests()
+    });
+    let agent = agent(Duration::from_secs(10));
+    let poll = |camera: &str| {
+        get_with(
+            &agent,
+            &format!("{}/poll_for_command?cameraId={camera}", system.url),
+            None,
+        )
+    };
+    assert_eq!(
+        poll("second").expect_json(200),
+        serde_json::json!({"command": "noop"})
+    );
+    for camera in ["third", "fourth"] {
+        let refused = poll(camera);
+        refused.assert_json_error(&[503], &format!("a poll for new camera {camera}"));
+        assert!(
+            refused.header("retry-after").is_some(),
+            "503 without Retry-After: {:?}",
+            refused.headers
+        );
+        assert!(refused.text().contains("MAX_CAMERAS"), "{}", refused.text());
+    }
+    assert_eq!(system.stats().cameras, 2, "a refused id was registered");
+    // Known cameras keep polling and serving.
+    assert_eq!(
+        poll("second").expect_json(200),
+        serde_json::json!({"command": "noop"})
+    );
+    assert_serving(&system, &events, "new ids refused at MAX_CAMERAS");
+}
+
+#[test]
+fn a_camera_offline_for_camera_forget_secs_is_forgotten_and_its_slot_reused() {
+    let system = TestServer::start(ServerConfig {
+        max_cameras: 1,
+        poll_hold: Duration::from_millis(200),
+        camera_grace: Duration::from_millis(300),
+        camera_forget: Duration::from_millis(500),
+        ..ServerConfig::for_tests()
+    });
+    let agent = agent(Duration::from_secs(10));
+    let poll = |camera: &str| {
+        get_with(
+            &agent,
+            &format!("{}/poll_for_command?cameraId={camera}", system.url),
+            None,
+        )
+    };
+    assert_eq!(poll("gone").status, 200);
+    poll("next").assert_json_error(&[503], "the registry is full");
+    // "gone" never polls again: offline after the grace, forgotten after CAMERA_FORGET_SECS.
+    wait_until("the silent camera to be forgotten", PATIENCE, || {
+        system.stats().cameras == 0
+    });
+    let cameras = get_with(&agent, &format!("{}/cameras", system.url), None).expect_json(200);
+    assert_eq!(cameras["cameras"], serde_json::json!([]), "{cameras}");
+    get_with(
+        &agent,
+        &format!("{}/logs?cameraId=gone&timeout=1", system.url),
+        None,
+    )
+    .assert_json_error(&[404], "/logs for a forgotten camera");
+    // Its slot is free for a new id.
+    assert_eq!(poll("next").status, 200);
+    assert_eq!(system.stats().cameras, 1);
+}

@@ -1010,6 +1010,8 @@ pub struct Proc {
     lines: Arc<Mutex<Vec<String>>>,
     drain: Option<JoinHandle<()>>,
     reaped: bool,
+    /// Started as the leader of its own process group, whose members are stopped with it.
+    group: bool,
 }
 
 impl Proc {
@@ -1020,7 +1022,28 @@ impl Proc {
 
     /// Starts `program` with `args` and exactly `envs` as its environment.
     pub fn spawn_args(name: &str, program: &str, args: &[&str], envs: &[(&str, String)]) -> Proc {
+        Proc::start(name, program, args, envs, false)
+    }
+
+    /// Like [`Proc::spawn_args`], for a program that forks workers (nginx): it leads a process
+    /// group of its own, and stopping it stops the whole group. Killing only the leader would
+    /// leave its workers serving, and holding the stderr pipe open for ever.
+    pub fn spawn_group(name: &str, program: &str, args: &[&str], envs: &[(&str, String)]) -> Proc {
+        Proc::start(name, program, args, envs, true)
+    }
+
+    fn start(
+        name: &str,
+        program: &str,
+        args: &[&str],
+        envs: &[(&str, String)],
+        group: bool,
+    ) -> Proc {
+        use std::os::unix::process::CommandExt;
         let mut command = Command::new(program);
+        if group {
+            command.process_group(0);
+        }
         command
             .args(args)
             .env_clear()
@@ -1055,6 +1078,7 @@ impl Proc {
             lines,
             drain: Some(drain),
             reaped: false,
+            group,
         }
     }
 
@@ -1087,14 +1111,33 @@ impl Proc {
         self.reaped
     }
 
-    /// SIGKILL, then reap; the stderr captured so far stays readable.
+    /// SIGKILL, then reap; the stderr captured so far stays readable. A group leader's group
+    /// gets SIGTERM first (nginx's fast shutdown, which ends its workers), and SIGKILL if it is
+    /// still there after a few seconds.
     pub fn kill(&mut self) {
         if !self.reaped {
+            if self.group {
+                self.signal_group("TERM");
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !self.exited() && Instant::now() < deadline {
+                    thread::sleep(POLL_EVERY);
+                }
+                self.signal_group("KILL");
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
             self.reaped = true;
         }
         self.join_drain();
+    }
+
+    /// Sends `signal` to this process's group (only for a group leader this harness started).
+    fn signal_group(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), "--", &format!("-{}", self.pid())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 
     fn join_drain(&mut self) {
