@@ -88,6 +88,10 @@ pub struct FrontDoorStats {
     pub times_paused: usize,
     /// tiny_http's connection threads that panicked (client resets); counted, not printed.
     pub tiny_http_panics: usize,
+    /// Connections whose client has closed that this process still holds (CLOSE_WAIT), read at
+    /// the time of asking. A moment's worth is normal; a count that stays is a class tiny_http
+    /// never releases (an HTTP/2.0 request line, a parked connection: docs/reliability.md).
+    pub held_after_client_left: usize,
 }
 
 /// The listening socket and everything accepting on it.
@@ -151,6 +155,7 @@ impl FrontDoor {
             accept_loop_restarts: self.restarts.load(Ordering::Relaxed),
             times_paused: self.pauses.load(Ordering::Relaxed),
             tiny_http_panics: tiny_http_panics(),
+            held_after_client_left: count_connections(self.addr.port(), &[CLOSE_WAIT]).unwrap_or(0),
         }
     }
 
@@ -283,7 +288,7 @@ impl FrontDoor {
             self.connections.store(0, Ordering::Relaxed);
             return;
         }
-        let Some(open) = count_connections(self.addr.port()) else {
+        let Some(open) = count_connections(self.addr.port(), &[ESTABLISHED, CLOSE_WAIT]) else {
             return;
         };
         self.connections.store(open, Ordering::Relaxed);
@@ -436,24 +441,27 @@ pub fn loopback(mut addr: SocketAddr) -> SocketAddr {
     addr
 }
 
-/// Connections whose local port is `port`, from /proc/net/tcp and tcp6, that still cost us a
-/// socket and a thread: ESTABLISHED, and CLOSE_WAIT (the peer left, we still hold it). Sockets we
-/// closed and the kernel still winds down (FIN_WAIT, LAST_ACK, TIME_WAIT) cost neither.
-fn count_connections(port: u16) -> Option<usize> {
+/// TCP states in /proc/net/tcp that still cost us a socket and a thread: ESTABLISHED, and
+/// CLOSE_WAIT (the peer left, we still hold it). Sockets we closed and the kernel still winds
+/// down (FIN_WAIT, LAST_ACK, TIME_WAIT) cost neither.
+const ESTABLISHED: &str = "01";
+const CLOSE_WAIT: &str = "08";
+
+/// Connections whose local port is `port` and whose state is one of `states`, from
+/// /proc/net/tcp and tcp6.
+fn count_connections(port: u16, states: &[&str]) -> Option<usize> {
     let mut total = 0;
     let mut read_any = false;
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(text) = std::fs::read_to_string(table) {
             read_any = true;
-            total += count_in_table(&text, port);
+            total += count_in_table(&text, port, states);
         }
     }
     read_any.then_some(total)
 }
 
-fn count_in_table(text: &str, port: u16) -> usize {
-    const ESTABLISHED: &str = "01";
-    const CLOSE_WAIT: &str = "08";
+fn count_in_table(text: &str, port: u16, states: &[&str]) -> usize {
     text.lines()
         .skip(1)
         .filter(|line| {
@@ -463,7 +471,7 @@ fn count_in_table(text: &str, port: u16) -> usize {
                 .and_then(|local| local.rsplit(':').next())
                 .and_then(|hex| u16::from_str_radix(hex, 16).ok());
             let state = fields.nth(1);
-            local_port == Some(port) && matches!(state, Some(ESTABLISHED | CLOSE_WAIT))
+            local_port == Some(port) && state.is_some_and(|state| states.contains(&state))
         })
         .count()
 }
@@ -480,12 +488,14 @@ mod tests {
    2: 0100007F:1F90 0100007F:D2F2 08 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
    3: 0100007F:1F90 0100007F:D2F4 06 00000000:00000000 00:00000000 00000000     0        0 0 1 0 20 4 30 10 -1
    4: 0100007F:D2F0 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4 1 0 20 4 30 10 -1";
+        let held = [ESTABLISHED, CLOSE_WAIT];
         assert_eq!(
-            count_in_table(table, 8080),
+            count_in_table(table, 8080, &held),
             2,
             "ESTABLISHED and CLOSE_WAIT on :8080"
         );
-        assert_eq!(count_in_table(table, 9999), 0);
+        assert_eq!(count_in_table(table, 8080, &[CLOSE_WAIT]), 1);
+        assert_eq!(count_in_table(table, 9999, &held), 0);
     }
 
     #[test]
@@ -510,9 +520,10 @@ mod tests {
     fn live_count_sees_a_real_connection() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let before = count_connections(port).unwrap();
+        let held = [ESTABLISHED, CLOSE_WAIT];
+        let before = count_connections(port, &held).unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_server_side, _) = listener.accept().unwrap();
-        assert_eq!(count_connections(port).unwrap(), before + 1);
+        assert_eq!(count_connections(port, &held).unwrap(), before + 1);
     }
 }

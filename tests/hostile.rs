@@ -1276,3 +1276,55 @@ fn a_camera_offline_for_camera_forget_secs_is_forgotten_and_its_slot_reused() {
     assert_eq!(poll("next").status, 200);
     assert_eq!(system.stats().cameras, 1);
 }
+
+/// tiny_http answers an `HTTP/2.0` request line with a 505 written behind the request's own
+/// writer, and waits on itself for good (client.rs): no code outside it can release that
+/// connection. It is counted instead: `heldAfterClientLeft` on `/stats` is the sockets whose
+/// client has gone and which this process still holds. The edge answers such lines itself.
+#[test]
+fn connections_tiny_http_never_releases_are_counted_on_stats() {
+    let (system, events) = system_with_camera(ServerConfig {
+        header_timeout: Duration::from_secs(1),
+        ..ServerConfig::for_tests()
+    });
+    let agent = agent(Duration::from_secs(10));
+    let stats_url = format!("{}/stats", system.url);
+    let held =
+        || get_with(&agent, &stats_url, None).json()["frontDoor"]["heldAfterClientLeft"].as_u64();
+    assert_eq!(held(), Some(0), "nothing is held before the attack");
+
+    // Ordinary clients that leave, even mid-request, are released: the count stays at 0.
+    for request in [&b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"[..], b"GET /hea"] {
+        let mut stream = TcpStream::connect(system.addr).unwrap();
+        stream.write_all(request).unwrap();
+        drop(stream);
+    }
+    for line in [
+        &b"GET / HTTP/2.0\r\n\r\n"[..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(system.addr).unwrap();
+        stream.write_all(line).unwrap();
+        drop(stream);
+    }
+    wait_until(
+        "the two HTTP/2.0 connections to count as held",
+        PATIENCE,
+        || held() == Some(2),
+    );
+    // Still held well past HEADER_TIMEOUT_SECS: this is the class only the edge can block.
+    let past = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < past {
+        assert_eq!(
+            held(),
+            Some(2),
+            "a closed connection was released, or another was held"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_serving(
+        &system,
+        &events,
+        "two connections deadlocked inside tiny_http",
+    );
+}
