@@ -1,7 +1,9 @@
-//! The camera client: it only ever makes outgoing requests. One thread holds a long poll open
-//! and hands each command to a second thread that posts the matching events, so the camera is
-//! back on a poll at once while a large answer is still uploading. A third, network-free thread
-//! records an event every `EVENT_INTERVAL_SECS`.
+//! The camera client: it only ever makes outgoing requests, from two threads. One holds a long
+//! poll open and hands each command to the other, which posts the matching events, so the camera
+//! is back on a poll at once while a large answer is still uploading. The posting thread also
+//! records an event every `EVENT_INTERVAL_SECS`, stamped with the time it was due: while it is
+//! busy with an upload the due events wait, and they are recorded before the next command is
+//! answered, so an answer never misses an event that was due before it.
 //!
 //! When the server is unreachable or answers with an error, both threads back off exponentially
 //! with jitter (0.5 s doubling to a cap) and log once per failure streak, never spinning.
@@ -23,8 +25,8 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use crate::config::{CaCerts, CameraConfig};
 use crate::event_log::EventLog;
 use crate::log::epoch_secs;
+use crate::log::{log_error, log_info, log_warn};
 use crate::protocol::{Command, LogEntry, SendLogsBody, TimeRange};
-use crate::{error, info, warn};
 
 /// First retry delay after a failure; doubles per failure up to `backoff_max`.
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -48,6 +50,8 @@ pub struct CameraHandle {
     stopping: Arc<AtomicBool>,
     /// Dropped on stop: wakes every thread sleeping on the matching receiver.
     stop_tx: Option<Sender<()>>,
+    /// Disconnected once every thread has ended: each holds a sender it never uses.
+    done_rx: Receiver<()>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -57,7 +61,7 @@ impl CameraHandle {
         let log = match &config.log_file {
             Some(path) => {
                 let (log, report) = EventLog::open(path, config.max_events)?;
-                info!(
+                log_info!(
                     "reloaded {} event(s) from {}{}",
                     report.loaded,
                     path.display(),
@@ -87,13 +91,14 @@ impl CameraHandle {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (commands_tx, commands_rx) = unbounded();
         let client = Client::new(&config);
-        info!(
+        log_info!(
             "camera '{}' starting; API server at {}{}",
             config.camera_id,
             config.api_base_url,
             describe_trust(&config)
         );
 
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let mut threads = Vec::new();
         let poller = Poller {
             client: client.clone(),
@@ -103,27 +108,23 @@ impl CameraHandle {
             stop_rx: stop_rx.clone(),
             backoff_max: config.backoff_max,
         };
-        threads.push(spawn("camera-poller", move || poller.run())?);
+        threads.push(spawn("camera-poller", &done_tx, move || poller.run())?);
         let poster = Poster {
             client,
             log: Arc::clone(&log),
             commands: commands_rx,
             stats: Arc::clone(&stats),
-            stop_rx: stop_rx.clone(),
+            stop_rx,
             backoff_max: config.backoff_max,
+            events: config.event_interval.map(EventClock::new),
         };
-        threads.push(spawn("camera-poster", move || poster.run())?);
-        if let Some(interval) = config.event_interval {
-            let log = Arc::clone(&log);
-            threads.push(spawn("camera-events", move || {
-                generate_events(&log, interval, &stop_rx)
-            })?);
-        }
+        threads.push(spawn("camera-poster", &done_tx, move || poster.run())?);
         Ok(CameraHandle {
             log,
             stats,
             stopping,
             stop_tx: Some(stop_tx),
+            done_rx,
             threads,
         })
     }
@@ -153,18 +154,27 @@ impl CameraHandle {
     pub fn stop(mut self, grace: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
         self.stop_tx.take();
-        let deadline = Instant::now() + grace;
-        while self.threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // Returns `Disconnected` as soon as the last thread has dropped its sender.
+        let _ = self.done_rx.recv_timeout(grace);
         for thread in self.threads.drain(..).filter(|t| t.is_finished()) {
             let _ = thread.join();
         }
     }
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name(name.to_string()).spawn(f)
+/// Starts a camera thread holding a clone of `done` until it ends.
+fn spawn(
+    name: &str,
+    done: &Sender<()>,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let done = done.clone();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            f();
+            drop(done);
+        })
 }
 
 /// The start-up line's note on what an https:// server is trusted by (empty for plain http).
@@ -237,12 +247,12 @@ impl Client {
         }
     }
 
-    /// The text logged for a request that got no response.
-    fn describe_error(&self, e: &ureq::Error) -> String {
+    /// A request that got no response, by its cause.
+    fn describe_error(&self, e: &ureq::Error) -> CallError {
         describe_call_error(&self.origin, &e.to_string())
     }
 
-    fn poll(&self) -> Result<Command, String> {
+    fn poll(&self) -> Result<Command, CallError> {
         // Connection: close on every request: the server drops idle connections after its header
         // timeout, and a fresh connection per poll can never be caught reusing a closed one.
         let mut request = self
@@ -260,11 +270,12 @@ impl Client {
         response
             .body_mut()
             .read_json::<Command>()
-            .map_err(|e| format!("unreadable command: {e}"))
+            .map_err(|e| CallError::Unreadable(e.to_string()))
     }
 
-    /// Ok(true): accepted. Ok(false): refused for good (4xx), do not retry. Err: retry later.
-    fn send(&self, body: &SendLogsBody) -> Result<bool, String> {
+    /// `Refused` is for good (a 4xx other than 408 and 429): retrying cannot help. An `Err` is
+    /// retried with the backoff.
+    fn send(&self, body: &SendLogsBody) -> Result<Delivery, CallError> {
         let mut request = self
             .post_agent
             .post(&self.send_url)
@@ -276,28 +287,80 @@ impl Client {
             .send_json(body)
             .map_err(|e| self.describe_error(&e))?;
         match response.status().as_u16() {
-            200 => Ok(true),
+            200 => Ok(Delivery::Accepted),
             status @ (408 | 429) => Err(describe_status(status, &mut response)),
             status @ 400..=499 => {
-                warn!(
+                log_warn!(
                     "server refused the answer: {}",
                     describe_status(status, &mut response)
                 );
-                Ok(false)
+                Ok(Delivery::Refused)
             }
             status => Err(describe_status(status, &mut response)),
         }
     }
 }
 
-/// Starts every TLS failure's text; such a failure needs a fix on one side, not just a retry.
-const TLS_CERTIFICATE: &str = "TLS certificate of ";
-const TLS_HANDSHAKE: &str = "TLS handshake with ";
+/// What became of an answer the server received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Accepted,
+    /// Refused for good (a 4xx other than 408 and 429).
+    Refused,
+}
+
+/// Why a call to the API server failed. Every kind is retried with the backoff; the TLS kinds
+/// need a fix on one side, not just a retry, so a streak that turns into one is logged again.
+#[derive(Debug, Clone, PartialEq)]
+enum CallError {
+    /// The server's certificate is not trusted, with a hint at the fix.
+    Untrusted {
+        origin: String,
+        cause: String,
+        hint: &'static str,
+    },
+    /// The TLS handshake failed: the other end may not speak TLS.
+    Handshake { origin: String, error: String },
+    /// No response (refused, reset, timed out, ...): ureq's own words.
+    Unreachable(String),
+    /// An error status (with the start of its body).
+    Status { status: u16, body: String },
+    /// A 200 whose body is not a command.
+    Unreadable(String),
+}
+
+impl CallError {
+    fn is_tls(&self) -> bool {
+        matches!(
+            self,
+            CallError::Untrusted { .. } | CallError::Handshake { .. }
+        )
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Untrusted {
+                origin,
+                cause,
+                hint,
+            } => write!(f, "TLS certificate of {origin} not trusted: {cause}; {hint}"),
+            CallError::Handshake { origin, error } => write!(
+                f,
+                "TLS handshake with {origin} failed: {error}; is the server speaking https:// on that port?"
+            ),
+            CallError::Unreachable(error) => write!(f, "{error}"),
+            CallError::Status { status, body } => write!(f, "HTTP {status}: {body}"),
+            CallError::Unreadable(error) => write!(f, "unreadable command: {error}"),
+        }
+    }
+}
 
 /// Names the cause of a failed call to `origin` (ureq's error text, `error`): a certificate the
 /// camera does not trust, with a hint at the fix; a handshake that failed because the other end
 /// does not speak TLS; or else ureq's own text, unchanged.
-fn describe_call_error(origin: &str, error: &str) -> String {
+fn describe_call_error(origin: &str, error: &str) -> CallError {
     // rustls's wording (`rustls::Error`'s Display, reached through ureq's io or rustls error).
     if let Some(at) = error.find("invalid peer certificate: ") {
         let cause = &error[at + "invalid peer certificate: ".len()..];
@@ -316,7 +379,11 @@ fn describe_call_error(origin: &str, error: &str) -> String {
         } else {
             "check the edge's certificate and CA_CERT_FILE"
         };
-        return format!("{TLS_CERTIFICATE}{origin} not trusted: {cause}; {hint}");
+        return CallError::Untrusted {
+            origin: origin.to_string(),
+            cause: cause.to_string(),
+            hint,
+        };
     }
     const NOT_TLS: [&str; 6] = [
         "received corrupt message",
@@ -327,21 +394,25 @@ fn describe_call_error(origin: &str, error: &str) -> String {
         "tls handshake eof",
     ];
     if origin.starts_with("https://") && NOT_TLS.iter().any(|m| error.contains(m)) {
-        return format!(
-            "{TLS_HANDSHAKE}{origin} failed: {error}; is the server speaking https:// on that port?"
-        );
+        return CallError::Handshake {
+            origin: origin.to_string(),
+            error: error.to_string(),
+        };
     }
-    error.to_string()
+    CallError::Unreachable(error.to_string())
 }
 
-fn describe_status(status: u16, response: &mut ureq::http::Response<ureq::Body>) -> String {
+fn describe_status(status: u16, response: &mut ureq::http::Response<ureq::Body>) -> CallError {
     let body = response
         .body_mut()
         .with_config()
         .limit(4096)
         .read_to_string()
         .unwrap_or_default();
-    format!("HTTP {status}: {}", body.trim())
+    CallError::Status {
+        status,
+        body: body.trim().to_string(),
+    }
 }
 
 struct Poller {
@@ -386,18 +457,35 @@ struct Poster {
     stats: Arc<CameraStats>,
     stop_rx: Receiver<()>,
     backoff_max: Duration,
+    /// Records an event every interval, when set (see the module comment).
+    events: Option<EventClock>,
 }
 
 impl Poster {
-    fn run(self) {
+    fn run(mut self) {
         loop {
+            let wait = self
+                .events
+                .as_ref()
+                .map_or(Duration::MAX, EventClock::until_due);
             crossbeam_channel::select! {
                 recv(self.commands) -> command => match command {
-                    Ok(command) => self.answer(command),
+                    Ok(command) => {
+                        self.record_due_events();
+                        self.answer(command);
+                    }
                     Err(_) => return,
                 },
                 recv(self.stop_rx) -> _ => return,
+                default(wait) => {}
             }
+            self.record_due_events();
+        }
+    }
+
+    fn record_due_events(&mut self) {
+        if let Some(clock) = &mut self.events {
+            clock.record_due(&self.log);
         }
     }
 
@@ -418,10 +506,10 @@ impl Poster {
         let mut backoff = Backoff::new(self.backoff_max, "send logs to the API server");
         for _ in 0..POST_ATTEMPTS {
             match self.client.send(&body) {
-                Ok(accepted) => {
-                    if accepted {
+                Ok(delivery) => {
+                    if delivery == Delivery::Accepted {
                         self.stats.answers.fetch_add(1, Ordering::SeqCst);
-                        info!(
+                        log_info!(
                             "camera '{}' sent {} event(s) for command {request_id}",
                             self.client.camera_id,
                             body.logs.len()
@@ -437,7 +525,7 @@ impl Poster {
                 }
             }
         }
-        error!("gave up sending logs for command {request_id}; the server will ask again if it still needs them");
+        log_error!("gave up sending logs for command {request_id}; the server will ask again if it still needs them");
     }
 }
 
@@ -474,15 +562,15 @@ impl Backoff {
     }
 
     /// Records a failure and sleeps; returns false if the camera is stopping.
-    fn failed(&mut self, why: &str, stop: &Receiver<()>) -> bool {
+    fn failed(&mut self, why: &CallError, stop: &Receiver<()>) -> bool {
         self.failures += 1;
-        let tls = why.starts_with(TLS_CERTIFICATE) || why.starts_with(TLS_HANDSHAKE);
+        let tls = why.is_tls();
         if self.failures == 1 || (tls && !self.logged_tls) {
             if self.failures == 1 {
                 self.started = Some(Instant::now());
             }
             self.logged_tls |= tls;
-            warn!(
+            log_warn!(
                 "could not {}: {why}; retrying with backoff (up to {:.0} s)",
                 self.what,
                 self.max.as_secs_f64()
@@ -499,9 +587,10 @@ impl Backoff {
     fn succeeded(&mut self) {
         if self.failures > 0 {
             let down = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-            info!(
+            log_info!(
                 "could {} again after {} failed attempt(s) over {down:.1} s",
-                self.what, self.failures
+                self.what,
+                self.failures
             );
         }
         self.failures = 0;
@@ -535,25 +624,51 @@ impl Jitter {
     }
 }
 
-fn generate_events(log: &EventLog, interval: Duration, stop: &Receiver<()>) {
-    let mut jitter = Jitter::new();
-    let mut failing = false;
-    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
-        let entry = LogEntry {
-            timestamp: epoch_secs(SystemTime::now()),
-            description: describe_event(&mut jitter),
-        };
-        match log.push(entry) {
-            Ok(()) if failing => {
-                failing = false;
-                info!("the event log file is writable again");
+/// When the next simulated event is due, and the state of recording them.
+struct EventClock {
+    interval: Duration,
+    next_due: SystemTime,
+    jitter: Jitter,
+    /// Whether the last write to `LOG_FILE` failed (logged once per streak).
+    failing: bool,
+}
+
+impl EventClock {
+    fn new(interval: Duration) -> EventClock {
+        EventClock {
+            interval,
+            next_due: SystemTime::now() + interval,
+            jitter: Jitter::new(),
+            failing: false,
+        }
+    }
+
+    fn until_due(&self) -> Duration {
+        self.next_due
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Records every event due by now, each stamped with the time it was due.
+    fn record_due(&mut self, log: &EventLog) {
+        while self.next_due <= SystemTime::now() {
+            let entry = LogEntry {
+                timestamp: epoch_secs(self.next_due),
+                description: describe_event(&mut self.jitter),
+            };
+            self.next_due += self.interval;
+            match log.push(entry) {
+                Ok(()) if self.failing => {
+                    self.failing = false;
+                    log_info!("the event log file is writable again");
+                }
+                Ok(()) => {}
+                Err(e) if !self.failing => {
+                    self.failing = true;
+                    log_error!("could not persist an event (kept in memory): {e}");
+                }
+                Err(_) => {}
             }
-            Ok(()) => {}
-            Err(e) if !failing => {
-                failing = true;
-                error!("could not persist an event (kept in memory): {e}");
-            }
-            Err(_) => {}
         }
     }
 }
@@ -644,9 +759,11 @@ mod tests {
                 "check the edge's certificate",
             ),
         ] {
-            let text = describe_call_error(origin, error);
+            let described = describe_call_error(origin, error);
+            assert!(described.is_tls(), "{described:?}");
+            let text = described.to_string();
             assert!(
-                text.starts_with(&format!("{TLS_CERTIFICATE}{origin} not trusted: ")),
+                text.starts_with(&format!("TLS certificate of {origin} not trusted: ")),
                 "{text}"
             );
             assert!(text.contains(cause) && text.contains(hint), "{text}");
@@ -656,7 +773,9 @@ mod tests {
     #[test]
     fn a_server_that_does_not_speak_tls_is_named() {
         let error = "io: received corrupt message of type InvalidContentType";
-        let text = describe_call_error("https://edge:8443", error);
+        let described = describe_call_error("https://edge:8443", error);
+        assert!(described.is_tls(), "{described:?}");
+        let text = described.to_string();
         assert!(
             text.starts_with("TLS handshake with https://edge:8443 failed: io: received corrupt"),
             "{text}"
@@ -664,9 +783,15 @@ mod tests {
         // Other failures keep ureq's own text, over https as over http.
         for origin in ["https://edge:8443", "http://edge:8080"] {
             let refused = "io: Connection refused (os error 111)";
-            assert_eq!(describe_call_error(origin, refused), refused);
+            assert_eq!(
+                describe_call_error(origin, refused),
+                CallError::Unreachable(refused.to_string())
+            );
         }
-        assert_eq!(describe_call_error("http://edge:8080", error), error);
+        assert_eq!(
+            describe_call_error("http://edge:8080", error),
+            CallError::Unreachable(error.to_string())
+        );
     }
 
     #[test]
@@ -675,7 +800,8 @@ mod tests {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         drop(stop_tx);
         let mut backoff = Backoff::new(Duration::from_secs(1), "test");
-        assert!(!backoff.failed("io: Connection refused", &stop_rx));
+        let refused = CallError::Unreachable("io: Connection refused".to_string());
+        assert!(!backoff.failed(&refused, &stop_rx));
         assert!(!backoff.logged_tls);
         let tls = describe_call_error(
             "https://edge",
@@ -715,6 +841,34 @@ mod tests {
         };
         assert!(describe_trust(&http).contains("unused"));
         assert_eq!(describe_trust(&CameraConfig::default()), "");
+    }
+
+    #[test]
+    fn due_events_are_recorded_at_the_times_they_were_due() {
+        let log = EventLog::in_memory(100);
+        let mut clock = EventClock::new(Duration::from_secs(1));
+        let first_due = SystemTime::now() - Duration::from_millis(2500);
+        clock.next_due = first_due;
+        clock.record_due(&log);
+        let recorded = log.in_range(TimeRange::new(None, None));
+        let stamps: Vec<f64> = recorded.iter().map(|e| e.timestamp).collect();
+        let expected: Vec<f64> = (0..3)
+            .map(|k| epoch_secs(first_due + Duration::from_secs(k)))
+            .collect();
+        assert_eq!(
+            stamps, expected,
+            "the three events due by now, each at its due time"
+        );
+        assert!(
+            clock.until_due() > Duration::ZERO,
+            "the next one is still ahead"
+        );
+        clock.record_due(&log);
+        assert_eq!(
+            log.in_range(TimeRange::new(None, None)).len(),
+            3,
+            "nothing new is due"
+        );
     }
 
     #[test]

@@ -123,20 +123,23 @@ pub fn utc_timestamp(t: SystemTime) -> String {
     )
 }
 
-#[macro_export]
-macro_rules! info {
+/// `log_info!("...", args)`: a line at [`Level::Info`]. The `log_` prefix keeps the macros'
+/// names apart from the `error` module's.
+macro_rules! log_info {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($arg)*)) };
 }
 
-#[macro_export]
-macro_rules! warn {
+/// `log_warn!`: a line at [`Level::Warn`].
+macro_rules! log_warn {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Warn, format_args!($($arg)*)) };
 }
 
-#[macro_export]
-macro_rules! error {
+/// `log_error!`: a line at [`Level::Error`].
+macro_rules! log_error {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($arg)*)) };
 }
+
+pub(crate) use {log_error, log_info, log_warn};
 
 #[cfg(test)]
 mod tests {

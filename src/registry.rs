@@ -24,7 +24,7 @@
 //! or an [`ApiError`].
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -35,10 +35,13 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use parking_lot::Mutex;
 
+mod camera;
+
 use crate::error::ApiError;
 use crate::log::epoch_secs;
+use crate::log::{log_info, log_warn};
 use crate::protocol::{sort_by_timestamp, CameraInfo, Command, LogEntry, SendLogsBody, TimeRange};
-use crate::{info, warn};
+use camera::{Camera, CameraState, Counted, InFlight, OpenPoll, Waiter};
 
 /// How many answered request ids a camera remembers, so a repeated answer is a harmless 200.
 const REMEMBERED_ANSWERS: usize = 64;
@@ -110,40 +113,6 @@ pub struct RegistryStats {
 }
 
 type Reply = Result<LogSlice, ApiError>;
-
-struct Waiter {
-    id: u64,
-    range: TimeRange,
-    reply: Sender<Reply>,
-}
-
-struct InFlight {
-    request_id: String,
-    range: TimeRange,
-    waiters: Vec<Waiter>,
-    /// `None` while queued for a poll; set when a poll carries it out.
-    sent_at: Option<Instant>,
-    times_sent: u32,
-    created: Instant,
-}
-
-#[derive(Default)]
-struct CameraState {
-    in_flight: Option<InFlight>,
-    next_batch: Vec<Waiter>,
-    open_polls: usize,
-    last_poll_end: Option<Instant>,
-    last_seen: Option<SystemTime>,
-    reported_offline: bool,
-    answered: VecDeque<String>,
-}
-
-struct Camera {
-    id: String,
-    dispatch_tx: Sender<String>,
-    dispatch_rx: Receiver<String>,
-    state: Mutex<CameraState>,
-}
 
 /// Unguessable request ids without a random-number crate: SipHash keyed by `RandomState`, whose
 /// keys std draws from the operating system's random source, applied to a counter.
@@ -328,7 +297,7 @@ impl Registry {
             });
         }
         if went_offline > OFFLINE_LINES_PER_TICK {
-            warn!(
+            log_warn!(
                 "{} more camera(s) went offline",
                 went_offline - OFFLINE_LINES_PER_TICK
             );
@@ -356,7 +325,7 @@ impl Registry {
         }
         drop(cameras);
         if forgotten > 0 {
-            info!(
+            log_info!(
                 "forgot {forgotten} camera(s) offline for more than {} s",
                 forget_after.as_secs()
             );
@@ -407,7 +376,7 @@ impl Registry {
                 limit: self.config.max_cameras,
             });
         }
-        info!("camera '{camera_id}' connected");
+        log_info!("camera '{camera_id}' connected");
         let (dispatch_tx, dispatch_rx) = unbounded();
         let camera = Arc::new(Camera {
             id: camera_id.to_string(),
@@ -563,9 +532,10 @@ impl Registry {
         };
         command.waiters.swap_remove(pos);
         if command.waiters.is_empty() {
-            info!(
+            log_info!(
                 "command {} to camera '{}' abandoned: every caller gave up",
-                command.request_id, camera.id
+                command.request_id,
+                camera.id
             );
             state.in_flight = None;
             self.start_next_command(camera, state);
@@ -584,7 +554,7 @@ impl Registry {
         if waited < self.config.ack_timeout {
             return;
         }
-        warn!(
+        log_warn!(
             "camera '{}' did not answer command {} within {:.1} s (the poll may have died); sending it again",
             camera.id,
             command.request_id,
@@ -610,7 +580,7 @@ impl Registry {
         if went_offline {
             state.reported_offline = true;
             if name_it {
-                warn!(
+                log_warn!(
                     "camera '{}' went offline: no poll for {:.1} s",
                     camera.id,
                     state.seconds_since_poll(now)
@@ -631,7 +601,7 @@ impl Registry {
             let _ = waiter.reply.try_send(Err(error.clone()));
             failed += 1;
         }
-        warn!(
+        log_warn!(
             "failed {failed} waiting call(s) for camera '{}': it is offline",
             camera.id
         );
@@ -639,318 +609,5 @@ impl Registry {
     }
 }
 
-impl Camera {
-    fn lock_and<T>(&self, f: impl FnOnce(&mut CameraState) -> T) -> T {
-        f(&mut self.state.lock())
-    }
-
-    /// Claims the command with this id for the calling poll, unless the id is stale.
-    fn take_for_dispatch(&self, request_id: &str) -> Option<Command> {
-        let mut state = self.state.lock();
-        let command = state.in_flight.as_mut()?;
-        if command.request_id != request_id || command.sent_at.is_some() {
-            return None;
-        }
-        command.sent_at = Some(Instant::now());
-        command.times_sent += 1;
-        let (start_timestamp, end_timestamp) = command.range.wire_bounds();
-        info!(
-            "command {} sent to camera '{}' for {} caller(s){}",
-            command.request_id,
-            self.id,
-            command.waiters.len(),
-            if command.times_sent > 1 {
-                format!(" (attempt {})", command.times_sent)
-            } else {
-                String::new()
-            }
-        );
-        Some(Command::SendLogs {
-            request_id: command.request_id.clone(),
-            start_timestamp,
-            end_timestamp,
-        })
-    }
-}
-
-impl CameraState {
-    fn online(&self, now: Instant, grace: Duration) -> bool {
-        self.open_polls > 0
-            || self
-                .last_poll_end
-                .is_some_and(|end| now.saturating_duration_since(end) <= grace)
-    }
-
-    /// Offline for longer than `forget_after`, with no poll, call or command on it.
-    fn forgettable(&self, now: Instant, forget_after: Duration) -> bool {
-        self.open_polls == 0
-            && self.in_flight.is_none()
-            && self.next_batch.is_empty()
-            && self
-                .last_poll_end
-                .is_some_and(|end| now.saturating_duration_since(end) > forget_after)
-    }
-
-    fn waiting(&self) -> usize {
-        self.next_batch.len() + self.in_flight.as_ref().map_or(0, |c| c.waiters.len())
-    }
-
-    fn seconds_since_poll(&self, now: Instant) -> f64 {
-        self.last_poll_end
-            .map_or(0.0, |end| now.saturating_duration_since(end).as_secs_f64())
-    }
-
-    fn offline_error(&self, camera_id: &str, now: Instant) -> ApiError {
-        ApiError::CameraOffline {
-            camera_id: camera_id.to_string(),
-            seconds_since_seen: self.seconds_since_poll(now),
-        }
-    }
-}
-
-/// Adds one to a counter for as long as it lives.
-struct Counted<'a>(&'a AtomicUsize);
-
-impl<'a> Counted<'a> {
-    fn new(counter: &'a AtomicUsize) -> Counted<'a> {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Counted(counter)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts a poll as open for as long as it lives, even if its handler unwinds.
-struct OpenPoll<'a> {
-    camera: &'a Camera,
-}
-
-impl<'a> OpenPoll<'a> {
-    fn start(camera: &'a Camera) -> OpenPoll<'a> {
-        let mut state = camera.state.lock();
-        state.open_polls += 1;
-        state.last_seen = Some(SystemTime::now());
-        if state.reported_offline {
-            state.reported_offline = false;
-            info!("camera '{}' is back online", camera.id);
-        }
-        OpenPoll { camera }
-    }
-}
-
-impl Drop for OpenPoll<'_> {
-    fn drop(&mut self) {
-        let mut state = self.camera.state.lock();
-        state.open_polls = state.open_polls.saturating_sub(1);
-        state.last_poll_end = Some(Instant::now());
-        state.last_seen = Some(SystemTime::now());
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::thread;
-
-    fn registry() -> Arc<Registry> {
-        crate::log::set_enabled(false);
-        Arc::new(Registry::new(RegistryConfig {
-            poll_hold: Duration::from_millis(200),
-            ack_timeout: Duration::from_millis(300),
-            camera_grace: Duration::from_secs(5),
-            max_waiting_per_camera: 3,
-            camera_forget: Duration::from_secs(3600),
-            max_cameras: 100,
-        }))
-    }
-
-    fn entry(timestamp: f64) -> LogEntry {
-        LogEntry {
-            timestamp,
-            description: format!("e{timestamp}"),
-        }
-    }
-
-    fn answer(id: &str, logs: Vec<LogEntry>) -> SendLogsBody {
-        SendLogsBody {
-            request_id: Some(id.to_string()),
-            logs,
-        }
-    }
-
-    fn poll_until_command(registry: &Registry, camera: &str) -> (String, f64, f64) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Command::SendLogs {
-                request_id,
-                start_timestamp,
-                end_timestamp,
-            } = registry.poll(camera).unwrap()
-            {
-                return (request_id, start_timestamp, end_timestamp);
-            }
-        }
-        panic!("no command within 20 s");
-    }
-
-    fn spawn_fetch(
-        registry: &Arc<Registry>,
-        range: TimeRange,
-    ) -> thread::JoinHandle<Result<Vec<LogEntry>, ApiError>> {
-        let registry = Arc::clone(registry);
-        thread::spawn(move || {
-            registry
-                .fetch_logs("cam", range, Duration::from_secs(20))
-                .map(|s| s.entries().to_vec())
-        })
-    }
-
-    fn wait_for_waiting(registry: &Registry, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while registry.stats().waiting_requests != n {
-            assert!(Instant::now() < deadline, "never saw {n} waiting");
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    #[test]
-    fn unknown_camera_is_404_and_offline_camera_is_503() {
-        let registry = registry();
-        let err = registry
-            .fetch_logs("nobody", TimeRange::ALL, Duration::from_secs(1))
-            .unwrap_err();
-        assert_eq!(err.status(), 404);
-
-        let short = Registry::new(RegistryConfig {
-            camera_grace: Duration::from_millis(1),
-            ..*registry.config()
-        });
-        short.poll("cam").unwrap();
-        thread::sleep(Duration::from_millis(20));
-        let started = Instant::now();
-        let err = short
-            .fetch_logs("cam", TimeRange::ALL, Duration::from_secs(10))
-            .unwrap_err();
-        assert_eq!(err.status(), 503);
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "503 comes at once"
-        );
-    }
-
-    #[test]
-    fn callers_arriving_during_a_command_share_the_next_one() {
-        let registry = registry();
-        registry.poll("cam").unwrap(); // registers the camera
-        let first = spawn_fetch(&registry, TimeRange::new(Some(2.0), Some(3.0)));
-        let (id1, start, end) = poll_until_command(&registry, "cam");
-        assert_eq!((start, end), (2.0, 3.0));
-
-        // Two callers arrive while command 1 is out: they must not get its answer.
-        let second = spawn_fetch(&registry, TimeRange::new(Some(1.0), Some(1.0)));
-        let third = spawn_fetch(&registry, TimeRange::new(Some(4.0), None));
-        wait_for_waiting(&registry, 3);
-        let all: Vec<LogEntry> = [1.0, 2.0, 3.0, 4.0, 5.0].map(entry).to_vec();
-        registry.complete("cam", answer(&id1, all.clone())).unwrap();
-        assert_eq!(first.join().unwrap().unwrap(), vec![entry(2.0), entry(3.0)]);
-
-        let (id2, start, end) = poll_until_command(&registry, "cam");
-        assert_ne!(id1, id2);
-        assert_eq!((start, end), (1.0, f64::MAX), "the union of both ranges");
-        let reply = registry.complete("cam", answer(&id2, all)).unwrap();
-        assert!(matches!(reply, Completion::Delivered { callers: 2, .. }));
-        assert_eq!(second.join().unwrap().unwrap(), vec![entry(1.0)]);
-        assert_eq!(third.join().unwrap().unwrap(), vec![entry(4.0), entry(5.0)]);
-        assert_eq!(registry.stats().waiting_requests, 0);
-    }
-
-    #[test]
-    fn duplicate_and_foreign_answers() {
-        let registry = registry();
-        registry.poll("cam").unwrap();
-        registry.poll("other").unwrap();
-        let caller = spawn_fetch(&registry, TimeRange::ALL);
-        let (id, _, _) = poll_until_command(&registry, "cam");
-        let err = registry.complete("other", answer(&id, vec![])).unwrap_err();
-        assert_eq!(err.status(), 404, "a request id is bound to its camera");
-        registry
-            .complete("cam", answer(&id, vec![entry(1.0)]))
-            .unwrap();
-        assert_eq!(
-            registry.complete("cam", answer(&id, vec![])).unwrap(),
-            Completion::Duplicate {
-                request_id: id.clone()
-            }
-        );
-        assert_eq!(
-            registry
-                .complete("cam", answer("nope", vec![]))
-                .unwrap_err()
-                .status(),
-            404
-        );
-        assert_eq!(caller.join().unwrap().unwrap(), vec![entry(1.0)]);
-    }
-
-    #[test]
-    fn unanswered_command_is_sent_again_with_the_same_id() {
-        let registry = registry();
-        registry.poll("cam").unwrap();
-        let caller = spawn_fetch(&registry, TimeRange::ALL);
-        let (id, _, _) = poll_until_command(&registry, "cam"); // this "poll" dies: no answer
-        thread::sleep(registry.config().ack_timeout);
-        registry.tick();
-        let (again, _, _) = poll_until_command(&registry, "cam");
-        assert_eq!(id, again);
-        registry
-            .complete("cam", answer(&again, vec![entry(7.0)]))
-            .unwrap();
-        assert_eq!(caller.join().unwrap().unwrap(), vec![entry(7.0)]);
-    }
-
-    #[test]
-    fn a_caller_that_times_out_leaves_nothing_behind() {
-        let registry = registry();
-        registry.poll("cam").unwrap();
-        let err = registry
-            .fetch_logs("cam", TimeRange::ALL, Duration::from_millis(50))
-            .unwrap_err();
-        assert_eq!(err.status(), 504);
-        let stats = registry.stats();
-        assert_eq!((stats.waiting_requests, stats.commands_in_flight), (0, 0));
-        // The command queued for it is stale: a poll skips it and answers noop.
-        assert_eq!(registry.poll("cam").unwrap(), Command::Noop);
-        assert_eq!(registry.stats().queued_dispatches, 0);
-    }
-
-    #[test]
-    fn waiting_calls_are_bounded() {
-        let registry = registry();
-        registry.poll("cam").unwrap();
-        let callers: Vec<_> = (0..3)
-            .map(|_| spawn_fetch(&registry, TimeRange::ALL))
-            .collect();
-        wait_for_waiting(&registry, 3);
-        let err = registry
-            .fetch_logs("cam", TimeRange::ALL, Duration::from_secs(1))
-            .unwrap_err();
-        assert_eq!(err.status(), 429);
-        registry.shutdown();
-        for caller in callers {
-            assert_eq!(caller.join().unwrap().unwrap_err().status(), 503);
-        }
-    }
-
-    #[test]
-    fn request_ids_are_long_and_distinct() {
-        let registry = registry();
-        let ids: std::collections::HashSet<String> =
-            (0..1000).map(|_| registry.ids.next()).collect();
-        assert_eq!(ids.len(), 1000);
-        assert!(ids.iter().all(|id| id.len() == 32));
-    }
-}
+mod tests;

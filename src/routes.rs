@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -13,18 +14,26 @@ use tiny_http::{Header, Method, Request, Response};
 
 use crate::config::{ServerConfig, MAX_LOGS_TIMEOUT};
 use crate::error::ApiError;
+use crate::log::{log_info, log_warn};
 pub use crate::protocol::valid_camera_id;
 use crate::protocol::{CamerasResponse, LogEntry, SendLogsBody, TimeRange, MAX_CAMERA_ID_LEN};
-use crate::registry::{Completion, Registry, RegistryStats, DEFAULT_PAGE};
-use crate::server::PoolStats;
-use crate::{info, warn};
+use crate::registry::{Completion, Registry, DEFAULT_PAGE};
 
-/// Everything a request handler needs; shared by all handler threads.
-pub struct App {
+/// What routes may ask of the server that runs them. `server` implements it; routes must not
+/// import `server` (it sits above them).
+pub trait ServerView: Send + Sync {
+    /// The `server` and `frontDoor` sections of `/stats`, as one JSON object.
+    fn stats(&self) -> serde_json::Value;
+    /// Counts a connection answered and then parked (see [`park`]).
+    fn connection_parked(&self);
+}
+
+/// Everything a request handler needs: the settings, the registry, and a narrow view of the
+/// server. Shared by all handler threads.
+pub struct Context {
     pub config: ServerConfig,
-    pub registry: std::sync::Arc<Registry>,
-    pub pool: std::sync::Arc<PoolStats>,
-    pub front_door: std::sync::Arc<crate::listener::FrontDoor>,
+    pub registry: Arc<Registry>,
+    pub server: Arc<dyn ServerView>,
 }
 
 /// A response ready to be written.
@@ -55,7 +64,7 @@ impl Reply {
 }
 
 /// Serves one request to completion: route, respond, log. Never panics on client input.
-pub fn handle(app: &App, mut request: Request) {
+pub fn handle(app: &Context, mut request: Request) {
     let started = Instant::now();
     let method = request.method().clone();
     let url = request.url().to_string();
@@ -63,7 +72,7 @@ pub fn handle(app: &App, mut request: Request) {
     let reply = match route(app, &mut request, &method, path, query) {
         Ok(reply) => reply,
         Err(error) => {
-            warn!(
+            log_warn!(
                 "{} {} from {} -> {}: {error} ({} ms)",
                 truncate(method.as_str(), 16),
                 truncate(path, 64),
@@ -83,13 +92,13 @@ pub fn handle(app: &App, mut request: Request) {
 /// (and the discard is bounded by the socket read timeout).
 const SAFE_TO_DISCARD: usize = 64 * 1024 * 1024;
 
-fn respond(app: &App, request: Request, reply: Reply, method: &Method, path: &str) {
+fn respond(app: &Context, request: Request, reply: Reply, method: &Method, path: &str) {
     let declared = request.body_length().unwrap_or(0);
     if declared > SAFE_TO_DISCARD && declared > app.config.max_body_bytes {
         let status = reply.status;
         let client = client_address(&request);
         park(app, request, reply);
-        warn!(
+        log_warn!(
             "{} {} from {client} declared a {declared}-byte body; answered {status} and parked the connection",
             truncate(method.as_str(), 16),
             truncate(path, 64),
@@ -97,7 +106,7 @@ fn respond(app: &App, request: Request, reply: Reply, method: &Method, path: &st
         return;
     }
     if let Err(e) = request.respond(to_response(reply)) {
-        warn!(
+        log_warn!(
             "{} {}: could not write the response: {e}",
             truncate(method.as_str(), 16),
             truncate(path, 64)
@@ -111,7 +120,7 @@ fn respond(app: &App, request: Request, reply: Reply, method: &Method, path: &st
 /// `Content-Length` and `Connection: close` lines ride in one header value of our own; they are
 /// fixed text, never client input. Cost per parked connection: one idle thread and one socket,
 /// counted on /stats; the peer is told to close it.
-fn park(app: &App, request: Request, reply: Reply) {
+fn park(app: &Context, request: Request, reply: Reply) {
     use std::io::Write;
     let framing = format!(
         "1\r\nContent-Length: {}\r\nConnection: close",
@@ -129,12 +138,12 @@ fn park(app: &App, request: Request, reply: Reply) {
     let mut stream = request.upgrade("none", response);
     let _ = stream.write_all(&reply.body).and_then(|()| stream.flush());
     std::mem::forget(stream);
-    app.pool.parked_connection();
+    app.server.connection_parked();
 }
 
 /// The route table. A known path with the wrong method is 405; anything else unknown is 404.
 fn route(
-    app: &App,
+    app: &Context,
     request: &mut Request,
     method: &Method,
     path: &str,
@@ -167,11 +176,13 @@ fn route(
         }
         "/stats" => {
             authorize(request, app.config.api_token.as_deref())?;
-            Reply::json(&Stats {
-                registry: app.registry.stats(),
-                server: app.pool.snapshot(),
-                front_door: app.front_door.stats(),
-            })
+            let mut stats = app.server.stats();
+            let registry = serde_json::to_value(app.registry.stats())
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            if let Some(sections) = stats.as_object_mut() {
+                sections.insert("registry".to_string(), registry);
+            }
+            Reply::json(&stats)
         }
         "/poll_for_command" => {
             let camera_id = authorize_camera(app, request, &query)?;
@@ -185,21 +196,13 @@ fn route(
 }
 
 #[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Stats {
-    registry: RegistryStats,
-    server: crate::server::PoolSnapshot,
-    front_door: crate::listener::FrontDoorStats,
-}
-
-#[derive(Serialize)]
 struct LogsBody<'a> {
     #[serde(rename = "cameraId")]
     camera_id: &'a str,
     logs: &'a [LogEntry],
 }
 
-fn get_logs(app: &App, query: &Query, client: &str) -> Result<Reply, ApiError> {
+fn get_logs(app: &Context, query: &Query, client: &str) -> Result<Reply, ApiError> {
     let started = Instant::now();
     let camera_id = query.camera_id()?;
     let range = TimeRange::new(
@@ -219,7 +222,7 @@ fn get_logs(app: &App, query: &Query, client: &str) -> Result<Reply, ApiError> {
         camera_id: &camera_id,
         logs: slice.entries(),
     })?;
-    info!(
+    log_info!(
         "logs returned for camera '{camera_id}' to {client}: {} event(s) in {} ms",
         slice.entries().len(),
         started.elapsed().as_millis()
@@ -227,17 +230,17 @@ fn get_logs(app: &App, query: &Query, client: &str) -> Result<Reply, ApiError> {
     Ok(reply)
 }
 
-fn send_logs(app: &App, request: &mut Request, camera_id: &str) -> Result<Reply, ApiError> {
+fn send_logs(app: &Context, request: &mut Request, camera_id: &str) -> Result<Reply, ApiError> {
     let body = read_body(request, app.config.max_body_bytes)?;
     let answer: SendLogsBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed send_logs body: {e}")))?;
     match app.registry.complete(camera_id, answer)? {
-        Completion::Delivered { request_id, callers, events, elapsed } => info!(
+        Completion::Delivered { request_id, callers, events, elapsed } => log_info!(
             "camera '{camera_id}' answered command {request_id}: {events} event(s) for {callers} caller(s), {} ms after the command",
             elapsed.as_millis()
         ),
         Completion::Duplicate { request_id } => {
-            info!("camera '{camera_id}' answered command {request_id} again; ignored")
+            log_info!("camera '{camera_id}' answered command {request_id} again; ignored")
         }
     }
     Reply::json(&serde_json::json!({"status": "ok"}))
@@ -262,7 +265,7 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
 }
 
 /// The camera id of a camera endpoint, once its caller has proved it may act for that id.
-fn authorize_camera(app: &App, request: &Request, query: &Query) -> Result<String, ApiError> {
+fn authorize_camera(app: &Context, request: &Request, query: &Query) -> Result<String, ApiError> {
     let camera_id = query.camera_id()?;
     match app.config.camera_auth.expected_for(&camera_id) {
         None => {}

@@ -19,15 +19,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use parking_lot::Mutex;
 use tiny_http::Request;
 
 use crate::config::ServerConfig;
-use crate::listener::{loopback, FrontDoor, FrontDoorConfig};
+use crate::front_door::{loopback, FrontDoor, FrontDoorConfig, FrontDoorStats};
+use crate::log::{log_error, log_info};
 use crate::registry::{Registry, RegistryConfig};
-use crate::routes::{self, App};
-use crate::{error, info};
+use crate::routes::{self, Context, ServerView};
 
 /// Handler threads kept alive while idle.
 const MIN_WORKERS: usize = 4;
@@ -36,6 +36,8 @@ const WAKE_EVERY: Duration = Duration::from_millis(250);
 /// Handlers parse JSON (serde_json stops at depth 128) and format responses: 256 KiB is ample,
 /// and only the pages actually touched count against memory.
 const WORKER_STACK: usize = 256 * 1024;
+/// How long shutdown waits for handler threads busy with a request.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
 /// Live counters of the handler pool, shown on `/stats`.
 #[derive(Debug, Default)]
@@ -77,7 +79,7 @@ impl PoolStats {
             spawn_failures: self.spawn_failures.load(Ordering::Relaxed),
             parked_connections: self.parked.load(Ordering::Relaxed),
             pipelined_waiting: self.pipelined.load(Ordering::Relaxed),
-            process_threads: crate::listener::process_threads(),
+            process_threads: crate::front_door::process_threads(),
         }
     }
 }
@@ -129,11 +131,37 @@ impl Connections {
 struct Pool {
     requests: Receiver<tiny_http::Request>,
     connections: Connections,
-    app: App,
+    app: Context,
+    stats: Arc<PoolStats>,
+    front_door: Arc<FrontDoor>,
     stopping: AtomicBool,
     /// Each request being served holds a handler, and each request has a connection, so the
     /// connection limit bounds the handlers too.
     max_workers: usize,
+    /// Each worker holds a clone of this sender until it exits; taken at shutdown, after which
+    /// no worker starts.
+    workers_alive: Mutex<Option<Sender<()>>>,
+    /// Disconnects once the sender above and every worker's clone are gone.
+    workers_done: Receiver<()>,
+}
+
+/// The server's side of [`ServerView`]: what routes may see of the pool and the front door.
+struct ServerStatus {
+    pool: Arc<PoolStats>,
+    front_door: Arc<FrontDoor>,
+}
+
+impl ServerView for ServerStatus {
+    fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "server": self.pool.snapshot(),
+            "frontDoor": self.front_door.stats(),
+        })
+    }
+
+    fn connection_parked(&self) {
+        self.pool.parked_connection();
+    }
 }
 
 /// A running API server. Dropping it does not stop it; call [`ApiServer::shutdown`].
@@ -145,7 +173,7 @@ pub struct ApiServer {
 impl ApiServer {
     /// Binds `HOST:PORT` and starts serving on background threads.
     pub fn start(config: ServerConfig) -> std::io::Result<ApiServer> {
-        crate::listener::quiet_tiny_http_panics();
+        crate::front_door::quiet_tiny_http_panics();
         let (requests_tx, requests) = unbounded();
         let registry = Arc::new(Registry::new(RegistryConfig {
             poll_hold: config.poll_hold,
@@ -169,25 +197,33 @@ impl ApiServer {
         let addr = front_door.local_addr();
         let ticker = registry.spawn_ticker()?;
         let max_workers = config.max_connections + MIN_WORKERS;
-        let app = App {
+        let stats = Arc::new(PoolStats::default());
+        let app = Context {
             config,
             registry,
-            pool: Arc::new(PoolStats::default()),
-            front_door,
+            server: Arc::new(ServerStatus {
+                pool: Arc::clone(&stats),
+                front_door: Arc::clone(&front_door),
+            }),
         };
+        let (workers_done_tx, workers_done) = bounded(0);
         let pool = Arc::new(Pool {
             requests,
             connections: Connections::default(),
             app,
+            stats,
+            front_door,
             stopping: AtomicBool::new(false),
             max_workers,
+            workers_alive: Mutex::new(Some(workers_done_tx)),
+            workers_done,
         });
         for _ in 0..MIN_WORKERS {
             spawn_worker(&pool)?;
         }
         crate::log::announce(format_args!("API server listening on http://{addr}"));
         crate::log::announce(format_args!("{}", exposure(addr)));
-        info!(
+        log_info!(
             "authentication: cameras {}, users {}",
             pool.app.config.camera_auth.describe(),
             if pool.app.config.api_token.is_some() {
@@ -203,7 +239,7 @@ impl ApiServer {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.pool.app.front_door.local_addr()
+        self.pool.front_door.local_addr()
     }
 
     /// `http://IP:PORT`, with 127.0.0.1 in place of an unspecified bind address.
@@ -215,12 +251,12 @@ impl ApiServer {
         &self.pool.app.registry
     }
 
-    pub fn pool_stats(&self) -> crate::server::PoolSnapshot {
-        self.pool.app.pool.snapshot()
+    pub fn pool_stats(&self) -> PoolSnapshot {
+        self.pool.stats.snapshot()
     }
 
-    pub fn front_door_stats(&self) -> crate::listener::FrontDoorStats {
-        self.pool.app.front_door.stats()
+    pub fn front_door_stats(&self) -> FrontDoorStats {
+        self.pool.front_door.stats()
     }
 
     /// Blocks the calling thread while the server runs (the `api` binary's main thread).
@@ -233,17 +269,16 @@ impl ApiServer {
     /// Answers held polls and waiting calls at once, stops the handler threads and closes the
     /// listening socket. Returns when all handler threads have exited, or after 10 s.
     pub fn shutdown(mut self) {
-        self.pool.app.front_door.close();
+        self.pool.front_door.close();
         self.pool.app.registry.shutdown();
         self.pool.stopping.store(true, Ordering::SeqCst);
         if let Some(ticker) = self.ticker.take() {
             let _ = ticker.join();
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.pool.app.pool.threads.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        info!("API server on {} stopped", self.addr());
+        // No new worker can start now, and `workers_done` disconnects when the last one exits.
+        self.pool.workers_alive.lock().take();
+        let _ = self.pool.workers_done.recv_timeout(SHUTDOWN_WAIT);
+        log_info!("API server on {} stopped", self.addr());
     }
 }
 
@@ -258,13 +293,19 @@ fn exposure(addr: SocketAddr) -> String {
 }
 
 fn spawn_worker(pool: &Arc<Pool>) -> std::io::Result<()> {
-    let stats = &pool.app.pool;
+    let Some(alive) = pool.workers_alive.lock().clone() else {
+        return Ok(()); // shutting down
+    };
+    let stats = &pool.stats;
     stats.threads.fetch_add(1, Ordering::SeqCst);
     let worker_pool = Arc::clone(pool);
     let spawned = std::thread::Builder::new()
         .name("http-worker".into())
         .stack_size(WORKER_STACK)
-        .spawn(move || worker(worker_pool));
+        .spawn(move || {
+            worker(worker_pool);
+            drop(alive);
+        });
     if let Err(e) = spawned {
         stats.threads.fetch_sub(1, Ordering::SeqCst);
         stats.spawn_failures.fetch_add(1, Ordering::Relaxed);
@@ -274,7 +315,7 @@ fn spawn_worker(pool: &Arc<Pool>) -> std::io::Result<()> {
 }
 
 fn worker(pool: Arc<Pool>) {
-    let stats = &pool.app.pool;
+    let stats = &pool.stats;
     let mut last_request = Instant::now();
     loop {
         if pool.stopping.load(Ordering::SeqCst) {
@@ -291,7 +332,7 @@ fn worker(pool: Arc<Pool>) {
                     && stats.threads.load(Ordering::SeqCst) < pool.max_workers
                 {
                     if let Err(e) = spawn_worker(&pool) {
-                        error!("could not start a handler thread: {e}; serving with the threads there are");
+                        log_error!("could not start a handler thread: {e}; serving with the threads there are");
                     }
                 }
                 let mut next = pool.connections.admit(request, stats);
@@ -321,10 +362,12 @@ fn worker(pool: Arc<Pool>) {
 }
 
 fn serve(pool: &Pool, request: Request) {
-    let stats = &pool.app.pool;
+    let stats = &pool.stats;
     stats.busy.fetch_add(1, Ordering::SeqCst);
     if catch_unwind(AssertUnwindSafe(|| routes::handle(&pool.app, request))).is_err() {
-        error!("a request handler panicked; the request got a 500 and the server keeps serving");
+        log_error!(
+            "a request handler panicked; the request got a 500 and the server keeps serving"
+        );
     }
     stats.busy.fetch_sub(1, Ordering::SeqCst);
 }

@@ -5,15 +5,12 @@
 //! arrived), a poll that dies holding a command, 503 / 504 / 429 with nothing left behind, and
 //! the shapes of `/cameras` and `/health`.
 
-mod common;
-
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use camera_logs::protocol::LogEntry;
-use camera_logs::ServerConfig;
-use common::*;
+use crate::common::*;
+use camera_logs::LogEntry;
 use serde_json::{json, Value};
 
 fn assert_ascending(logs: &[LogEntry]) {
@@ -62,7 +59,7 @@ fn ranges() -> Vec<(Option<f64>, Option<f64>, &'static str)> {
 #[test]
 fn logs_are_exactly_the_inclusive_range_in_ascending_order() {
     let events = fixture(40);
-    let (server, _camera) = server_with_camera(ServerConfig::for_tests(), "front", &events);
+    let (server, _camera) = server_with_camera(test_config(), "front", &events);
 
     for (start, end, why) in ranges() {
         let answer = get(&logs_url(&server.url, "front", start, end, Some(20.0))).expect_logs();
@@ -89,7 +86,7 @@ fn the_server_refilters_a_camera_that_ignores_the_bounds() {
     // Out of order, with two events sharing a timestamp: they keep the camera's order.
     let mut events = fixture(40);
     events.insert(3, entry(ts(20), "second event at ts(20)"));
-    let server = TestServer::start(ServerConfig::for_tests());
+    let server = TestServer::start(test_config());
     let liar = FakeCamera::answering_everything(&server.url, "liar", events.clone());
     server.wait_for_camera("liar");
 
@@ -132,7 +129,7 @@ fn a_camera_timestamp_used_as_both_bounds_returns_its_event() {
             )
         })
         .collect();
-    let (server, _camera) = server_with_camera(ServerConfig::for_tests(), "clock", &events);
+    let (server, _camera) = server_with_camera(test_config(), "clock", &events);
 
     // Descriptions are compared, so the test's own float parsing plays no part. Rust prints
     // each bound as the shortest text that parses back to exactly the same f64.
@@ -212,7 +209,7 @@ fn call_in_parallel(
 #[test]
 fn ten_parallel_calls_get_exact_answers_for_at_most_two_round_trips() {
     let events = fixture(60);
-    let mut config = ServerConfig::for_tests();
+    let mut config = test_config();
     // No re-send while the relay holds the first answer back.
     config.ack_timeout = Duration::from_secs(25);
     let server = TestServer::start(config);
@@ -257,7 +254,7 @@ fn ten_parallel_calls_get_exact_answers_for_at_most_two_round_trips() {
 #[test]
 fn a_hundred_parallel_calls_each_get_their_exact_range() {
     let events = fixture(400);
-    let (server, camera) = server_with_camera(ServerConfig::for_tests(), "busy", &events);
+    let (server, camera) = server_with_camera(test_config(), "busy", &events);
 
     let ranges = caller_ranges(100, events.len());
     for (start, end, response) in call_in_parallel(&server.url, "busy", &ranges) {
@@ -277,7 +274,7 @@ fn a_hundred_parallel_calls_each_get_their_exact_range() {
 #[test]
 fn a_call_arriving_while_a_command_is_out_sees_events_logged_after_it() {
     let events = fixture(20);
-    let mut config = ServerConfig::for_tests();
+    let mut config = test_config();
     config.ack_timeout = Duration::from_secs(25);
     let server = TestServer::start(config);
     let mut relay = Relay::start(&server.url, true);
@@ -321,7 +318,7 @@ fn a_call_arriving_while_a_command_is_out_sees_events_logged_after_it() {
 
 #[test]
 fn a_later_caller_waits_for_a_command_of_its_own() {
-    let server = TestServer::start(ServerConfig::for_tests());
+    let server = TestServer::start(test_config());
     let fake = FakeCamera::silent(&server.url, "slow");
     server.wait_for_camera("slow");
 
@@ -359,7 +356,7 @@ fn a_later_caller_waits_for_a_command_of_its_own() {
 #[test]
 fn a_command_carried_by_a_dead_poll_is_sent_again_and_answered() {
     let events = fixture(30);
-    let mut config = ServerConfig::for_tests();
+    let mut config = test_config();
     // The dead poll stays open until it takes the command (it cannot end with a noop first).
     config.poll_hold = Duration::from_secs(15);
     let server = TestServer::start(config);
@@ -399,7 +396,7 @@ fn a_command_carried_by_a_dead_poll_is_sent_again_and_answered() {
 
 #[test]
 fn an_unanswered_command_is_sent_again_with_the_same_request_id() {
-    let mut config = ServerConfig::for_tests();
+    let mut config = test_config();
     config.ack_timeout = Duration::from_millis(500);
     let server = TestServer::start(config);
     let fake = FakeCamera::silent(&server.url, "flaky");
@@ -434,7 +431,7 @@ fn an_unanswered_command_is_sent_again_with_the_same_request_id() {
 
 #[test]
 fn a_camera_that_never_answers_is_504_at_the_timeout_and_leaves_nothing() {
-    let server = TestServer::start(ServerConfig::for_tests());
+    let server = TestServer::start(test_config());
     let fake = FakeCamera::silent(&server.url, "mute");
     server.wait_for_camera("mute");
 
@@ -462,7 +459,7 @@ fn a_camera_that_never_answers_is_504_at_the_timeout_and_leaves_nothing() {
 
 #[test]
 fn a_camera_that_stopped_polling_is_503_at_once() {
-    let mut config = ServerConfig::for_tests();
+    let mut config = test_config();
     config.poll_hold = Duration::from_millis(300);
     config.camera_grace = Duration::from_millis(300);
     let server = TestServer::start(config);
@@ -487,7 +484,7 @@ fn a_camera_that_stopped_polling_is_503_at_once() {
 
 #[test]
 fn waiting_calls_get_503_when_their_camera_goes_offline() {
-    let mut config = ServerConfig::for_tests();
+    let mut config = test_config();
     config.poll_hold = Duration::from_millis(500);
     config.camera_grace = Duration::from_millis(500);
     config.ack_timeout = Duration::from_secs(25);
@@ -510,7 +507,7 @@ fn waiting_calls_get_503_when_their_camera_goes_offline() {
 
 #[test]
 fn too_many_waiting_calls_get_429_with_retry_after() {
-    let mut config = ServerConfig::for_tests();
+    let mut config = test_config();
     config.max_waiting_per_camera = 3;
     let server = TestServer::start(config);
     let _fake = FakeCamera::silent(&server.url, "popular");
@@ -539,7 +536,7 @@ fn too_many_waiting_calls_get_429_with_retry_after() {
 
 #[test]
 fn cameras_and_health_have_their_documented_shapes() {
-    let server = TestServer::start(ServerConfig::for_tests());
+    let server = TestServer::start(test_config());
     assert_eq!(
         get(&format!("{}/health", server.url)).expect_json(200),
         json!({"status": "ok"})

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use camera_logs::config::{CAMERA_SETTINGS, SERVER_SETTINGS};
+use camera_logs::{CAMERA_SETTINGS, SERVER_SETTINGS};
 use crossbeam_channel::{unbounded, Receiver};
 
 const CAMERA: &str = env!("CARGO_BIN_EXE_camera");

@@ -3,20 +3,18 @@
 //! new connections are refused while open ones are served, and the server accepts again (on a
 //! fresh accept loop) once the count falls.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use camera_logs::ServerConfig;
-use common::*;
 
 fn config(header_timeout: Duration, max_connections: usize) -> ServerConfig {
     ServerConfig {
         header_timeout,
         max_connections,
-        ..ServerConfig::for_tests()
+        ..test_config()
     }
 }
 

@@ -8,8 +8,6 @@
 //! same attacks against the api with no edge, for the table in docs/reliability.md:
 //! `cargo test --release --test edge -- --ignored --nocapture`.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +15,9 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use camera_logs::protocol::LogEntry;
-use common::edge::{nginx_or_skip, settle, Edge, Usage, TEST_CLIENT_HEADER};
-use common::*;
+use crate::common::edge::{nginx_or_skip, settle, Edge, Usage, TEST_CLIENT_HEADER};
+use crate::common::*;
+use camera_logs::LogEntry;
 
 /// The address attacks claim to come from (TEST-NET-1: never a real host).
 const ATTACKER: &str = "192.0.2.66";

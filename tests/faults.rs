@@ -13,8 +13,6 @@
 //! Tests 3 and 4 run an in-process server and are serialized by a lock, because test 4 measures
 //! this process's thread count; the others drive the built binaries.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,9 +20,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use camera_logs::protocol::LogEntry;
+use crate::common::*;
+use camera_logs::LogEntry;
 use camera_logs::{CameraConfig, ServerConfig};
-use common::*;
 use parking_lot::Mutex;
 
 /// Held by the tests that run an in-process server (see the file comment).
@@ -223,7 +221,7 @@ fn polls_dying_at_random_moments_never_cross_answers() {
         // A dead poll is held until a command reaches it or the hold ends: a short hold keeps
         // one round's dead polls from swallowing the next round's commands too.
         poll_hold: Duration::from_secs(1),
-        ..ServerConfig::for_tests()
+        ..test_config()
     });
     let events = fixture(400);
     system.add_camera(
@@ -347,7 +345,7 @@ fn two_thousand_calls_leave_no_state_and_no_threads_behind() {
     let _serial = IN_PROCESS.lock();
     let mut system = TestServer::start(ServerConfig {
         worker_idle_exit: Duration::from_secs(1),
-        ..ServerConfig::for_tests()
+        ..test_config()
     });
     let events = fixture(200);
     system.add_camera(

@@ -7,8 +7,6 @@
 //! predict; and that the tokens guard exactly the endpoints they should, never leak into the log,
 //! and that a camera cannot answer another camera's command.
 
-mod common;
-
 use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -17,13 +15,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use camera_logs::config::CameraAuth;
-use camera_logs::error::ApiError;
-use camera_logs::protocol::{LogEntry, SendLogsBody};
-use camera_logs::registry::{Registry, RegistryConfig};
-use camera_logs::routes::{valid_camera_id, Query};
+use crate::common::*;
+use camera_logs::ApiError;
+use camera_logs::CameraAuth;
+use camera_logs::{valid_camera_id, Query};
 use camera_logs::{CameraConfig, ServerConfig};
-use common::*;
+use camera_logs::{LogEntry, SendLogsBody};
+use camera_logs::{Registry, RegistryConfig};
 
 /// A server with one real camera, `cam`, serving `fixture(20)`.
 fn system_with_camera(config: ServerConfig) -> (TestServer, Vec<LogEntry>) {
@@ -71,7 +69,7 @@ fn raw_post(path: &str, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn malformed_queries_get_400_json_errors() {
-    let (system, events) = system_with_camera(ServerConfig::for_tests());
+    let (system, events) = system_with_camera(test_config());
     let agent = agent(Duration::from_secs(30));
     let bad = [
         // Bad UTF-8, percent-encoded.
@@ -151,7 +149,7 @@ fn malformed_queries_get_400_json_errors() {
 
 #[test]
 fn raw_non_ascii_bytes_in_the_request_line_do_not_hurt_the_server() {
-    let (system, events) = system_with_camera(ServerConfig::for_tests());
+    let (system, events) = system_with_camera(test_config());
     let mut request = b"GET /logs?cameraId=".to_vec();
     request.extend_from_slice(&[0xFF, 0xFE, b'x', 0x80]);
     request.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -173,7 +171,7 @@ fn raw_non_ascii_bytes_in_the_request_line_do_not_hurt_the_server() {
 
 #[test]
 fn a_ten_megabyte_query_string_is_refused_and_the_server_survives() {
-    let (system, events) = system_with_camera(ServerConfig::for_tests());
+    let (system, events) = system_with_camera(test_config());
     let mut request = b"GET /logs?cameraId=".to_vec();
     request.resize(request.len() + 10 * 1024 * 1024, b'a');
     request.extend_from_slice(b"&timeout=5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -203,7 +201,7 @@ fn a_ten_megabyte_query_string_is_refused_and_the_server_survives() {
 
 #[test]
 fn malformed_and_mistyped_send_logs_bodies_get_400() {
-    let (system, events) = system_with_camera(ServerConfig::for_tests());
+    let (system, events) = system_with_camera(test_config());
     let agent = agent(Duration::from_secs(30));
     let url = format!("{}/send_logs?cameraId=cam", system.url);
     let deep_array = "[".repeat(100_000);
@@ -302,7 +300,7 @@ fn malformed_and_mistyped_send_logs_bodies_get_400() {
 fn a_million_item_logs_array_is_answered_within_a_deadline() {
     let (system, events) = system_with_camera(ServerConfig {
         max_body_bytes: 64 * 1024 * 1024,
-        ..ServerConfig::for_tests()
+        ..test_config()
     });
     let mut body = String::from(r#"{"requestId":"REQUEST","logs":["#);
     for i in 0..1_000_000u32 {
@@ -414,7 +412,7 @@ fn short_body_then_half_close(system: &TestServer, declared: usize) -> Option<Re
 
 #[test]
 fn a_long_body_cut_short_then_half_closed_gets_400() {
-    let (system, events) = system_with_camera(ServerConfig::for_tests());
+    let (system, events) = system_with_camera(test_config());
     // Over 1024 declared bytes, tiny_http leaves the body to the handler, which reads to EOF.
     let outcome = short_body_then_half_close(&system, 2000);
     assert_serving(&system, &events, "a short body");
@@ -425,7 +423,7 @@ fn a_long_body_cut_short_then_half_closed_gets_400() {
 
 #[test]
 fn a_small_body_cut_short_is_refused_and_the_server_keeps_serving() {
-    let (system, events) = system_with_camera(ServerConfig::for_tests());
+    let (system, events) = system_with_camera(test_config());
     // Up to 1024 declared bytes, tiny_http 0.12 reads the body itself before the request reaches
     // the server's code, and on an early EOF closes the connection without an answer. That is
     // the one outcome besides a 400 JSON error that is acceptable: no hang, no crash.
@@ -438,7 +436,7 @@ fn a_small_body_cut_short_is_refused_and_the_server_keeps_serving() {
 
 #[test]
 fn an_absurd_content_length_is_413_and_the_server_survives() {
-    let (system, events) = system_with_camera(ServerConfig::for_tests());
+    let (system, events) = system_with_camera(test_config());
     let agent = agent(Duration::from_secs(10));
     let stats_url = format!("{}/stats", system.url);
     let parked = || {
@@ -750,7 +748,7 @@ fn thousands_of_generated_inputs_never_panic_the_parsers_and_errors_are_400() {
 
 #[test]
 fn hundreds_of_generated_requests_get_exactly_the_predicted_json_answer() {
-    let (system, events) = system_with_camera(ServerConfig::for_tests());
+    let (system, events) = system_with_camera(test_config());
     // "sink" is known (it polled once) and never has a command in flight.
     let sink_poll = b"GET /poll_for_command?cameraId=sink HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut sink = TcpStream::connect(system.addr).unwrap();
@@ -830,7 +828,7 @@ fn camera_endpoints_require_the_camera_token() {
     let mut system = TestServer::start(ServerConfig {
         camera_auth: CameraAuth::Shared(TOKEN.to_string()),
         poll_hold: Duration::from_millis(500),
-        ..ServerConfig::for_tests()
+        ..test_config()
     });
     let agent = agent(Duration::from_secs(10));
     let poll = format!("{}/poll_for_command?cameraId=cam", system.url);
@@ -928,7 +926,7 @@ fn user_endpoints_require_the_api_token_and_health_does_not() {
     let mut system = TestServer::start(ServerConfig {
         api_token: Some(API.to_string()),
         camera_auth: CameraAuth::Shared(CAMERA.to_string()),
-        ..ServerConfig::for_tests()
+        ..test_config()
     });
     let events = fixture(20);
     system.add_camera(
@@ -1064,7 +1062,7 @@ fn tokens_never_appear_in_the_server_log() {
 fn a_camera_cannot_answer_another_cameras_command() {
     let system = TestServer::start(ServerConfig {
         poll_hold: Duration::from_millis(500),
-        ..ServerConfig::for_tests()
+        ..test_config()
     });
     let agent = agent(Duration::from_secs(30));
     // Camera B polls once so that it is known: a 404 for it is about the request id.
@@ -1148,7 +1146,7 @@ fn per_camera_tokens_let_a_camera_poll_and_answer_only_for_its_own_id() {
     let mut system = TestServer::start(ServerConfig {
         camera_auth: CameraAuth::PerCamera(tokens),
         poll_hold: Duration::from_millis(500),
-        ..ServerConfig::for_tests()
+        ..test_config()
     });
     let agent = agent(Duration::from_secs(10));
     let forged = br#"{"logs":[{"timestamp":1.0,"description":"forged"}]}"#;
@@ -1208,7 +1206,7 @@ fn beyond_max_cameras_a_new_id_is_503_with_retry_after_and_known_cameras_keep_wo
     let (system, events) = system_with_camera(ServerConfig {
         max_cameras: 2,
         poll_hold: Duration::from_millis(300),
-        ..ServerConfig::for_tests()
+        ..test_config()
     });
     let agent = agent(Duration::from_secs(10));
     let poll = |camera: &str| {
@@ -1248,7 +1246,7 @@ fn a_camera_offline_for_camera_forget_secs_is_forgotten_and_its_slot_reused() {
         poll_hold: Duration::from_millis(200),
         camera_grace: Duration::from_millis(300),
         camera_forget: Duration::from_millis(500),
-        ..ServerConfig::for_tests()
+        ..test_config()
     });
     let agent = agent(Duration::from_secs(10));
     let poll = |camera: &str| {
@@ -1285,7 +1283,7 @@ fn a_camera_offline_for_camera_forget_secs_is_forgotten_and_its_slot_reused() {
 fn connections_tiny_http_never_releases_are_counted_on_stats() {
     let (system, events) = system_with_camera(ServerConfig {
         header_timeout: Duration::from_secs(1),
-        ..ServerConfig::for_tests()
+        ..test_config()
     });
     let agent = agent(Duration::from_secs(10));
     let stats_url = format!("{}/stats", system.url);

@@ -6,17 +6,14 @@
 //! response checked is `application/json` and every error is exactly `{"error": "<sentence>"}`;
 //! after the error paths the same server still answers a normal `/logs` call exactly.
 
-mod common;
-
 use std::io::{BufReader, Read, Write};
 use std::time::{Duration, Instant};
 
-use camera_logs::ServerConfig;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// A normal call still gets its exact answer.
-fn assert_still_serves(base: &str, camera: &str, events: &[camera_logs::protocol::LogEntry]) {
+fn assert_still_serves(base: &str, camera: &str, events: &[camera_logs::LogEntry]) {
     let (start, end) = (Some(ts(2)), Some(ts(9)));
     let answer = get(&logs_url(base, camera, start, end, Some(20.0))).expect_logs();
     assert_eq!(answer.logs, expected(events, start, end));
@@ -25,7 +22,7 @@ fn assert_still_serves(base: &str, camera: &str, events: &[camera_logs::protocol
 #[test]
 fn bad_query_parameters_are_400_with_a_json_error() {
     let events = fixture(20);
-    let (server, _camera) = server_with_camera(ServerConfig::for_tests(), "front", &events);
+    let (server, _camera) = server_with_camera(test_config(), "front", &events);
 
     let not_numbers = [
         "NaN", "nan", "inf", "-inf", "Infinity", "1e400", "-1e400", "0x10", "", "abc", "1,5",
@@ -98,7 +95,7 @@ fn bad_query_parameters_are_400_with_a_json_error() {
 #[test]
 fn unknown_cameras_and_paths_are_404() {
     let events = fixture(20);
-    let server = TestServer::start(ServerConfig::for_tests());
+    let server = TestServer::start(test_config());
     let message = get(&logs_url(&server.url, "ghost", None, None, Some(5.0))).expect_error(404);
     assert!(message.contains("ghost"), "{message}");
     let _camera = Camera::start(&server.url, "front", &events);
@@ -123,7 +120,7 @@ fn unknown_cameras_and_paths_are_404() {
 
 #[test]
 fn a_known_path_with_the_wrong_method_is_405_with_allow() {
-    let server = TestServer::start(ServerConfig::for_tests());
+    let server = TestServer::start(test_config());
     let cases = [
         ("POST", "/logs", "GET"),
         ("PUT", "/cameras", "GET"),
@@ -148,9 +145,9 @@ fn a_known_path_with_the_wrong_method_is_405_with_allow() {
 #[test]
 fn tokens_are_required_when_configured() {
     let events = fixture(20);
-    let mut config = ServerConfig::for_tests();
+    let mut config = test_config();
     config.api_token = Some("user-secret".into());
-    config.camera_auth = camera_logs::config::CameraAuth::Shared("camera-secret".into());
+    config.camera_auth = camera_logs::CameraAuth::Shared("camera-secret".into());
     let server = TestServer::start(config);
 
     let poll = get(&format!("{}/poll_for_command?cameraId=front", server.url));
@@ -191,7 +188,7 @@ fn tokens_are_required_when_configured() {
 
 #[test]
 fn a_poll_is_answered_noop_when_the_hold_ends() {
-    let mut config = ServerConfig::for_tests();
+    let mut config = test_config();
     config.poll_hold = Duration::from_millis(400);
     let server = TestServer::start(config);
     let started = Instant::now();
@@ -211,7 +208,7 @@ fn a_poll_is_answered_noop_when_the_hold_ends() {
 #[test]
 fn send_logs_commands_carry_a_request_id_and_numeric_bounds() {
     let events = fixture(20);
-    let server = TestServer::start(ServerConfig::for_tests());
+    let server = TestServer::start(test_config());
     let fake = FakeCamera::silent(&server.url, "cam");
     server.wait_for_camera("cam");
 
@@ -262,7 +259,7 @@ fn send_logs_commands_carry_a_request_id_and_numeric_bounds() {
 #[test]
 fn duplicate_unknown_foreign_and_id_less_answers() {
     let events = fixture(20);
-    let server = TestServer::start(ServerConfig::for_tests());
+    let server = TestServer::start(test_config());
     let a = FakeCamera::silent(&server.url, "cam-a");
     let b = FakeCamera::silent(&server.url, "cam-b");
     server.wait_for_camera("cam-a");
@@ -325,7 +322,7 @@ fn duplicate_unknown_foreign_and_id_less_answers() {
 
 #[test]
 fn an_id_less_answer_never_completes_a_command_the_camera_was_not_sent() {
-    let mut config = ServerConfig::for_tests();
+    let mut config = test_config();
     config.poll_hold = Duration::from_secs(10);
     // The camera stays online between its polls, and nothing is sent again on its own.
     config.camera_grace = Duration::from_secs(25);
@@ -381,7 +378,7 @@ fn an_id_less_answer_never_completes_a_command_the_camera_was_not_sent() {
 #[test]
 fn malformed_answers_are_400_and_leave_the_command_in_flight() {
     let events = fixture(20);
-    let server = TestServer::start(ServerConfig::for_tests());
+    let server = TestServer::start(test_config());
     let fake = FakeCamera::silent(&server.url, "cam");
     server.wait_for_camera("cam");
     let call = spawn_get(logs_url(
@@ -456,7 +453,7 @@ fn chunked_post(base: &str, camera: &str, body: &[u8]) -> Resp {
 }
 
 /// A valid answer padded with spaces to exactly `size` bytes.
-fn answer_of_size(id: &str, logs: &[camera_logs::protocol::LogEntry], size: usize) -> Vec<u8> {
+fn answer_of_size(id: &str, logs: &[camera_logs::LogEntry], size: usize) -> Vec<u8> {
     let mut body = json!({"requestId": id, "logs": logs})
         .to_string()
         .into_bytes();
@@ -468,7 +465,7 @@ fn answer_of_size(id: &str, logs: &[camera_logs::protocol::LogEntry], size: usiz
 #[test]
 fn bodies_over_max_body_bytes_are_413_by_length_and_chunked() {
     let events = fixture(8);
-    let mut config = ServerConfig::for_tests();
+    let mut config = test_config();
     config.max_body_bytes = 1000;
     let server = TestServer::start(config);
     let fake = FakeCamera::silent(&server.url, "cam");
@@ -514,7 +511,7 @@ fn bodies_over_max_body_bytes_are_413_by_length_and_chunked() {
 fn a_huge_declared_content_length_is_413_and_the_server_keeps_serving() {
     let events = fixture(20);
     // The default MAX_BODY_BYTES.
-    let (server, _camera) = server_with_camera(ServerConfig::for_tests(), "front", &events);
+    let (server, _camera) = server_with_camera(test_config(), "front", &events);
 
     let mut liar = connect(&server.url);
     liar.write_all(
@@ -560,7 +557,7 @@ fn a_huge_declared_content_length_is_413_and_the_server_keeps_serving() {
 #[test]
 fn a_malformed_request_line_is_refused_and_the_server_keeps_serving() {
     let events = fixture(20);
-    let (server, _camera) = server_with_camera(ServerConfig::for_tests(), "front", &events);
+    let (server, _camera) = server_with_camera(test_config(), "front", &events);
     // Answered by the HTTP engine itself (tiny_http), before any route runs.
     let response = raw(&server.url, b"GARBAGE\r\n\r\n");
     assert!((400..500).contains(&response.status), "{response:?}");

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use camera_logs::config::{from_args_and_env, ServerConfig, SERVER_SETTINGS};
 use camera_logs::ApiServer;
+use camera_logs::{from_args_and_env, ServerConfig, SERVER_SETTINGS};
 
 fn main() -> ExitCode {
     let config = match from_args_and_env(

@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use camera_logs::config::{from_args_and_env, CameraConfig, CAMERA_SETTINGS};
 use camera_logs::CameraHandle;
+use camera_logs::{from_args_and_env, CameraConfig, CAMERA_SETTINGS};
 
 fn main() -> ExitCode {
     let config = match from_args_and_env(

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use camera_logs::protocol::{CamerasResponse, Command, LogEntry, LogsResponse, SendLogsBody};
+use camera_logs::{CamerasResponse, Command, LogEntry, LogsResponse, SendLogsBody};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use serde::Serialize;

@@ -54,8 +54,10 @@ pub fn shipped_config() -> PathBuf {
 pub struct Edge {
     pub url: String,
     pub addr: SocketAddr,
-    pub proc: Proc,
-    pub dir: TempDir,
+    /// nginx itself, stopped with its workers when the edge is dropped.
+    _nginx: Proc,
+    /// The prefix nginx runs from, removed when the edge is dropped.
+    _dir: TempDir,
 }
 
 /// What to put in the test's `listen.conf` besides the `listen` line.
@@ -96,29 +98,14 @@ impl Edge {
                     return Edge {
                         url: format!("{scheme}://127.0.0.1:{port}"),
                         addr,
-                        proc,
-                        dir,
+                        _nginx: proc,
+                        _dir: dir,
                     };
                 }
                 Err(stderr) => last_error = stderr,
             }
         }
         panic!("nginx would not start:\n{last_error}");
-    }
-
-    /// Rewrites `upstreams.conf` and reloads nginx (SIGHUP to the master): new workers take the
-    /// new servers, old ones finish their requests.
-    pub fn set_upstreams(&self, upstreams: &[String]) {
-        let servers: String = upstreams
-            .iter()
-            .map(|u| format!("server {u} max_fails=1 fail_timeout=2s;\n"))
-            .collect();
-        std::fs::write(self.dir.0.join("upstreams.conf"), servers).expect("write upstreams.conf");
-        let status = std::process::Command::new("kill")
-            .args(["-HUP", &self.proc.pid().to_string()])
-            .status()
-            .expect("run kill -HUP");
-        assert!(status.success(), "reload nginx");
     }
 }
 

@@ -36,16 +36,16 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
-use crate::{error, info, warn};
+use crate::log::{log_error, log_info, log_warn};
 
 /// How often the supervisor wakes: nudges tiny_http's pool while calls wait, checks the accept
 /// loops.
@@ -102,6 +102,9 @@ pub struct FrontDoor {
     /// The current listening socket; tiny_http servers accept on duplicates of it.
     listener: Mutex<TcpListener>,
     stopping: AtomicBool,
+    /// Dropped by [`FrontDoor::close`]: wakes the supervisor at once.
+    stop_tx: Mutex<Option<Sender<()>>>,
+    stop_rx: Receiver<()>,
     accepting: AtomicBool,
     accept_loops: AtomicUsize,
     restarts: AtomicUsize,
@@ -120,12 +123,15 @@ impl FrontDoor {
     ) -> std::io::Result<Arc<FrontDoor>> {
         let listener = TcpListener::bind((host, port))?;
         configure_accepted_sockets(&listener, config.header_timeout)?;
+        let (stop_tx, stop_rx) = bounded(0);
         let door = Arc::new(FrontDoor {
             config,
             addr: listener.local_addr()?,
             requests,
             listener: Mutex::new(listener),
             stopping: AtomicBool::new(false),
+            stop_tx: Mutex::new(Some(stop_tx)),
+            stop_rx,
             accepting: AtomicBool::new(true),
             accept_loops: AtomicUsize::new(0),
             restarts: AtomicUsize::new(0),
@@ -163,6 +169,7 @@ impl FrontDoor {
     /// pumps; connections already open end as their requests finish.
     pub fn close(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.stop_tx.lock().take();
         stop_listening(&self.listener.lock());
         if let Some(supervisor) = self.supervisor.lock().take() {
             let _ = supervisor.join();
@@ -216,7 +223,7 @@ impl FrontDoor {
                         if !self.stopping.load(Ordering::SeqCst)
                             && self.accepting.load(Ordering::SeqCst)
                         {
-                            warn!("an accept loop ended ({e}); the supervisor starts another");
+                            log_warn!("an accept loop ended ({e}); the supervisor starts another");
                         }
                     }
                 }
@@ -235,8 +242,8 @@ impl FrontDoor {
         let mut last_probe = Instant::now();
         let mut failed_probes = 0;
         let probe_every = (self.config.header_timeout / 2).clamp(TICK, QUIET_NUDGE_MAX);
-        while !self.stopping.load(Ordering::SeqCst) {
-            std::thread::sleep(TICK);
+        // Each turn waits one tick, or ends as soon as `close` drops the stop sender.
+        while let Err(RecvTimeoutError::Timeout) = self.stop_rx.recv_timeout(TICK) {
             let accepting = self.accepting.load(Ordering::SeqCst);
             if accepting && last_probe.elapsed() >= probe_every {
                 // A probe is also a nudge, and keeps accept() from timing out when quiet.
@@ -257,18 +264,18 @@ impl FrontDoor {
                 self.accepting.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst);
             if wanted && (loops == 0 || silent) && Instant::now() >= next_restart {
                 if silent {
-                    warn!("{failed_probes} health probes in a row went unanswered; starting another accept loop");
+                    log_warn!("{failed_probes} health probes in a row went unanswered; starting another accept loop");
                     failed_probes = 0;
                 }
                 match self.start_accept_loop() {
                     Ok(()) => {
                         self.restarts.fetch_add(1, Ordering::Relaxed);
                         restart_backoff = TICK;
-                        info!("accepting connections again on {}", self.addr);
+                        log_info!("accepting connections again on {}", self.addr);
                     }
                     Err(e) => {
                         // EMFILE and friends: retry, slower each time, never in a hot loop.
-                        error!(
+                        log_error!(
                             "cannot restart the accept loop: {e}; retrying in {} ms",
                             restart_backoff.as_millis()
                         );
@@ -297,11 +304,13 @@ impl FrontDoor {
             self.accepting.store(false, Ordering::SeqCst);
             self.pauses.fetch_add(1, Ordering::Relaxed);
             stop_listening(&self.listener.lock());
-            warn!("{open} connections reached MAX_CONNECTIONS={max}: refusing new ones, serving the open ones");
+            log_warn!("{open} connections reached MAX_CONNECTIONS={max}: refusing new ones, serving the open ones");
         } else if !accepting && open < max * RESUME_PERCENT / 100 {
             match self.listen_again() {
-                Ok(()) => info!("{open} connections, below the limit again: accepting new ones"),
-                Err(e) => error!("cannot listen on {} again: {e}; will retry", self.addr),
+                Ok(()) => {
+                    log_info!("{open} connections, below the limit again: accepting new ones")
+                }
+                Err(e) => log_error!("cannot listen on {} again: {e}; will retry", self.addr),
             }
         }
     }
@@ -339,12 +348,11 @@ fn with_socket<T>(
     listener: &TcpListener,
     f: impl FnOnce(&TcpStream) -> std::io::Result<T>,
 ) -> std::io::Result<T> {
-    // SAFETY: the descriptor is a valid socket owned by `listener`, which outlives this call;
-    // ManuallyDrop guarantees the temporary TcpStream never closes it. The calls made through
-    // it (setsockopt for timeouts, shutdown) are valid on any socket, listening or not.
-    let socket =
-        std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(listener.as_raw_fd()) });
-    f(&socket)
+    // A duplicate descriptor of the same socket, as a TcpStream through std's safe conversions
+    // (TcpListener -> OwnedFd -> TcpStream). Socket options and shutdown act on the socket, not
+    // on the descriptor, so they reach the listener; dropping the duplicate closes only itself.
+    let duplicate = TcpStream::from(OwnedFd::from(listener.try_clone()?));
+    f(&duplicate)
 }
 
 /// Panics inside tiny_http's own threads since start (see [`quiet_tiny_http_panics`]).
@@ -376,7 +384,7 @@ pub fn quiet_tiny_http_panics() {
                 let at = info
                     .location()
                     .map_or(String::new(), |at| format!(" at {}:{}", at.file(), at.line()));
-                warn!(
+                log_warn!(
                     "tiny_http panicked in a connection thread{at} {since} time(s) since the last report (a client reset its connection; the server keeps serving); next report in {} s at the earliest",
                     PANIC_REPORT_EVERY.as_secs()
                 );

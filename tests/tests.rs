@@ -1,0 +1,14 @@
+//! The integration tests, as one binary with a module per concern (ripgrep's layout). They start
+//! real servers on 127.0.0.1:0, in-process or as the built binaries, with real or fake cameras,
+//! and stop everything they start; `common` holds the helpers.
+
+mod common;
+
+mod api;
+mod binaries;
+mod camera_tls;
+mod connections;
+mod edge;
+mod faults;
+mod hostile;
+mod protocol_errors;
