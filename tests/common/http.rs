@@ -279,34 +279,13 @@ pub fn host_port(base: &str) -> &str {
 
 /// Reads one HTTP response (head, then a Content-Length body, or up to EOF without one).
 pub fn read_response(stream: &mut TcpStream) -> Resp {
-    let mut reader = BufReader::new(stream);
-    let mut resp = read_head(&mut reader);
-    read_body(&mut reader, &mut resp);
-    resp
+    read_raw_response(stream).expect("a whole response within the read timeout")
 }
 
 /// Reads the status line and headers of a response; the body is left unread.
 pub fn read_head(reader: &mut impl BufRead) -> Resp {
-    let mut line = String::new();
-    reader
-        .read_line(&mut line)
-        .expect("a status line within the read timeout");
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP status line: {line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("a header line");
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').expect("a header");
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-    }
+    let (status, headers) =
+        read_raw_head(reader).expect("a status line and headers within the read timeout");
     Resp {
         status,
         headers,
@@ -316,17 +295,7 @@ pub fn read_head(reader: &mut impl BufRead) -> Resp {
 
 /// Reads the body of `resp`: Content-Length bytes, or up to EOF without a Content-Length.
 pub fn read_body(reader: &mut impl BufRead, resp: &mut Resp) {
-    match resp.header("content-length").map(|n| n.parse::<usize>()) {
-        Some(Ok(length)) => {
-            resp.body = vec![0; length];
-            reader.read_exact(&mut resp.body).expect("the whole body");
-        }
-        _ => {
-            reader
-                .read_to_end(&mut resp.body)
-                .expect("a body up to EOF");
-        }
-    }
+    resp.body = read_raw_body(reader, &resp.headers).expect("the whole body");
 }
 
 /// Opens a connection with 30 s read and write timeouts.
@@ -380,6 +349,17 @@ pub fn raw_exchange(
 pub fn read_raw_response(stream: &mut TcpStream) -> Option<Resp> {
     let mut reader = BufReader::new(stream);
     let (status, headers) = read_raw_head(&mut reader)?;
+    let body = read_raw_body(&mut reader, &headers)?;
+    Some(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A body after `headers`: Content-Length bytes, or up to EOF without one; `None` if a declared
+/// body ends early.
+fn read_raw_body(reader: &mut impl BufRead, headers: &[(String, String)]) -> Option<Vec<u8>> {
     let length = headers
         .iter()
         .find(|(n, _)| n == "content-length")
@@ -394,11 +374,7 @@ pub fn read_raw_response(stream: &mut TcpStream) -> Option<Resp> {
             let _ = reader.read_to_end(&mut body);
         }
     }
-    Some(Resp {
-        status,
-        headers,
-        body,
-    })
+    Some(body)
 }
 
 /// Reads a response's status line and headers (names lower-cased); `None` if the connection
