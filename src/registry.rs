@@ -1,5 +1,6 @@
 //! The camera registry: every camera that has polled, its open polls, its one command in flight
-//! and the `/logs` calls waiting on it. All race handling of the system lives in this file.
+//! and the `/logs` calls waiting on it. All race handling of the system lives in this module;
+//! one camera's state, changed only under its lock, is in `registry/camera.rs`.
 //!
 //! How a `/logs` call is served:
 //! 1. The call becomes a [`Waiter`] with its own `bounded(1)` reply channel, stored in its
