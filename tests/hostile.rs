@@ -1201,6 +1201,15 @@ fn per_camera_tokens_let_a_camera_poll_and_answer_only_for_its_own_id() {
     assert_eq!(logs_of(&resp.json()), expected(&events, None, None));
 }
 
+/// One poll for `camera`, answered after the server's hold (or refused at once).
+fn poll_once(system: &TestServer, camera: &str) -> Resp {
+    get_with(
+        &agent(Duration::from_secs(10)),
+        &format!("{}/poll_for_command?cameraId={camera}", system.url),
+        None,
+    )
+}
+
 #[test]
 fn beyond_max_cameras_a_new_id_is_503_with_retry_after_and_known_cameras_keep_working() {
     let (system, events) = system_with_camera(ServerConfig {
@@ -1208,14 +1217,7 @@ fn beyond_max_cameras_a_new_id_is_503_with_retry_after_and_known_cameras_keep_wo
         poll_hold: Duration::from_millis(300),
         ..test_config()
     });
-    let agent = agent(Duration::from_secs(10));
-    let poll = |camera: &str| {
-        get_with(
-            &agent,
-            &format!("{}/poll_for_command?cameraId={camera}", system.url),
-            None,
-        )
-    };
+    let poll = |camera: &str| poll_once(&system, camera);
     assert_eq!(
         poll("second").expect_json(200),
         serde_json::json!({"command": "noop"})
@@ -1249,13 +1251,7 @@ fn a_camera_offline_for_camera_forget_secs_is_forgotten_and_its_slot_reused() {
         ..test_config()
     });
     let agent = agent(Duration::from_secs(10));
-    let poll = |camera: &str| {
-        get_with(
-            &agent,
-            &format!("{}/poll_for_command?cameraId={camera}", system.url),
-            None,
-        )
-    };
+    let poll = |camera: &str| poll_once(&system, camera);
     assert_eq!(poll("gone").status, 200);
     poll("next").assert_json_error(&[503], "the registry is full");
     // "gone" never polls again: offline after the grace, forgotten after CAMERA_FORGET_SECS.
