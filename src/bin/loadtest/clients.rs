@@ -240,3 +240,251 @@ pub(crate) fn run_clients(plan: &ClientPlan, clients: usize) -> Result<ClientTal
     }
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use camera_logs::protocol::LogEntry;
+
+    use super::*;
+
+    const ID: &str = "lt1-2";
+    const URL: &str = "http://127.0.0.1:1/logs?cameraId=lt1-2";
+    /// Camera 2's ten events; the range asked is events 3 to 6, bounds on both.
+    const EVENTS: EventSet = EventSet {
+        camera: 2,
+        count: 10,
+    };
+
+    fn all() -> Vec<LogEntry> {
+        EVENTS.within(None, None)
+    }
+
+    fn range() -> (Option<f64>, Option<f64>) {
+        let all = all();
+        (Some(all[3].timestamp), Some(all[6].timestamp))
+    }
+
+    /// The exact answer for `range()`.
+    fn expected() -> Vec<LogEntry> {
+        all()[3..=6].to_vec()
+    }
+
+    fn body(camera_id: &str, logs: Vec<LogEntry>) -> Vec<u8> {
+        let answer = LogsResponse {
+            camera_id: camera_id.to_string(),
+            logs,
+        };
+        serde_json::to_vec(&answer).expect("a LogsResponse encodes")
+    }
+
+    fn check(logs: Vec<LogEntry>) -> CallResult {
+        check_answer(&body(ID, logs), ID, &EVENTS, range(), URL)
+    }
+
+    /// The reason of a wrong answer; panics on any other result.
+    fn wrong(result: CallResult) -> String {
+        match result {
+            CallResult::Wrong(why) => {
+                assert!(why.starts_with(&format!("GET {URL}: ")), "{why}");
+                why
+            }
+            other => panic!("expected a wrong answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_exact_answer_is_correct() {
+        assert!(matches!(check(expected()), CallResult::Correct));
+    }
+
+    #[test]
+    fn exact_answers_to_open_and_empty_ranges_are_correct() {
+        let open = check_answer(&body(ID, all()), ID, &EVENTS, (None, None), URL);
+        assert!(matches!(open, CallResult::Correct), "{open:?}");
+        let before_all = (None, Some(all()[0].timestamp - 1.0));
+        let empty = check_answer(&body(ID, Vec::new()), ID, &EVENTS, before_all, URL);
+        assert!(matches!(empty, CallResult::Correct), "{empty:?}");
+    }
+
+    #[test]
+    fn a_missing_event_is_a_wrong_answer() {
+        let mut logs = expected();
+        logs.remove(1);
+        let why = wrong(check(logs));
+        assert!(
+            why.ends_with("expected 4 event(s), got 3; first difference at index 1"),
+            "{why}"
+        );
+        let why = wrong(check(expected()[..3].to_vec()));
+        assert!(
+            why.ends_with("expected 4 event(s), got 3; first difference at index 3"),
+            "{why}"
+        );
+        let why = wrong(check(Vec::new()));
+        assert!(why.contains("expected 4 event(s), got 0"), "{why}");
+    }
+
+    #[test]
+    fn an_extra_event_is_a_wrong_answer() {
+        // Event 7 lies just outside the range, after it; event 2 just before it.
+        let mut after = expected();
+        after.push(all()[7].clone());
+        let why = wrong(check(after));
+        assert!(why.contains("expected 4 event(s), got 5"), "{why}");
+        let mut before = expected();
+        before.insert(0, all()[2].clone());
+        let why = wrong(check(before));
+        assert!(why.ends_with("got 5; first difference at index 0"), "{why}");
+        let mut twice = expected();
+        twice.insert(2, twice[2].clone());
+        let why = wrong(check(twice));
+        assert!(why.ends_with("got 5; first difference at index 3"), "{why}");
+    }
+
+    #[test]
+    fn events_in_the_wrong_order_are_a_wrong_answer() {
+        let mut swapped = expected();
+        swapped.swap(1, 2);
+        let why = wrong(check(swapped));
+        assert!(
+            why.ends_with("expected 4 event(s), got 4; first difference at index 1"),
+            "{why}"
+        );
+        let mut reversed = expected();
+        reversed.reverse();
+        let why = wrong(check(reversed));
+        assert!(why.ends_with("first difference at index 0"), "{why}");
+    }
+
+    #[test]
+    fn another_cameras_event_is_a_wrong_answer() {
+        let other = EventSet {
+            camera: 3,
+            count: 10,
+        };
+        // Camera 3's event 4 in place of camera 2's: timestamp 0.001 s off, other description.
+        let mut logs = expected();
+        logs[1] = other.within(None, None)[4].clone();
+        let why = wrong(check(logs));
+        assert!(why.ends_with("first difference at index 1"), "{why}");
+        // Either field alone differing is enough.
+        let mut same_time = expected();
+        same_time[2].description = other.within(None, None)[5].description.clone();
+        wrong(check(same_time));
+        let mut same_text = expected();
+        same_text[2].timestamp = other.within(None, None)[5].timestamp;
+        wrong(check(same_text));
+    }
+
+    #[test]
+    fn an_answer_naming_another_camera_is_wrong() {
+        let result = check_answer(&body("lt1-3", expected()), ID, &EVENTS, range(), URL);
+        let why = wrong(result);
+        assert!(why.ends_with("answer names camera \"lt1-3\""), "{why}");
+    }
+
+    #[test]
+    fn an_unreadable_200_is_a_wrong_answer() {
+        let result = check_answer(b"{\"cameraId\":", ID, &EVENTS, range(), URL);
+        assert!(wrong(result).contains("unreadable 200 body"));
+        let result = check_answer(b"[]", ID, &EVENTS, range(), URL);
+        assert!(wrong(result).contains("unreadable 200 body"));
+    }
+
+    #[test]
+    fn a_status_other_than_200_is_an_error_by_status_even_with_a_right_body() {
+        let right = body(ID, expected());
+        for status in [201, 204, 404, 500, 503, 504] {
+            match judge(status, &right, ID, &EVENTS, range(), URL) {
+                CallResult::Status(got, why) => {
+                    assert_eq!(got, status);
+                    assert!(why.starts_with(&format!("GET {URL}: {{")), "{why}");
+                }
+                other => panic!("HTTP {status}: {other:?}"),
+            }
+        }
+        let result = judge(200, &right, ID, &EVENTS, range(), URL);
+        assert!(matches!(result, CallResult::Correct), "{result:?}");
+        let mut missing = expected();
+        missing.pop();
+        let result = judge(200, &body(ID, missing), ID, &EVENTS, range(), URL);
+        wrong(result);
+    }
+
+    #[test]
+    fn the_tally_counts_each_result_in_its_own_column() {
+        let mut tally = ClientTally::default();
+        let ms = Duration::from_millis;
+        tally.add(CallResult::Correct, ms(1));
+        tally.add(CallResult::Correct, ms(2));
+        tally.add(CallResult::Wrong("w".into()), ms(3));
+        tally.add(CallResult::Status(503, "s".into()), ms(4));
+        tally.add(CallResult::Status(503, "s".into()), ms(5));
+        tally.add(CallResult::Status(404, "n".into()), ms(6));
+        tally.add(CallResult::Transport("t".into()), ms(7));
+        assert_eq!(tally.calls, 7);
+        assert_eq!(tally.correct, 2);
+        assert_eq!(tally.wrong, 1);
+        assert_eq!(tally.statuses, BTreeMap::from([(404, 1), (503, 2)]));
+        assert_eq!(tally.transport_errors, 1);
+        // Latencies are of the 200 answers, right or wrong.
+        assert_eq!(tally.latencies_us, [1000, 2000, 3000]);
+        assert_eq!(
+            tally.problems,
+            [
+                "wrong answer: w",
+                "HTTP 503: s",
+                "HTTP 503: s",
+                "HTTP 404: n",
+                "transport error: t"
+            ]
+        );
+    }
+
+    #[test]
+    fn tallies_merge_and_keep_only_the_first_problems() {
+        let mut first = ClientTally::default();
+        let mut second = ClientTally::default();
+        for n in 0..4 {
+            first.add(CallResult::Wrong(format!("first {n}")), Duration::ZERO);
+            second.add(
+                CallResult::Status(500, format!("second {n}")),
+                Duration::ZERO,
+            );
+        }
+        second.add(CallResult::Correct, Duration::ZERO);
+        first.merge(second);
+        assert_eq!(first.calls, 9);
+        assert_eq!((first.correct, first.wrong), (1, 4));
+        assert_eq!(first.statuses, BTreeMap::from([(500, 4)]));
+        assert_eq!(first.latencies_us.len(), 5);
+        assert_eq!(first.problems.len(), KEPT_PROBLEMS);
+        assert_eq!(first.problems[3], "wrong answer: first 3");
+        assert_eq!(first.problems[4], "HTTP 500: second 0");
+    }
+
+    #[test]
+    fn logs_urls_carry_bounds_that_parse_back_exactly() {
+        let base = "http://h:1";
+        assert_eq!(
+            logs_url(base, ID, (None, None), ""),
+            "http://h:1/logs?cameraId=lt1-2"
+        );
+        assert_eq!(
+            logs_url(base, ID, (Some(1.5), None), "&timeout=10"),
+            "http://h:1/logs?cameraId=lt1-2&startTimestamp=1.5&timeout=10"
+        );
+        for entry in all() {
+            let t = entry.timestamp;
+            let url = logs_url(base, ID, (Some(t), Some(t.next_up())), "");
+            let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+            let bounds: Vec<f64> = query
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .filter(|(name, _)| name.ends_with("Timestamp"))
+                .filter_map(|(_, value)| value.parse().ok())
+                .collect();
+            assert_eq!(bounds, [t, t.next_up()], "{url}");
+        }
+    }
+}
