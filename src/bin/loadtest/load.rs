@@ -366,3 +366,33 @@ fn print_table(title: &str, rows: &[(&str, String)]) {
         println!("  {name:<width$}  {value}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_percentiles_are_nearest_rank() {
+        assert!(latency_ms(&mut []).is_none());
+        // 1..=100 ms, shuffled.
+        let mut us: Vec<u64> = (1..=100).map(|ms| (ms * 37 % 101) * 1000).collect();
+        let l = latency_ms(&mut us).unwrap_or_else(|| panic!("no latencies"));
+        assert_eq!(
+            (l.min, l.p50, l.p90, l.p99, l.max),
+            (1.0, 50.0, 90.0, 99.0, 100.0)
+        );
+        let l = latency_ms(&mut [2500]).unwrap_or_else(|| panic!("no latencies"));
+        assert_eq!((l.min, l.p50, l.max), (2.5, 2.5, 2.5));
+    }
+
+    #[test]
+    fn status_lists_and_sizes_read_as_in_the_table() {
+        assert_eq!(status_list(&BTreeMap::new()), "none");
+        let statuses = BTreeMap::from([("503".to_string(), 4), ("404".to_string(), 1)]);
+        assert_eq!(status_list(&statuses), "404: 1, 503: 4");
+        assert_eq!(kib(10 * 1024 - 1), "10239 KiB");
+        assert_eq!(kib(10 * 1024), "10.0 MiB");
+        assert_eq!(per_camera_kib(3000, 3500, 4), 125.0);
+        assert_eq!(per_camera_kib(3000, 2900, 0), -100.0);
+    }
+}

@@ -135,3 +135,159 @@ fn parse_seconds(flag: &str, raw: &str) -> Result<Duration, String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Parsed, String> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        parse_args(&args)
+    }
+
+    fn options(args: &[&str]) -> Options {
+        match parse(args) {
+            Ok(Parsed::Run(options)) => options,
+            Ok(Parsed::Help) => panic!("{args:?}: help"),
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    fn error(args: &[&str]) -> String {
+        match parse(args) {
+            Err(e) => e,
+            Ok(_) => panic!("{args:?} was accepted"),
+        }
+    }
+
+    #[test]
+    fn no_arguments_give_the_documented_defaults() {
+        let o = options(&[]);
+        assert_eq!((o.cameras, o.clients, o.events, o.step), (1, 1, 100, 500));
+        assert_eq!(o.duration, Duration::from_secs(10));
+        assert!(o.target.is_none() && o.hold.is_none() && !o.json && !o.idle_ramp);
+        for default in [
+            "default 1;",
+            "default 1)",
+            "default 10)",
+            "default 100)",
+            "default 500)",
+        ] {
+            assert!(USAGE.contains(default), "--help no longer says {default:?}");
+        }
+    }
+
+    #[test]
+    fn every_flag_is_read_with_a_separate_or_an_inline_value() {
+        let o = options(&[
+            "--cameras",
+            "5",
+            "--clients=8",
+            "--duration",
+            "2.5",
+            "--events=200",
+            "--hold",
+            " 3 ",
+            "--step",
+            "7",
+            "--json",
+            "--idle-ramp",
+        ]);
+        assert_eq!((o.cameras, o.clients, o.events, o.step), (5, 8, 200, 7));
+        assert_eq!(o.duration, Duration::from_millis(2500));
+        assert_eq!(o.hold.as_deref(), Some("3"));
+        assert!(o.json && o.idle_ramp);
+        let o = options(&["--target", "http://127.0.0.1:8080/"]);
+        assert_eq!(o.target.as_deref(), Some("http://127.0.0.1:8080/"));
+    }
+
+    #[test]
+    fn help_wins_wherever_it_is() {
+        assert!(matches!(parse(&["--cameras", "3", "-h"]), Ok(Parsed::Help)));
+        assert!(matches!(parse(&["--help", "--bogus"]), Ok(Parsed::Help)));
+    }
+
+    #[test]
+    fn a_bad_count_is_an_error_naming_the_flag_and_the_value() {
+        for flag in ["--cameras", "--clients", "--events", "--step"] {
+            for bad in ["0", "-1", "1.5", "many", ""] {
+                let e = error(&[flag, bad]);
+                assert!(
+                    e.starts_with(&format!("{flag} must be")),
+                    "{flag} {bad:?}: {e}"
+                );
+                assert!(e.ends_with(&format!("got {bad:?}")), "{flag} {bad:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_seconds_are_an_error_naming_the_flag_and_the_value() {
+        for flag in ["--duration", "--hold"] {
+            for bad in ["0", "-2", "86401", "NaN", "inf", "soon"] {
+                let e = error(&[flag, bad]);
+                assert!(
+                    e.starts_with(&format!("{flag} must be")),
+                    "{flag} {bad:?}: {e}"
+                );
+                assert!(e.ends_with(&format!("got {bad:?}")), "{flag} {bad:?}: {e}");
+            }
+        }
+        assert_eq!(options(&["--duration", "86400"]).duration.as_secs(), 86_400);
+    }
+
+    #[test]
+    fn a_missing_value_is_an_error_naming_the_flag() {
+        for flag in [
+            "--cameras",
+            "--clients",
+            "--duration",
+            "--events",
+            "--target",
+            "--hold",
+            "--step",
+        ] {
+            assert_eq!(error(&[flag]), format!("{flag} needs a value"));
+        }
+    }
+
+    #[test]
+    fn an_unknown_flag_is_an_error_naming_it() {
+        assert_eq!(error(&["--camera", "3"]), "unknown option \"--camera\"");
+        assert_eq!(error(&["-c"]), "unknown option \"-c\"");
+        assert_eq!(error(&["5"]), "unknown option \"5\"");
+        assert_eq!(
+            error(&["--json", "--bogus=1"]),
+            "unknown option \"--bogus\""
+        );
+    }
+
+    #[test]
+    fn a_switch_given_a_value_is_an_error_naming_it() {
+        assert_eq!(error(&["--json=yes"]), "--json takes no value");
+        assert_eq!(error(&["--idle-ramp=1"]), "--idle-ramp takes no value");
+    }
+
+    #[test]
+    fn a_bad_target_is_an_error_naming_target() {
+        for bad in [
+            "127.0.0.1:8080",
+            "https://127.0.0.1:8443",
+            "http://127.0.0.1:8080/logs",
+            "http://127.0.0.1:8080/?x=1",
+            "not a url",
+        ] {
+            let e = error(&["--target", bad]);
+            assert!(e.starts_with("--target "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn hold_cannot_go_with_target() {
+        let e = error(&["--target", "http://127.0.0.1:8080", "--hold", "5"]);
+        assert!(
+            e.starts_with("--hold sets the hold of the api this tool starts"),
+            "{e}"
+        );
+    }
+}

@@ -149,3 +149,54 @@ pub(crate) fn body_excerpt(body: &[u8]) -> String {
         text.to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_of_http_1_give_their_status() {
+        assert_eq!(parse_status_line("HTTP/1.1 200 OK"), Ok(200));
+        assert_eq!(
+            parse_status_line("HTTP/1.0 503 Service Unavailable"),
+            Ok(503)
+        );
+        assert_eq!(parse_status_line("HTTP/1.1 204"), Ok(204));
+    }
+
+    #[test]
+    fn other_status_lines_are_errors_quoting_them() {
+        for bad in [
+            "",
+            "HTTP/1.1",
+            "HTTP/1.1 OK 200",
+            "HTTP/2 200 OK",
+            "SSH-2.0 200",
+        ] {
+            assert_eq!(
+                parse_status_line(bad),
+                Err(format!("malformed status line {bad:?}"))
+            );
+        }
+    }
+
+    #[test]
+    fn body_excerpts_are_trimmed_and_cut_at_200_characters() {
+        assert_eq!(body_excerpt(b"  {\"error\":\"x\"}\n"), "{\"error\":\"x\"}");
+        let long = "é".repeat(250);
+        let excerpt = body_excerpt(long.as_bytes());
+        assert_eq!(excerpt.chars().count(), 201);
+        assert!(excerpt.ends_with("é…"));
+        assert_eq!(body_excerpt(&[0xff, b'a']), "\u{fffd}a");
+    }
+
+    #[test]
+    fn timeouts_are_described_as_timeouts() {
+        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        let would_block = std::io::Error::from(std::io::ErrorKind::WouldBlock);
+        assert_eq!(describe_io(&timed_out), "timed out");
+        assert_eq!(describe_io(&would_block), "timed out");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(describe_io(&refused), refused.to_string());
+    }
+}

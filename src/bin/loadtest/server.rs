@@ -282,3 +282,64 @@ fn record_sample(figures: &mut SampledFigures, sample: ProcSample) {
     figures.latest = sample;
     figures.peak_threads = figures.peak_threads.max(sample.threads);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_log_counts_warnings_and_errors_and_keeps_the_last_lines() {
+        let log = ServerLog::default();
+        log.take_line("2026-12-01T09:00:00Z INFO camera-logs: API server listening on http://x");
+        for n in 0..7 {
+            log.take_line(&format!("2026-12-01T09:00:01Z WARN poll {n} dropped"));
+        }
+        log.take_line("2026-12-01T09:00:02Z ERROR registry: full");
+        log.take_line("ERROR at the start is not a level");
+        log.take_line("");
+        for n in 0..3 {
+            log.take_line(&format!("2026-12-01T09:00:03Z INFO step {n}"));
+        }
+        assert_eq!(log.warnings.load(Ordering::Relaxed), 7);
+        assert_eq!(log.errors.load(Ordering::Relaxed), 1);
+        let recent: Vec<String> = log.recent_problems.lock().iter().cloned().collect();
+        assert_eq!(recent.len(), KEPT_PROBLEMS);
+        assert_eq!(recent[0], "2026-12-01T09:00:01Z WARN poll 3 dropped");
+        assert_eq!(recent[4], "2026-12-01T09:00:02Z ERROR registry: full");
+        let tail = log.tail.lock();
+        assert_eq!(tail.len(), 10);
+        assert_eq!(
+            tail.back().map(String::as_str),
+            Some("2026-12-01T09:00:03Z INFO step 2")
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn proc_status_reads_this_process() {
+        let sample = read_proc_status(std::process::id());
+        let sample = sample.unwrap_or_else(|| panic!("no /proc status for this process"));
+        assert!(
+            sample.rss_kib > 0 && sample.hwm_kib >= sample.rss_kib,
+            "{sample:?}"
+        );
+        assert!(sample.threads >= 1, "{sample:?}");
+        assert!(read_proc_status(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn the_sampler_keeps_the_peak_thread_count() {
+        let mut figures = SampledFigures::default();
+        for threads in [3, 9, 4] {
+            let sample = ProcSample {
+                rss_kib: threads * 100,
+                hwm_kib: 900,
+                threads,
+            };
+            record_sample(&mut figures, sample);
+        }
+        assert_eq!(figures.latest.threads, 4);
+        assert_eq!(figures.latest.rss_kib, 400);
+        assert_eq!(figures.peak_threads, 9);
+    }
+}
