@@ -16,7 +16,7 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols
 # Dependencies first, so editing the sources does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src/bin && echo 'fn main() {}' > src/bin/api.rs && echo 'fn main() {}' > src/bin/camera.rs \
-    && echo 'fn main() {}' > src/bin/loadtest.rs && touch src/lib.rs \
+    && mkdir -p src/bin/loadtest && echo 'fn main() {}' > src/bin/loadtest/main.rs && touch src/lib.rs \
     && cargo build --release --locked --bin api --bin camera \
     && rm -rf src
 COPY src ./src
