@@ -186,3 +186,34 @@ impl Drop for Camera {
         }
     }
 }
+
+/// A server with one real camera, `cam`, serving `fixture(20)`.
+pub fn system_with_camera(config: ServerConfig) -> (TestServer, Vec<LogEntry>) {
+    let mut system = TestServer::start(config);
+    let events = fixture(20);
+    system.add_camera(
+        CameraConfig {
+            poll_timeout: Duration::from_secs(20),
+            ..camera_config(&system.url, "cam")
+        },
+        &events,
+        None,
+    );
+    (system, events)
+}
+
+/// A normal `/logs` call still gets every event: the server survived whatever came before.
+pub fn assert_serving(system: &TestServer, events: &[LogEntry], after: &str) {
+    let agent = agent(Duration::from_secs(30));
+    let resp = get_with(
+        &agent,
+        &format!("{}/logs?cameraId=cam&timeout=20", system.url),
+        None,
+    );
+    assert_eq!(resp.status, 200, "after {after}: {}", resp.text());
+    assert_eq!(
+        logs_of(&resp.json()),
+        expected(events, None, None),
+        "after {after}"
+    );
+}

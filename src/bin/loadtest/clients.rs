@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use camera_logs::protocol::LogsResponse;
+use camera_logs::LogsResponse;
 
 use crate::events::{camera_id, random_range, EventSet, Rng};
 use crate::raw_http::{body_excerpt, MAX_BODY};
@@ -243,7 +243,7 @@ pub(crate) fn run_clients(plan: &ClientPlan, clients: usize) -> Result<ClientTal
 
 #[cfg(test)]
 mod tests {
-    use camera_logs::protocol::LogEntry;
+    use camera_logs::LogEntry;
 
     use super::*;
 

@@ -8,7 +8,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
-use camera_logs::protocol::LogEntry;
+use camera_logs::LogEntry;
 
 /// Event `i` of camera `c` is at `EVENT_BASE + i * EVENT_SPACING + c * CAMERA_OFFSET`.
 const EVENT_BASE: f64 = 1_700_000_000.0;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use camera_logs::protocol::{Command, SendLogsBody};
+use camera_logs::{Command, SendLogsBody};
 use parking_lot::Mutex;
 use serde::Serialize;
 

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use camera_logs::protocol::CamerasResponse;
+use camera_logs::CamerasResponse;
 use serde::Serialize;
 
 use crate::clients::client_agent;
