@@ -28,9 +28,9 @@ pub fn nginx_binary() -> Option<PathBuf> {
         .map(|paths| {
             std::env::split_paths(&paths)
                 .map(|dir| dir.join("nginx"))
-                .collect()
+                .collect::<Vec<_>>()
         })
-        .unwrap_or_else(Vec::new);
+        .unwrap_or_default();
     system.chain(on_path).find(|path| path.is_file())
 }
 
@@ -56,6 +56,8 @@ pub struct Edge {
     pub addr: SocketAddr,
     pub proc: Proc,
     pub dir: TempDir,
+    /// What follows each `server host:port` in `upstreams.conf`.
+    server_params: String,
 }
 
 /// What to put in the test's `listen.conf` besides the `listen` line.
@@ -63,6 +65,18 @@ pub struct Edge {
 pub struct EdgeOptions {
     /// `(certificate, key)` PEM paths: listen with TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Parameters of every `server` line; `None`: [`DEFAULT_SERVER_PARAMS`].
+    pub server_params: Option<String>,
+}
+
+/// Those of deploy/upstreams.conf.
+pub const DEFAULT_SERVER_PARAMS: &str = "max_fails=1 fail_timeout=2s";
+
+fn servers(upstreams: &[String], params: &str) -> String {
+    upstreams
+        .iter()
+        .map(|u| format!("server {u} {params};\n"))
+        .collect()
 }
 
 impl Edge {
@@ -75,11 +89,15 @@ impl Edge {
         let dir = TempDir::new("edge");
         std::fs::copy(shipped_config(), dir.0.join("nginx.conf")).expect("copy deploy/nginx.conf");
         std::fs::create_dir_all(dir.0.join("temp")).expect("temp dir");
-        let servers: String = upstreams
-            .iter()
-            .map(|u| format!("server {u} max_fails=1 fail_timeout=2s;\n"))
-            .collect();
-        std::fs::write(dir.0.join("upstreams.conf"), servers).expect("write upstreams.conf");
+        let server_params = options
+            .server_params
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SERVER_PARAMS.to_string());
+        std::fs::write(
+            dir.0.join("upstreams.conf"),
+            servers(upstreams, &server_params),
+        )
+        .expect("write upstreams.conf");
         // A port that was free a moment ago can be taken by the time nginx binds it: try again.
         let mut last_error = String::new();
         for _ in 0..5 {
@@ -98,6 +116,7 @@ impl Edge {
                         addr,
                         proc,
                         dir,
+                        server_params,
                     };
                 }
                 Err(stderr) => last_error = stderr,
@@ -109,16 +128,31 @@ impl Edge {
     /// Rewrites `upstreams.conf` and reloads nginx (SIGHUP to the master): new workers take the
     /// new servers, old ones finish their requests.
     pub fn set_upstreams(&self, upstreams: &[String]) {
-        let servers: String = upstreams
-            .iter()
-            .map(|u| format!("server {u} max_fails=1 fail_timeout=2s;\n"))
-            .collect();
-        std::fs::write(self.dir.0.join("upstreams.conf"), servers).expect("write upstreams.conf");
+        std::fs::write(
+            self.dir.0.join("upstreams.conf"),
+            servers(upstreams, &self.server_params),
+        )
+        .expect("write upstreams.conf");
         let status = std::process::Command::new("kill")
             .args(["-HUP", &self.proc.pid().to_string()])
             .status()
             .expect("run kill -HUP");
         assert!(status.success(), "reload nginx");
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        // SIGKILL (Proc's own drop) ends the master only: its workers stay, orphaned, holding
+        // nginx's stderr open, so the drain thread never ends. TERM is nginx's fast shutdown:
+        // the master stops its workers, then itself.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.proc.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + PATIENCE;
+        while !self.proc.exited() && Instant::now() < deadline {
+            std::thread::sleep(POLL_EVERY);
+        }
     }
 }
 
