@@ -5,7 +5,9 @@
 //! What this tool owns:
 //! - Starting the `api` binary that sits next to it (HOST=127.0.0.1 PORT=0), learning its port
 //!   from its stderr, draining that stderr, sampling its /proc status, and killing it at the end.
-//!   With `--target URL` it drives a server that is already running instead.
+//!   With `--target URL` it drives a server that is already running instead; with
+//!   `--instances` as well, that is an edge in front of several servers, each asked directly
+//!   how many of this run's cameras it holds.
 //! - Simulated cameras: one small-stack thread each, speaking the wire protocol over raw
 //!   std::net HTTP/1.1 (`Connection: close`, as the real camera does), holding `--events`
 //!   events whose timestamps are a pure function of (camera, index), so every answer can be
@@ -48,6 +50,9 @@ Options:
   --events K        events each simulated camera holds (default 100)
   --target URL      drive an already running server (http://HOST:PORT) instead of starting
                     the `api` binary found next to this executable
+  --instances URLS  with --target an edge in front of several servers: their own http://
+                    roots, comma-separated, asked directly which cameras are online (through
+                    an edge, /cameras lists one server's cameras only)
   --hold SECS       POLL_HOLD_SECS for the api this tool starts (not with --target)
   --idle-ramp       connect cameras in steps up to --cameras, probe /logs after each step, and
                     report the server's memory and threads; stops at the first failure
@@ -145,6 +150,8 @@ struct Options {
     duration: Duration,
     events: usize,
     target: Option<String>,
+    /// `--instances`: the servers behind a `--target` edge, each `http://host:port`.
+    instances: Vec<String>,
     /// As the user typed it (already checked), passed on as POLL_HOLD_SECS.
     hold: Option<String>,
     json: bool,
@@ -160,6 +167,7 @@ impl Default for Options {
             duration: Duration::from_secs(10),
             events: 100,
             target: None,
+            instances: Vec::new(),
             hold: None,
             json: false,
             idle_ramp: false,
@@ -207,6 +215,11 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
                 Endpoint::from_url(&raw)?;
                 options.target = Some(raw);
             }
+            "--instances" => {
+                for raw in value()?.split(',').filter(|s| !s.trim().is_empty()) {
+                    options.instances.push(Endpoint::from_url(raw.trim())?.base);
+                }
+            }
             "--json" | "--idle-ramp" if inline.is_some() => {
                 return Err(format!("{flag} takes no value"))
             }
@@ -214,6 +227,11 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
             "--idle-ramp" => options.idle_ramp = true,
             other => return Err(format!("unknown option {other:?}")),
         }
+    }
+    if options.target.is_none() && !options.instances.is_empty() {
+        return Err(
+            "--instances names the servers behind a --target edge; give --target too".into(),
+        );
     }
     if options.target.is_some() && options.hold.is_some() {
         return Err("--hold sets the hold of the api this tool starts; it cannot change a --target server (set POLL_HOLD_SECS there)".into());
@@ -1278,19 +1296,34 @@ fn run_clients(plan: &ClientPlan, clients: usize) -> Result<ClientTally, String>
 
 struct Monitor {
     base: String,
+    /// Where cameras are counted: the servers behind an edge, or just `base`.
+    instances: Vec<String>,
     agent: ureq::Agent,
 }
 
 impl Monitor {
-    fn new(base: &str) -> Monitor {
+    fn new(base: &str, instances: &[String]) -> Monitor {
         Monitor {
             base: base.to_string(),
+            instances: if instances.is_empty() {
+                vec![base.to_string()]
+            } else {
+                instances.to_vec()
+            },
             agent: client_agent(),
         }
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
-        let url = format!("{}{path}", self.base);
+        self.get_from(&self.base, path)
+    }
+
+    fn get_from<T: serde::de::DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+    ) -> Result<T, String> {
+        let url = format!("{base}{path}");
         let mut response = self
             .agent
             .get(&url)
@@ -1310,22 +1343,25 @@ impl Monitor {
         serde_json::from_slice(&body).map_err(|e| format!("GET {url}: unreadable body: {e}"))
     }
 
-    /// This run's cameras that the server counts as online.
+    /// This run's cameras that the server (every one of `--instances`) counts as online.
     fn online(&self, prefix: &str) -> Result<usize, String> {
         let mut online = 0;
-        let mut path = "/cameras".to_string();
-        loop {
-            let page: CamerasResponse = self.get(&path)?;
-            online += page
-                .cameras
-                .iter()
-                .filter(|c| c.online && c.camera_id.starts_with(prefix))
-                .count();
-            match page.next_after {
-                Some(after) => path = format!("/cameras?after={after}"),
-                None => return Ok(online),
+        for base in &self.instances {
+            let mut path = "/cameras".to_string();
+            loop {
+                let page: CamerasResponse = self.get_from(base, &path)?;
+                online += page
+                    .cameras
+                    .iter()
+                    .filter(|c| c.online && c.camera_id.starts_with(prefix))
+                    .count();
+                match page.next_after {
+                    Some(after) => path = format!("/cameras?after={after}"),
+                    None => break,
+                }
             }
         }
+        Ok(online)
     }
 
     /// `registry.openPolls` from /stats, when the server has it.
@@ -1460,7 +1496,7 @@ impl Harness {
             None => None,
         };
         let started_pid = server.as_ref().map(|s| s.pid);
-        let monitor = Monitor::new(&endpoint.base);
+        let monitor = Monitor::new(&endpoint.base, &options.instances);
         // The server must answer before cameras are thrown at it.
         let _: serde_json::Value = monitor
             .get("/health")
