@@ -89,6 +89,11 @@ pub const SERVER_SETTINGS: &[Setting] = &[
         help: "cameras known at most; a poll for a new id beyond it gets 503 with Retry-After",
     },
     Setting {
+        name: "CAMERA_ARRIVAL_SECS",
+        default: "0",
+        help: "in a fleet: for this long after start, /logs for a camera not seen yet waits for its first poll instead of 404 (2 x POLL_HOLD_SECS + 10 fits)",
+    },
+    Setting {
         name: "CAMERA_TOKEN",
         default: "(unset)",
         help: "when set, camera endpoints require 'Authorization: Bearer <token>' (one token shared by all cameras)",
@@ -242,6 +247,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub camera_forget: Duration,
     pub max_cameras: usize,
+    /// For this long after start, `/logs` for an unknown camera waits for its first poll.
+    pub camera_arrival: Duration,
     pub camera_auth: CameraAuth,
     pub api_token: Option<String>,
     /// An idle handler thread beyond the minimum exits after this long.
@@ -268,6 +275,7 @@ impl Default for ServerConfig {
             max_connections: 4096,
             camera_forget: Duration::from_secs(3600),
             max_cameras: 100_000,
+            camera_arrival: Duration::ZERO,
             camera_auth: CameraAuth::Open,
             api_token: None,
             worker_idle_exit: Duration::from_secs(30),
@@ -310,6 +318,12 @@ impl ServerConfig {
             max_connections: parse_or(&lookup, "MAX_CONNECTIONS", d.max_connections, parse_count)?,
             camera_forget: parse_or(&lookup, "CAMERA_FORGET_SECS", d.camera_forget, parse_secs)?,
             max_cameras: parse_or(&lookup, "MAX_CAMERAS", d.max_cameras, parse_count)?,
+            camera_arrival: parse_or(
+                &lookup,
+                "CAMERA_ARRIVAL_SECS",
+                d.camera_arrival,
+                parse_secs_or_zero,
+            )?,
             camera_auth: camera_auth(&lookup)?,
             api_token: token(&lookup, "API_TOKEN")?,
             worker_idle_exit: parse_or(
@@ -648,6 +662,15 @@ pub fn parse_secs(raw: &str) -> Result<Duration, &'static str> {
     match raw.parse::<f64>() {
         Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
         _ => Err("a number of seconds greater than 0 and at most 86400"),
+    }
+}
+
+/// Like [`parse_secs`], and 0 turns the feature off.
+fn parse_secs_or_zero(raw: &str) -> Result<Duration, &'static str> {
+    match raw.parse::<f64>() {
+        Ok(0.0) => Ok(Duration::ZERO),
+        _ => parse_secs(raw)
+            .map_err(|_| "0, or a number of seconds greater than 0 and at most 86400"),
     }
 }
 

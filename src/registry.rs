@@ -20,6 +20,10 @@
 //! 6. Memory is bounded: a poll for a new id beyond `max_cameras` is refused, and the ticker
 //!    forgets a camera offline for `camera_forget` once no thread holds it (see
 //!    [`Registry::forget_idle`]).
+//! 7. In a fleet, an instance that has just (re)started does not know the cameras it will own
+//!    until their polls held elsewhere end. For `arrival_window` after start, a call for an
+//!    unknown camera waits for that camera's first poll instead of failing at once (see
+//!    [`Registry::await_arrival`]).
 //!
 //! This module never touches HTTP: it takes ids, ranges and events, and returns protocol values
 //! or an [`ApiError`].
@@ -34,7 +38,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 mod camera;
 
@@ -51,6 +55,9 @@ const REMEMBERED_ANSWERS: usize = 64;
 const OFFLINE_LINES_PER_TICK: usize = 5;
 /// Cameras per `/cameras` page when the caller does not say.
 pub const DEFAULT_PAGE: usize = 1000;
+/// Calls that may wait for an unknown camera to arrive at once (each holds a handler thread);
+/// beyond it such a call gets its 404 at once, as outside the arrival window.
+const MAX_ARRIVAL_WAITERS: usize = 1024;
 
 /// The timings and bounds the registry enforces.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +70,8 @@ pub struct RegistryConfig {
     pub camera_forget: Duration,
     /// Cameras known at most; a poll for a new id beyond it is refused.
     pub max_cameras: usize,
+    /// For this long after start, a `/logs` call for an unknown camera waits for its first poll.
+    pub arrival_window: Duration,
 }
 
 impl RegistryConfig {
@@ -111,6 +120,8 @@ pub struct RegistryStats {
     pub waiting_requests: usize,
     pub commands_in_flight: usize,
     pub queued_dispatches: usize,
+    /// Calls waiting for a camera this instance does not know yet (see `arrival_window`).
+    pub awaiting_arrival: usize,
 }
 
 type Reply = Result<LogSlice, ApiError>;
@@ -142,6 +153,10 @@ pub struct Registry {
     /// Dropped at shutdown, which wakes every poll and waiter selecting on `shutdown_rx`.
     shutdown_tx: Mutex<Option<Sender<()>>>,
     shutdown_rx: Receiver<()>,
+    started: Instant,
+    /// Signalled (with the `cameras` lock held) when a new camera is registered, and at shutdown.
+    arrived: Condvar,
+    awaiting_arrival: AtomicUsize,
 }
 
 impl Registry {
@@ -158,6 +173,9 @@ impl Registry {
             callers_waiting: AtomicUsize::new(0),
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             shutdown_rx,
+            started: Instant::now(),
+            arrived: Condvar::new(),
+            awaiting_arrival: AtomicUsize::new(0),
         }
     }
 
@@ -200,9 +218,13 @@ impl Registry {
         range: TimeRange,
         timeout: Duration,
     ) -> Result<LogSlice, ApiError> {
-        let camera = self
-            .camera(camera_id)
-            .ok_or_else(|| ApiError::UnknownCamera(camera_id.to_string()))?;
+        let called = Instant::now();
+        let camera = match self.camera(camera_id) {
+            Some(camera) => camera,
+            None => self.await_arrival(camera_id, called + timeout, timeout)?,
+        };
+        // The wait for arrival counts against the call's timeout.
+        let timeout = timeout.saturating_sub(called.elapsed());
         let (reply, answer) = bounded(1);
         let waiter = Waiter {
             id: self.next_waiter.fetch_add(1, Ordering::Relaxed),
@@ -220,6 +242,52 @@ impl Registry {
                 camera_id: camera_id.to_string(),
                 after: timeout,
             }),
+        }
+    }
+
+    /// A call for a camera this instance does not know: 404 at once, unless the instance
+    /// started less than `arrival_window` ago. Then the camera is probably one that was held by
+    /// another instance while this one was down, whose poll there has not ended yet: the call
+    /// waits for its first poll here, until the window ends (404) or the call's own `deadline`
+    /// (504). Answering 404 at once would send the call (through the edge's retry on 404) to
+    /// the instance still holding the poll, which would hand the camera a command whose answer
+    /// the edge then routes here, where nobody waits for it.
+    fn await_arrival(
+        &self,
+        camera_id: &str,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Arc<Camera>, ApiError> {
+        let unknown = || ApiError::UnknownCamera(camera_id.to_string());
+        let window_end = self.started + self.config.arrival_window;
+        if Instant::now() >= window_end {
+            return Err(unknown());
+        }
+        let waiting = Counted::new(&self.awaiting_arrival);
+        if waiting.0.load(Ordering::Relaxed) > MAX_ARRIVAL_WAITERS {
+            return Err(unknown());
+        }
+        let _counted = Counted::new(&self.callers_waiting);
+        let until = window_end.min(deadline);
+        let mut cameras = self.cameras.lock();
+        loop {
+            if let Some(camera) = cameras.get(camera_id) {
+                return Ok(Arc::clone(camera));
+            }
+            if self.is_shut_down() {
+                return Err(ApiError::ShuttingDown);
+            }
+            if Instant::now() >= until {
+                return Err(if until >= deadline {
+                    ApiError::CameraTimeout {
+                        camera_id: camera_id.to_string(),
+                        after: timeout,
+                    }
+                } else {
+                    unknown()
+                });
+            }
+            self.arrived.wait_until(&mut cameras, until);
         }
     }
 
@@ -281,6 +349,7 @@ impl Registry {
             stats.commands_in_flight += usize::from(state.in_flight.is_some());
             stats.queued_dispatches += camera.dispatch_rx.len();
         }
+        stats.awaiting_arrival = self.awaiting_arrival.load(Ordering::Relaxed);
         stats
     }
 
@@ -353,6 +422,9 @@ impl Registry {
     /// Answers every held poll with noop and every waiting call with 503, now.
     pub fn shutdown(&self) {
         self.shutdown_tx.lock().take();
+        // Under the map's lock, so that no waiter is between its check and its wait.
+        let _cameras = self.cameras.lock();
+        self.arrived.notify_all();
     }
 
     pub fn is_shut_down(&self) -> bool {
@@ -391,6 +463,9 @@ impl Registry {
             }),
         });
         cameras.insert(camera_id.to_string(), Arc::clone(&camera));
+        if self.awaiting_arrival.load(Ordering::Relaxed) > 0 {
+            self.arrived.notify_all();
+        }
         Ok(camera)
     }
 

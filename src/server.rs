@@ -182,6 +182,7 @@ impl ApiServer {
             max_waiting_per_camera: config.max_waiting_per_camera,
             camera_forget: config.camera_forget,
             max_cameras: config.max_cameras,
+            arrival_window: config.camera_arrival,
         }));
         let probe_registry = Arc::clone(&registry);
         let front_door = FrontDoor::open(

@@ -641,6 +641,7 @@ fn thousands_of_generated_inputs_never_panic_the_parsers_and_errors_are_400() {
         max_waiting_per_camera: 8,
         camera_forget: Duration::from_secs(3600),
         max_cameras: 10,
+        arrival_window: Duration::ZERO,
     });
     registry.poll("cam").unwrap();
     let (mut query_errors, mut body_errors) = (0, 0);

@@ -11,5 +11,6 @@ mod camera_tls;
 mod connections;
 mod edge;
 mod faults;
+mod fleet;
 mod hostile;
 mod protocol_errors;

@@ -118,7 +118,7 @@ impl CameraState {
 }
 
 /// Adds one to a counter for as long as it lives.
-pub(super) struct Counted<'a>(&'a AtomicUsize);
+pub(super) struct Counted<'a>(pub(super) &'a AtomicUsize);
 
 impl<'a> Counted<'a> {
     pub(super) fn new(counter: &'a AtomicUsize) -> Counted<'a> {

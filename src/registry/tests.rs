@@ -13,6 +13,7 @@ fn registry() -> Arc<Registry> {
         max_waiting_per_camera: 3,
         camera_forget: Duration::from_secs(3600),
         max_cameras: 100,
+        arrival_window: Duration::ZERO,
     }))
 }
 
@@ -63,6 +64,68 @@ fn wait_for_waiting(registry: &Registry, n: usize) {
         assert!(Instant::now() < deadline, "never saw {n} waiting");
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+#[test]
+fn a_fresh_instance_waits_for_an_unknown_camera_to_arrive() {
+    let registry = Arc::new(Registry::new(RegistryConfig {
+        arrival_window: Duration::from_secs(20),
+        ..*registry().config()
+    }));
+    let fetch = spawn_fetch(&registry, TimeRange::ALL);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while registry.stats().awaiting_arrival != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the call never waited for the camera"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    // Its first poll carries the waiting call's command.
+    let (id, ..) = poll_until_command(&registry, "cam");
+    registry
+        .complete("cam", answer(&id, vec![entry(1.0)]))
+        .unwrap();
+    assert_eq!(fetch.join().unwrap().unwrap(), vec![entry(1.0)]);
+    assert_eq!(registry.stats().awaiting_arrival, 0);
+
+    // A camera that never comes: 404 when the window ends, or 504 when the call's own
+    // timeout comes first.
+    let short = Registry::new(RegistryConfig {
+        arrival_window: Duration::from_millis(300),
+        ..*registry.config()
+    });
+    let started = Instant::now();
+    let err = short
+        .fetch_logs("nobody", TimeRange::ALL, Duration::from_secs(10))
+        .unwrap_err();
+    assert_eq!(err.status(), 404, "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let err = registry
+        .fetch_logs("nobody", TimeRange::ALL, Duration::from_millis(100))
+        .unwrap_err();
+    assert_eq!(err.status(), 504, "{err}");
+    // Past the window: at once.
+    let started = Instant::now();
+    let err = short
+        .fetch_logs("nobody", TimeRange::ALL, Duration::from_secs(10))
+        .unwrap_err();
+    assert_eq!(err.status(), 404, "{err}");
+    assert!(started.elapsed() < Duration::from_millis(200));
+    // Shutdown wakes a waiting call.
+    let waiting = {
+        let registry = Arc::clone(&registry);
+        thread::spawn(move || registry.fetch_logs("late", TimeRange::ALL, Duration::from_secs(20)))
+    };
+    while registry.stats().awaiting_arrival != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the call never waited for the camera"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    registry.shutdown();
+    assert_eq!(waiting.join().unwrap().unwrap_err(), ApiError::ShuttingDown);
 }
 
 #[test]

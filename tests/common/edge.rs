@@ -28,7 +28,7 @@ pub fn nginx_binary() -> Option<PathBuf> {
         .map(|paths| {
             std::env::split_paths(&paths)
                 .map(|dir| dir.join("nginx"))
-                .collect()
+                .collect::<Vec<_>>()
         })
         .unwrap_or_default();
     system.chain(on_path).find(|path| path.is_file())
@@ -65,6 +65,18 @@ pub struct Edge {
 pub struct EdgeOptions {
     /// `(certificate, key)` PEM paths: listen with TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Parameters of every `server` line; `None`: [`DEFAULT_SERVER_PARAMS`].
+    pub server_params: Option<String>,
+}
+
+/// Those of deploy/upstreams.conf.
+pub const DEFAULT_SERVER_PARAMS: &str = "max_fails=1 fail_timeout=2s";
+
+fn servers(upstreams: &[String], params: &str) -> String {
+    upstreams
+        .iter()
+        .map(|u| format!("server {u} {params};\n"))
+        .collect()
 }
 
 impl Edge {
@@ -77,11 +89,15 @@ impl Edge {
         let dir = TempDir::new("edge");
         std::fs::copy(shipped_config(), dir.0.join("nginx.conf")).expect("copy deploy/nginx.conf");
         std::fs::create_dir_all(dir.0.join("temp")).expect("temp dir");
-        let servers: String = upstreams
-            .iter()
-            .map(|u| format!("server {u} max_fails=1 fail_timeout=2s;\n"))
-            .collect();
-        std::fs::write(dir.0.join("upstreams.conf"), servers).expect("write upstreams.conf");
+        let server_params = options
+            .server_params
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SERVER_PARAMS.to_string());
+        std::fs::write(
+            dir.0.join("upstreams.conf"),
+            servers(upstreams, &server_params),
+        )
+        .expect("write upstreams.conf");
         // A port that was free a moment ago can be taken by the time nginx binds it: try again.
         let mut last_error = String::new();
         for _ in 0..5 {

@@ -31,19 +31,34 @@ pub(crate) const SETTLE: Duration = Duration::from_millis(300);
 
 pub(crate) struct Monitor {
     base: String,
+    /// Where cameras are counted: the servers behind an edge, or just `base`.
+    instances: Vec<String>,
     agent: ureq::Agent,
 }
 
 impl Monitor {
-    fn new(base: &str) -> Monitor {
+    fn new(base: &str, instances: &[String]) -> Monitor {
         Monitor {
             base: base.to_string(),
+            instances: if instances.is_empty() {
+                vec![base.to_string()]
+            } else {
+                instances.to_vec()
+            },
             agent: client_agent(),
         }
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
-        let url = format!("{}{path}", self.base);
+        self.get_from(&self.base, path)
+    }
+
+    fn get_from<T: serde::de::DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+    ) -> Result<T, String> {
+        let url = format!("{base}{path}");
         let mut response = self
             .agent
             .get(&url)
@@ -63,22 +78,25 @@ impl Monitor {
         serde_json::from_slice(&body).map_err(|e| format!("GET {url}: unreadable body: {e}"))
     }
 
-    /// This run's cameras that the server counts as online.
+    /// This run's cameras that the server (every one of `--instances`) counts as online.
     fn online(&self, prefix: &str) -> Result<usize, String> {
         let mut online = 0;
-        let mut path = "/cameras".to_string();
-        loop {
-            let page: CamerasResponse = self.get(&path)?;
-            online += page
-                .cameras
-                .iter()
-                .filter(|c| c.online && c.camera_id.starts_with(prefix))
-                .count();
-            match page.next_after {
-                Some(after) => path = format!("/cameras?after={after}"),
-                None => return Ok(online),
+        for base in &self.instances {
+            let mut path = "/cameras".to_string();
+            loop {
+                let page: CamerasResponse = self.get_from(base, &path)?;
+                online += page
+                    .cameras
+                    .iter()
+                    .filter(|c| c.online && c.camera_id.starts_with(prefix))
+                    .count();
+                match page.next_after {
+                    Some(after) => path = format!("/cameras?after={after}"),
+                    None => break,
+                }
             }
         }
+        Ok(online)
     }
 
     /// `registry.openPolls` from /stats, when the server has it.
@@ -213,7 +231,7 @@ impl Harness {
             None => None,
         };
         let started_pid = server.as_ref().map(|s| s.pid);
-        let monitor = Monitor::new(&endpoint.base);
+        let monitor = Monitor::new(&endpoint.base, &options.instances);
         // The server must answer before cameras are thrown at it.
         let _: serde_json::Value = monitor
             .get("/health")

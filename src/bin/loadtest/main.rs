@@ -5,7 +5,9 @@
 //! What this tool owns:
 //! - Starting the `api` binary that sits next to it (HOST=127.0.0.1 PORT=0), learning its port
 //!   from its stderr, draining that stderr, sampling its /proc status, and killing it at the end.
-//!   With `--target URL` it drives a server that is already running instead.
+//!   With `--target URL` it drives a server that is already running instead; with
+//!   `--instances` as well, that is an edge in front of several servers, each asked directly
+//!   how many of this run's cameras it holds.
 //! - Simulated cameras: one small-stack thread each, speaking the wire protocol over raw
 //!   std::net HTTP/1.1 (`Connection: close`, as the real camera does), holding `--events`
 //!   events whose timestamps are a pure function of (camera, index), so every answer can be

@@ -20,6 +20,9 @@ Options:
   --events K        events each simulated camera holds (default 100)
   --target URL      drive an already running server (http://HOST:PORT) instead of starting
                     the `api` binary found next to this executable
+  --instances URLS  with --target an edge in front of several servers: their own http://
+                    roots, comma-separated, asked directly which cameras are online (through
+                    an edge, /cameras lists one server's cameras only)
   --hold SECS       POLL_HOLD_SECS for the api this tool starts (not with --target)
   --idle-ramp       connect cameras in steps up to --cameras, probe /logs after each step, and
                     report the server's memory and threads; stops at the first failure
@@ -42,6 +45,8 @@ pub(crate) struct Options {
     pub(crate) duration: Duration,
     pub(crate) events: usize,
     pub(crate) target: Option<String>,
+    /// `--instances`: the servers behind a `--target` edge, each `http://host:port`.
+    pub(crate) instances: Vec<String>,
     /// As the user typed it (already checked), passed on as POLL_HOLD_SECS.
     pub(crate) hold: Option<String>,
     pub(crate) json: bool,
@@ -57,6 +62,7 @@ impl Default for Options {
             duration: Duration::from_secs(10),
             events: 100,
             target: None,
+            instances: Vec::new(),
             hold: None,
             json: false,
             idle_ramp: false,
@@ -104,6 +110,11 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Parsed, String> {
                 Endpoint::from_url(&raw)?;
                 options.target = Some(raw);
             }
+            "--instances" => {
+                for raw in value()?.split(',').filter(|s| !s.trim().is_empty()) {
+                    options.instances.push(Endpoint::from_url(raw.trim())?.base);
+                }
+            }
             "--json" | "--idle-ramp" if inline.is_some() => {
                 return Err(format!("{flag} takes no value"))
             }
@@ -111,6 +122,11 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Parsed, String> {
             "--idle-ramp" => options.idle_ramp = true,
             other => return Err(format!("unknown option {other:?}")),
         }
+    }
+    if options.target.is_none() && !options.instances.is_empty() {
+        return Err(
+            "--instances names the servers behind a --target edge; give --target too".into(),
+        );
     }
     if options.target.is_some() && options.hold.is_some() {
         return Err("--hold sets the hold of the api this tool starts; it cannot change a --target server (set POLL_HOLD_SECS there)".into());
