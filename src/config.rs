@@ -101,7 +101,7 @@ pub const SERVER_SETTINGS: &[Setting] = &[
     Setting {
         name: "API_TOKEN",
         default: "(unset)",
-        help: "when set, /logs, /cameras and /stats require 'Authorization: Bearer <token>'",
+        help: "when set, /logs, /cameras, /stats and /metrics require 'Authorization: Bearer <token>'",
     },
     Setting {
         name: "LOG_LEVEL",

@@ -8,6 +8,7 @@
 //! - [`routes`]: HTTP routing, parsing, authentication.
 //! - [`listener`]: the listening socket and the tiny_http servers on it, kept accepting.
 //! - [`server`]: the handler thread pool and shutdown.
+//! - [`metrics`]: the counters behind `GET /metrics` and their Prometheus text rendering.
 //! - [`camera`]: the camera client (one polling thread, one posting thread).
 //! - [`event_log`]: the camera's bounded, optionally persistent log of events.
 //! - [`config`], [`error`], [`log`]: settings from the environment, the error enum, log lines.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod event_log;
 pub mod listener;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod routes;

@@ -143,6 +143,11 @@ impl FrontDoor {
         self.addr
     }
 
+    /// Connections open on the port now, counted afresh (for a scrape; `/proc` where it exists).
+    pub fn open_connections(&self) -> usize {
+        count_connections(self.addr.port()).unwrap_or(0)
+    }
+
     pub fn stats(&self) -> FrontDoorStats {
         FrontDoorStats {
             connections: self.connections.load(Ordering::Relaxed),

@@ -169,6 +169,8 @@ pub struct Registry {
     next_waiter: AtomicU64,
     /// `/logs` calls inside [`Registry::fetch_logs`] right now; cheap to read from other threads.
     callers_waiting: AtomicUsize,
+    /// Commands sent again after the ack timeout, since start (for `/metrics`).
+    resends: AtomicU64,
     /// Dropped at shutdown, which wakes every poll and waiter selecting on `shutdown_rx`.
     shutdown_tx: Mutex<Option<Sender<()>>>,
     shutdown_rx: Receiver<()>,
@@ -186,6 +188,7 @@ impl Registry {
             },
             next_waiter: AtomicU64::new(0),
             callers_waiting: AtomicUsize::new(0),
+            resends: AtomicU64::new(0),
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             shutdown_rx,
         }
@@ -198,6 +201,11 @@ impl Registry {
     /// How many `/logs` calls are waiting for a camera right now (one atomic load).
     pub fn callers_waiting(&self) -> usize {
         self.callers_waiting.load(Ordering::Relaxed)
+    }
+
+    /// Commands sent again because no answer came within the ack timeout, since start.
+    pub fn resends(&self) -> u64 {
+        self.resends.load(Ordering::Relaxed)
     }
 
     /// Holds a camera's poll open until a command is due, the hold ends, or the server stops.
@@ -591,6 +599,7 @@ impl Registry {
             waited.as_secs_f64()
         );
         command.sent_at = None;
+        self.resends.fetch_add(1, Ordering::Relaxed);
         let _ = camera.dispatch_tx.send(command.request_id.clone());
     }
 

@@ -25,29 +25,39 @@ pub struct App {
     pub registry: std::sync::Arc<Registry>,
     pub pool: std::sync::Arc<PoolStats>,
     pub front_door: std::sync::Arc<crate::listener::FrontDoor>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A response ready to be written.
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
+    pub content_type: &'static str,
     pub body: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
 }
 
+const JSON: &str = "application/json";
+
 impl Reply {
     fn json(value: &impl Serialize) -> Result<Reply, ApiError> {
         let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(Reply {
+        Ok(Reply::ok(JSON, body))
+    }
+
+    fn ok(content_type: &'static str, body: Vec<u8>) -> Reply {
+        Reply {
             status: 200,
+            content_type,
             body,
             headers: Vec::new(),
-        })
+        }
     }
 
     fn from_error(error: &ApiError) -> Reply {
         Reply {
             status: error.status(),
+            content_type: JSON,
             body: error.body(),
             headers: error.headers(),
         }
@@ -60,8 +70,8 @@ pub fn handle(app: &App, mut request: Request) {
     let method = request.method().clone();
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    let reply = match route(app, &mut request, &method, path, query) {
-        Ok(reply) => reply,
+    let (reply, error) = match route(app, &mut request, &method, path, query) {
+        Ok(reply) => (reply, None),
         Err(error) => {
             warn!(
                 "{} {} from {} -> {}: {error} ({} ms)",
@@ -71,9 +81,12 @@ pub fn handle(app: &App, mut request: Request) {
                 error.status(),
                 started.elapsed().as_millis()
             );
-            Reply::from_error(&error)
+            (Reply::from_error(&error), Some(error))
         }
     };
+    // Counted before the write: a scrape then shows every request answered before it began.
+    app.metrics
+        .request(path, reply.status, error.as_ref(), started.elapsed());
     respond(app, request, reply, &method, path);
 }
 
@@ -119,7 +132,7 @@ fn park(app: &App, request: Request, reply: Reply) {
     );
     let mut response = Response::empty(reply.status);
     for (name, value) in [
-        ("Content-Type", "application/json"),
+        ("Content-Type", reply.content_type),
         ("X-Parked", framing.as_str()),
     ] {
         if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
@@ -141,7 +154,7 @@ fn route(
     query: &str,
 ) -> Result<Reply, ApiError> {
     let allowed = match path {
-        "/logs" | "/cameras" | "/health" | "/stats" | "/poll_for_command" => "GET",
+        "/logs" | "/cameras" | "/health" | "/stats" | "/metrics" | "/poll_for_command" => "GET",
         "/send_logs" => "POST",
         _ => return Err(ApiError::NoSuchPath(truncate(path, 64))),
     };
@@ -173,6 +186,13 @@ fn route(
                 front_door: app.front_door.stats(),
             })
         }
+        "/metrics" => {
+            authorize(request, app.config.api_token.as_deref())?;
+            Ok(Reply::ok(
+                crate::metrics::CONTENT_TYPE,
+                scrape(app).into_bytes(),
+            ))
+        }
         "/poll_for_command" => {
             let camera_id = authorize_camera(app, request, &query)?;
             Reply::json(&app.registry.poll(&camera_id)?)
@@ -182,6 +202,20 @@ fn route(
             send_logs(app, request, &camera_id)
         }
     }
+}
+
+/// The exposition, with the gauges read from their owners now.
+fn scrape(app: &App) -> String {
+    let registry = app.registry.stats();
+    app.metrics.render(&crate::metrics::Gauges {
+        cameras_known: registry.cameras,
+        cameras_online: registry.cameras_online,
+        open_polls: registry.open_polls,
+        waiting_calls: registry.waiting_requests,
+        handler_threads: app.pool.snapshot().handler_threads,
+        open_connections: app.front_door.open_connections(),
+        resends: app.registry.resends(),
+    })
 }
 
 #[derive(Serialize)]
@@ -232,10 +266,18 @@ fn send_logs(app: &App, request: &mut Request, camera_id: &str) -> Result<Reply,
     let answer: SendLogsBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed send_logs body: {e}")))?;
     match app.registry.complete(camera_id, answer)? {
-        Completion::Delivered { request_id, callers, events, elapsed } => info!(
-            "camera '{camera_id}' answered command {request_id}: {events} event(s) for {callers} caller(s), {} ms after the command",
-            elapsed.as_millis()
-        ),
+        Completion::Delivered {
+            request_id,
+            callers,
+            events,
+            elapsed,
+        } => {
+            app.metrics.round_trip(callers);
+            info!(
+                "camera '{camera_id}' answered command {request_id}: {events} event(s) for {callers} caller(s), {} ms after the command",
+                elapsed.as_millis()
+            )
+        }
         Completion::Duplicate { request_id } => {
             info!("camera '{camera_id}' answered command {request_id} again; ignored")
         }
@@ -428,7 +470,7 @@ fn client_address(request: &Request) -> String {
 fn to_response(reply: Reply) -> Response<std::io::Cursor<Vec<u8>>> {
     let mut response = Response::from_data(reply.body).with_status_code(reply.status);
     let headers =
-        std::iter::once(("Content-Type", "application/json".to_string())).chain(reply.headers);
+        std::iter::once(("Content-Type", reply.content_type.to_string())).chain(reply.headers);
     for (name, value) in headers {
         // Names and values are ours and plain ASCII, so conversion cannot fail in practice.
         if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {

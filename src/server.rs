@@ -174,6 +174,7 @@ impl ApiServer {
             registry,
             pool: Arc::new(PoolStats::default()),
             front_door,
+            metrics: crate::metrics::Metrics::new(),
         };
         let pool = Arc::new(Pool {
             requests,
