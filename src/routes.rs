@@ -145,6 +145,10 @@ fn park(app: &App, request: Request, reply: Reply) {
     app.pool.parked_connection();
 }
 
+/// The operator's page: one static file, embedded so the binary is all there is to deploy.
+const WEB_PAGE: &str = include_str!("web/index.html");
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 /// The route table. A known path with the wrong method is 405; anything else unknown is 404.
 fn route(
     app: &App,
@@ -154,7 +158,9 @@ fn route(
     query: &str,
 ) -> Result<Reply, ApiError> {
     let allowed = match path {
-        "/logs" | "/cameras" | "/health" | "/stats" | "/metrics" | "/poll_for_command" => "GET",
+        "/" | "/logs" | "/cameras" | "/health" | "/stats" | "/metrics" | "/poll_for_command" => {
+            "GET"
+        }
         "/send_logs" => "POST",
         _ => return Err(ApiError::NoSuchPath(truncate(path, 64))),
     };
@@ -163,6 +169,12 @@ fn route(
     }
     let query = Query::parse(query)?;
     match path {
+        // The page carries no data; it asks for the token and sends it with its own calls.
+        "/" => Ok(Reply {
+            // The browser enforces what the page promises: nothing loaded from anywhere else.
+            headers: vec![("Content-Security-Policy", PAGE_POLICY.to_string())],
+            ..Reply::ok("text/html; charset=utf-8", WEB_PAGE.as_bytes().to_vec())
+        }),
         "/health" => Reply::json(&serde_json::json!({"status": "ok"})),
         "/logs" => {
             authorize(request, app.config.api_token.as_deref())?;
