@@ -7,16 +7,20 @@ live_dir=$(mktemp -d)
 live_pids=()
 
 live_stop() {
-  local pid
-  for pid in "${live_pids[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${live_pids[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
+  live_stop_started
   rm -rf "$live_dir"
 }
 trap live_stop EXIT
+
+# live_stop_started: stops what was started so far (the temporary directory stays).
+live_stop_started() {
+  local pid
+  for pid in "${live_pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  live_pids=()
+}
 
 # live_build: the release api and camera (cargo is a no-op when they are current).
 live_build() {

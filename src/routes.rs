@@ -149,6 +149,9 @@ fn park(app: &App, request: Request, reply: Reply) {
 const WEB_PAGE: &str = include_str!("web/index.html");
 const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+/// The contract, served as written: docs/openapi.yaml is the one copy.
+const OPENAPI: &str = include_str!("../docs/openapi.yaml");
+
 /// The route table. A known path with the wrong method is 405; anything else unknown is 404.
 fn route(
     app: &App,
@@ -158,9 +161,8 @@ fn route(
     query: &str,
 ) -> Result<Reply, ApiError> {
     let allowed = match path {
-        "/" | "/logs" | "/cameras" | "/health" | "/stats" | "/metrics" | "/poll_for_command" => {
-            "GET"
-        }
+        "/" | "/openapi.yaml" | "/logs" | "/cameras" | "/health" | "/stats" | "/metrics"
+        | "/poll_for_command" => "GET",
         "/send_logs" => "POST",
         _ => return Err(ApiError::NoSuchPath(truncate(path, 64))),
     };
@@ -175,6 +177,7 @@ fn route(
             headers: vec![("Content-Security-Policy", PAGE_POLICY.to_string())],
             ..Reply::ok("text/html; charset=utf-8", WEB_PAGE.as_bytes().to_vec())
         }),
+        "/openapi.yaml" => Ok(Reply::ok("application/yaml", OPENAPI.as_bytes().to_vec())),
         "/health" => Reply::json(&serde_json::json!({"status": "ok"})),
         "/logs" => {
             authorize(request, app.config.api_token.as_deref())?;
