@@ -88,10 +88,15 @@ impl CameraHandle {
         let (commands_tx, commands_rx) = unbounded();
         let client = Client::new(&config);
         info!(
-            "camera '{}' starting; API server at {}{}",
+            "camera '{}' starting; API server at {}{}; authentication: CAMERA_TOKEN {}",
             config.camera_id,
             config.api_base_url,
-            describe_trust(&config)
+            describe_trust(&config),
+            if config.camera_token.is_some() {
+                "on (sent as a bearer token)"
+            } else {
+                "off"
+            }
         );
 
         let mut threads = Vec::new();

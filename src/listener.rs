@@ -114,7 +114,7 @@ impl FrontDoor {
         config: FrontDoorConfig,
         requests: Sender<tiny_http::Request>,
     ) -> std::io::Result<Arc<FrontDoor>> {
-        let listener = TcpListener::bind((host, port))?;
+        let listener = bind(host, port)?;
         configure_accepted_sockets(&listener, config.header_timeout)?;
         let door = Arc::new(FrontDoor {
             config,
@@ -314,6 +314,48 @@ impl FrontDoor {
         self.accepting.store(true, Ordering::SeqCst);
         Ok(())
     }
+}
+
+/// Binds `host:port`, with errors that name what to change: `HOST` when it does not resolve, the
+/// address (and `PORT`) when it cannot be bound.
+fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    use std::io::{Error, ErrorKind};
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = match (host, port).to_socket_addrs() {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("HOST={host:?} does not resolve to an address ({e}); use an IP address such as 127.0.0.1 or 0.0.0.0, or a resolvable name"),
+            ))
+        }
+    };
+    if addrs.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("HOST={host:?} resolves to no address"),
+        ));
+    }
+    let mut last = None;
+    for addr in &addrs {
+        match TcpListener::bind(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some((*addr, e)),
+        }
+    }
+    let Some((addr, e)) = last else {
+        return Err(Error::other("no address to bind"));
+    };
+    let hint = match e.kind() {
+        ErrorKind::AddrInUse => "; another process listens there: stop it, or choose another PORT (and the cameras' API_BASE_URL with it)",
+        ErrorKind::AddrNotAvailable => "; HOST is not an address of this machine",
+        ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose a PORT of 1024 or more",
+        _ => "",
+    };
+    Err(Error::new(
+        e.kind(),
+        format!("cannot listen on {addr}: {e}{hint}"),
+    ))
 }
 
 /// Options every accepted connection inherits from the listening socket on Linux:

@@ -1,9 +1,9 @@
 //! `GET /metrics`: the server's counters and their rendering in the Prometheus text exposition
 //! format, version 0.0.4, written by hand (no metrics crate is on the dependency list).
 //!
-//! Owns the counters that only the HTTP layer sees (requests by route and status, rejections by
-//! reason, the `/logs` latency histogram, camera round trips) as plain atomics, so recording is
-//! lock-free on every request. Gauges (cameras, polls, waiting calls, threads, connections) are
+//! Owns the counters (requests by route and status, rejections by reason, the `/logs` latency
+//! histogram, camera round trips and re-sends) as plain atomics, so recording is lock-free on
+//! every request; the registry records round trips and re-sends, the routes the rest. Gauges (cameras, polls, waiting calls, threads, connections) are
 //! not stored here: they are read from their owners at scrape time, so they cannot drift.
 //! It must not decide anything: no status, no routing, no limits; it only counts and renders.
 
@@ -111,8 +111,6 @@ pub struct Gauges {
     pub waiting_calls: usize,
     pub handler_threads: usize,
     pub open_connections: usize,
-    /// Commands re-sent after the ack timeout (a counter, but owned by the registry).
-    pub resends: u64,
 }
 
 /// Counters of one server.
@@ -123,6 +121,7 @@ pub struct Metrics {
     logs_latency: Histogram,
     round_trips: AtomicU64,
     calls_per_round_trip: Histogram,
+    resends: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -140,6 +139,7 @@ impl Metrics {
             logs_latency: Histogram::new(LATENCY_BUCKETS),
             round_trips: AtomicU64::new(0),
             calls_per_round_trip: Histogram::new(CALLS_BUCKETS),
+            resends: AtomicU64::new(0),
         }
     }
 
@@ -168,6 +168,16 @@ impl Metrics {
     pub fn round_trip(&self, callers: usize) {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         self.calls_per_round_trip.observe(callers as f64);
+    }
+
+    /// Counts one command sent again after the ack timeout.
+    pub fn resend(&self) {
+        self.resends.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Commands answered so far.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
     }
 
     /// The whole exposition.
@@ -228,7 +238,7 @@ impl Metrics {
             &mut out,
             "camera_logs_command_resends_total",
             "Commands sent again because no answer came within ACK_TIMEOUT_SECS.",
-            gauges.resends,
+            self.resends.load(Ordering::Relaxed),
         );
 
         for (name, help, value) in [

@@ -37,6 +37,7 @@ use parking_lot::Mutex;
 
 use crate::error::ApiError;
 use crate::log::epoch_secs;
+use crate::metrics::Metrics;
 use crate::protocol::{sort_by_timestamp, CameraInfo, Command, LogEntry, SendLogsBody, TimeRange};
 use crate::{info, warn};
 
@@ -45,6 +46,8 @@ const REMEMBERED_ANSWERS: usize = 64;
 /// Cameras named one by one in the log when they go offline in the same tick; the rest are
 /// counted in one line, so a crowd of vanished ids cannot flood the log.
 const OFFLINE_LINES_PER_TICK: usize = 5;
+/// At most one warning per camera id this often about polls from two addresses at once.
+const SHARED_ID_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// Cameras per `/cameras` page when the caller does not say.
 pub const DEFAULT_PAGE: usize = 1000;
 
@@ -136,6 +139,9 @@ struct CameraState {
     last_seen: Option<SystemTime>,
     reported_offline: bool,
     answered: VecDeque<String>,
+    /// Open polls by client address (only known addresses).
+    poll_sources: HashMap<String, usize>,
+    shared_id_warned: Option<Instant>,
 }
 
 struct Camera {
@@ -169,8 +175,9 @@ pub struct Registry {
     next_waiter: AtomicU64,
     /// `/logs` calls inside [`Registry::fetch_logs`] right now; cheap to read from other threads.
     callers_waiting: AtomicUsize,
-    /// Commands sent again after the ack timeout, since start (for `/metrics`).
-    resends: AtomicU64,
+    /// Round trips and re-sends are counted here, where they happen: a round trip before its
+    /// callers are woken, so a caller that scrapes right after its answer sees it counted.
+    metrics: Arc<Metrics>,
     /// Dropped at shutdown, which wakes every poll and waiter selecting on `shutdown_rx`.
     shutdown_tx: Mutex<Option<Sender<()>>>,
     shutdown_rx: Receiver<()>,
@@ -188,7 +195,7 @@ impl Registry {
             },
             next_waiter: AtomicU64::new(0),
             callers_waiting: AtomicUsize::new(0),
-            resends: AtomicU64::new(0),
+            metrics: Arc::new(Metrics::new()),
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             shutdown_rx,
         }
@@ -203,16 +210,23 @@ impl Registry {
         self.callers_waiting.load(Ordering::Relaxed)
     }
 
-    /// Commands sent again because no answer came within the ack timeout, since start.
-    pub fn resends(&self) -> u64 {
-        self.resends.load(Ordering::Relaxed)
+    /// The server's counters, shared with the HTTP layer.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Holds a camera's poll open until a command is due, the hold ends, or the server stops.
     /// A new camera beyond `max_cameras` is refused at once.
     pub fn poll(&self, camera_id: &str) -> Result<Command, ApiError> {
+        self.poll_from(camera_id, "")
+    }
+
+    /// [`Registry::poll`] from a known client address (`source`; empty when unknown). Polls
+    /// for one id open from two addresses at once mean two cameras share the id, and each
+    /// would answer the other's commands: that is logged, once a minute at most per id.
+    pub fn poll_from(&self, camera_id: &str, source: &str) -> Result<Command, ApiError> {
         let camera = self.camera_for_poll(camera_id)?;
-        let _open = OpenPoll::start(&camera);
+        let _open = OpenPoll::start(&camera, source);
         camera.lock_and(|state| self.redispatch_if_overdue(&camera, state, Instant::now()));
 
         let deadline = Instant::now() + self.config.poll_hold;
@@ -518,6 +532,7 @@ impl Registry {
         let Some(command) = state.in_flight.take() else {
             return Err(ApiError::Internal("command vanished under the lock".into()));
         };
+        self.metrics.round_trip(command.waiters.len());
         for waiter in &command.waiters {
             let range = waiter.range.slice_of(&logs);
             // bounded(1) and one send per waiter: never blocks. A gone receiver is a caller that
@@ -599,7 +614,7 @@ impl Registry {
             waited.as_secs_f64()
         );
         command.sent_at = None;
-        self.resends.fetch_add(1, Ordering::Relaxed);
+        self.metrics.resend();
         let _ = camera.dispatch_tx.send(command.request_id.clone());
     }
 
@@ -683,6 +698,30 @@ impl Camera {
 }
 
 impl CameraState {
+    /// Counts a poll from `source` as open, and warns (rate-limited) when another address has
+    /// one open too.
+    fn note_poll_source(&mut self, camera_id: &str, source: &str) {
+        let other = self
+            .poll_sources
+            .iter()
+            .find(|(address, open)| **open > 0 && address.as_str() != source)
+            .map(|(address, _)| address.clone());
+        *self.poll_sources.entry(source.to_string()).or_insert(0) += 1;
+        let Some(other) = other else {
+            return;
+        };
+        let due = self
+            .shared_id_warned
+            .is_none_or(|at| at.elapsed() >= SHARED_ID_WARNING_EVERY);
+        if due {
+            self.shared_id_warned = Some(Instant::now());
+            warn!(
+                "camera '{camera_id}' is polling from two addresses at once ({other} and {source}): two cameras may share this id, and each would answer the other's commands; give each camera its own CAMERA_ID (next warning for this id in {} s at the earliest)",
+                SHARED_ID_WARNING_EVERY.as_secs()
+            );
+        }
+    }
+
     fn online(&self, now: Instant, grace: Duration) -> bool {
         self.open_polls > 0
             || self
@@ -736,24 +775,34 @@ impl Drop for Counted<'_> {
 /// Counts a poll as open for as long as it lives, even if its handler unwinds.
 struct OpenPoll<'a> {
     camera: &'a Camera,
+    source: &'a str,
 }
 
 impl<'a> OpenPoll<'a> {
-    fn start(camera: &'a Camera) -> OpenPoll<'a> {
+    fn start(camera: &'a Camera, source: &'a str) -> OpenPoll<'a> {
         let mut state = camera.state.lock();
+        if !source.is_empty() {
+            state.note_poll_source(&camera.id, source);
+        }
         state.open_polls += 1;
         state.last_seen = Some(SystemTime::now());
         if state.reported_offline {
             state.reported_offline = false;
             info!("camera '{}' is back online", camera.id);
         }
-        OpenPoll { camera }
+        OpenPoll { camera, source }
     }
 }
 
 impl Drop for OpenPoll<'_> {
     fn drop(&mut self) {
         let mut state = self.camera.state.lock();
+        if let Some(open) = state.poll_sources.get_mut(self.source) {
+            *open -= 1;
+            if *open == 0 {
+                state.poll_sources.remove(self.source);
+            }
+        }
         state.open_polls = state.open_polls.saturating_sub(1);
         state.last_poll_end = Some(Instant::now());
         state.last_seen = Some(SystemTime::now());

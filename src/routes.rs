@@ -25,7 +25,8 @@ pub struct App {
     pub registry: std::sync::Arc<Registry>,
     pub pool: std::sync::Arc<PoolStats>,
     pub front_door: std::sync::Arc<crate::listener::FrontDoor>,
-    pub metrics: crate::metrics::Metrics,
+    /// The registry's, shared: it counts round trips, the routes count requests.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// A response ready to be written.
@@ -210,7 +211,10 @@ fn route(
         }
         "/poll_for_command" => {
             let camera_id = authorize_camera(app, request, &query)?;
-            Reply::json(&app.registry.poll(&camera_id)?)
+            Reply::json(
+                &app.registry
+                    .poll_from(&camera_id, &client_address(request))?,
+            )
         }
         _ => {
             let camera_id = authorize_camera(app, request, &query)?;
@@ -229,7 +233,6 @@ fn scrape(app: &App) -> String {
         waiting_calls: registry.waiting_requests,
         handler_threads: app.pool.snapshot().handler_threads,
         open_connections: app.front_door.open_connections(),
-        resends: app.registry.resends(),
     })
 }
 
@@ -286,13 +289,10 @@ fn send_logs(app: &App, request: &mut Request, camera_id: &str) -> Result<Reply,
             callers,
             events,
             elapsed,
-        } => {
-            app.metrics.round_trip(callers);
-            info!(
-                "camera '{camera_id}' answered command {request_id}: {events} event(s) for {callers} caller(s), {} ms after the command",
-                elapsed.as_millis()
-            )
-        }
+        } => info!(
+            "camera '{camera_id}' answered command {request_id}: {events} event(s) for {callers} caller(s), {} ms after the command",
+            elapsed.as_millis()
+        ),
         Completion::Duplicate { request_id } => {
             info!("camera '{camera_id}' answered command {request_id} again; ignored")
         }

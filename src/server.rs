@@ -169,12 +169,13 @@ impl ApiServer {
         let addr = front_door.local_addr();
         let ticker = registry.spawn_ticker()?;
         let max_workers = config.max_connections + MIN_WORKERS;
+        let metrics = std::sync::Arc::clone(registry.metrics());
         let app = App {
             config,
+            metrics,
             registry,
             pool: Arc::new(PoolStats::default()),
             front_door,
-            metrics: crate::metrics::Metrics::new(),
         };
         let pool = Arc::new(Pool {
             requests,
@@ -188,15 +189,19 @@ impl ApiServer {
         }
         crate::log::announce(format_args!("API server listening on http://{addr}"));
         crate::log::announce(format_args!("{}", exposure(addr)));
-        info!(
-            "authentication: cameras {}, users {}",
-            pool.app.config.camera_auth.describe(),
+        // At every level but off: who may call is part of how the server is exposed.
+        crate::log::announce(format_args!(
+            "authentication: {}",
             if pool.app.config.api_token.is_some() {
-                "on (API_TOKEN)"
+                "API_TOKEN on: /logs, /cameras, /stats and /metrics need it"
             } else {
-                "off"
+                "API_TOKEN off: /logs, /cameras, /stats and /metrics are open to anyone who reaches this port"
             }
-        );
+        ));
+        crate::log::announce(format_args!(
+            "authentication: {}",
+            pool.app.config.camera_auth.describe()
+        ));
         Ok(ApiServer {
             pool,
             ticker: Some(ticker),
