@@ -24,10 +24,10 @@ const TOKEN: &str = "web-test-token";
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 fn find(candidates: &[&str], env: &str) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os(env) {
-        return Some(PathBuf::from(path));
+    match std::env::var_os(env) {
+        Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+        None => candidates.iter().map(PathBuf::from).find(|p| p.is_file()),
     }
-    candidates.iter().map(PathBuf::from).find(|p| p.is_file())
 }
 
 /// A chromedriver process with one chromium session; both end when it is dropped.
