@@ -20,6 +20,8 @@ RUN mkdir -p src/bin && echo 'fn main() {}' > src/bin/api.rs && echo 'fn main() 
     && cargo build --release --locked --bin api --bin camera \
     && rm -rf src
 COPY src ./src
+# The server embeds its OpenAPI contract (GET /openapi.yaml).
+COPY docs/openapi.yaml ./docs/openapi.yaml
 # touch: the real sources must be newer than the placeholder build above.
 RUN touch src/lib.rs src/bin/*.rs && cargo build --release --locked --bin api --bin camera
 

@@ -92,10 +92,15 @@ impl CameraHandle {
         let (commands_tx, commands_rx) = unbounded();
         let client = Client::new(&config);
         log_info!(
-            "camera '{}' starting; API server at {}{}",
+            "camera '{}' starting; API server at {}{}; authentication: CAMERA_TOKEN {}",
             config.camera_id,
             config.api_base_url,
-            describe_trust(&config)
+            describe_trust(&config),
+            if config.camera_token.is_some() {
+                "on (sent as a bearer token)"
+            } else {
+                "off"
+            }
         );
 
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);

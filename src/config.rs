@@ -106,7 +106,7 @@ pub const SERVER_SETTINGS: &[Setting] = &[
     Setting {
         name: "API_TOKEN",
         default: "(unset)",
-        help: "when set, /logs, /cameras and /stats require 'Authorization: Bearer <token>'",
+        help: "when set, /logs, /cameras, /stats and /metrics require 'Authorization: Bearer <token>'",
     },
     Setting {
         name: "LOG_LEVEL",
@@ -375,11 +375,12 @@ impl CameraAuth {
     /// For the start-up line: what protects the camera endpoints.
     pub fn describe(&self) -> String {
         match self {
-            CameraAuth::Open => "off".to_string(),
-            CameraAuth::Shared(_) => "on (one shared CAMERA_TOKEN)".to_string(),
-            CameraAuth::PerCamera(tokens) => {
-                format!("on (CAMERA_TOKENS_FILE, {} cameras)", tokens.len())
-            }
+            CameraAuth::Open => "CAMERA_TOKEN/CAMERA_TOKENS_FILE off: any client may poll and answer as any camera id".to_string(),
+            CameraAuth::Shared(_) => "CAMERA_TOKEN on: /poll_for_command and /send_logs need it (one token shared by all cameras)".to_string(),
+            CameraAuth::PerCamera(tokens) => format!(
+                "CAMERA_TOKENS_FILE on: /poll_for_command and /send_logs need the camera's own token ({} cameras)",
+                tokens.len()
+            ),
         }
     }
 }
@@ -390,7 +391,16 @@ fn camera_auth(
     lookup: &impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
 ) -> Result<CameraAuth, ConfigError> {
     let shared = token(lookup, "CAMERA_TOKEN")?;
-    let file = lookup("CAMERA_TOKENS_FILE")?.filter(|p| !p.is_empty());
+    let file = match lookup("CAMERA_TOKENS_FILE")? {
+        Some(path) if path.is_empty() => {
+            return Err(ConfigError {
+                variable: "CAMERA_TOKENS_FILE",
+                value: path,
+                expected: "a file path (unset the variable to turn per-camera tokens off)",
+            })
+        }
+        file => file,
+    };
     match (shared, file) {
         (Some(_), Some(path)) => Err(ConfigError {
             variable: "CAMERA_TOKENS_FILE",
@@ -647,7 +657,13 @@ fn token(
 ) -> Result<Option<String>, ConfigError> {
     match lookup(name)? {
         None => Ok(None),
-        Some(t) if t.is_empty() => Ok(None),
+        // Set but empty is most often a template or an .env line that lost its value; taking it
+        // as "no token" would turn authentication off without a word.
+        Some(t) if t.is_empty() => Err(ConfigError {
+            variable: name,
+            value: String::new(),
+            expected: "a non-empty token (unset the variable to turn authentication off)",
+        }),
         Some(t) if t.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(t)),
         Some(_) => Err(ConfigError {
             variable: name,

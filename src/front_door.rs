@@ -121,7 +121,7 @@ impl FrontDoor {
         config: FrontDoorConfig,
         requests: Sender<tiny_http::Request>,
     ) -> std::io::Result<Arc<FrontDoor>> {
-        let listener = TcpListener::bind((host, port))?;
+        let listener = bind(host, port)?;
         configure_accepted_sockets(&listener, config.header_timeout)?;
         let (stop_tx, stop_rx) = bounded(0);
         let door = Arc::new(FrontDoor {
@@ -151,6 +151,11 @@ impl FrontDoor {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections open on the port now, counted afresh (for a scrape; `/proc` where it exists).
+    pub fn open_connections(&self) -> usize {
+        count_connections(self.addr.port(), &[ESTABLISHED, CLOSE_WAIT]).unwrap_or(0)
     }
 
     pub fn stats(&self) -> FrontDoorStats {
@@ -323,6 +328,48 @@ impl FrontDoor {
         self.accepting.store(true, Ordering::SeqCst);
         Ok(())
     }
+}
+
+/// Binds `host:port`, with errors that name what to change: `HOST` when it does not resolve, the
+/// address (and `PORT`) when it cannot be bound.
+fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    use std::io::{Error, ErrorKind};
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = match (host, port).to_socket_addrs() {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("HOST={host:?} does not resolve to an address ({e}); use an IP address such as 127.0.0.1 or 0.0.0.0, or a resolvable name"),
+            ))
+        }
+    };
+    if addrs.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("HOST={host:?} resolves to no address"),
+        ));
+    }
+    let mut last = None;
+    for addr in &addrs {
+        match TcpListener::bind(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some((*addr, e)),
+        }
+    }
+    let Some((addr, e)) = last else {
+        return Err(Error::other("no address to bind"));
+    };
+    let hint = match e.kind() {
+        ErrorKind::AddrInUse => "; another process listens there: stop it, or choose another PORT (and the cameras' API_BASE_URL with it)",
+        ErrorKind::AddrNotAvailable => "; HOST is not an address of this machine",
+        ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose a PORT of 1024 or more",
+        _ => "",
+    };
+    Err(Error::new(
+        e.kind(),
+        format!("cannot listen on {addr}: {e}{hint}"),
+    ))
 }
 
 /// Options every accepted connection inherits from the listening socket on Linux:

@@ -13,6 +13,7 @@
 //! - `front_door`: the listening socket and the tiny_http servers on it, kept accepting; where
 //!   tiny_http 0.12's gaps are closed.
 //! - `event_log`: the camera's bounded, optionally persistent log of events.
+//! - `metrics`: the counters behind `GET /metrics` and their Prometheus text rendering.
 //! - `config`: every setting, read from the environment once at start-up, and `--help`.
 //! - `error`: the one error enum, mapped to HTTP status and JSON in one place.
 //! - `protocol`: the JSON on the wire, camera ids, and the inclusive time-range rules.
@@ -29,6 +30,7 @@ mod config;
 mod error;
 mod event_log;
 mod front_door;
+mod metrics;
 mod protocol;
 mod registry;
 mod routes;
@@ -42,7 +44,8 @@ pub use config::{
 pub use error::ApiError;
 pub use event_log::{EventLog, LoadReport};
 pub use front_door::FrontDoorStats;
-pub use log::{set_enabled as set_logging, Level};
+pub use log::{set_enabled as set_logging, utc_timestamp, Level};
+pub use metrics::ROUTES;
 pub use protocol::{
     valid_camera_id, CameraInfo, CamerasResponse, Command, LogEntry, LogsResponse, SendLogsBody,
     TimeRange, MAX_CAMERA_ID_LEN,
@@ -65,6 +68,7 @@ mod layering {
         ("camera", include_str!("camera.rs")),
         ("front_door", include_str!("front_door.rs")),
         ("event_log", include_str!("event_log.rs")),
+        ("metrics", include_str!("metrics.rs")),
         ("config", include_str!("config.rs")),
         ("config", include_str!("config/tests.rs")),
         ("error", include_str!("error.rs")),

@@ -45,6 +45,7 @@ mod camera;
 use crate::error::ApiError;
 use crate::log::epoch_secs;
 use crate::log::{log_info, log_warn};
+use crate::metrics::Metrics;
 use crate::protocol::{sort_by_timestamp, CameraInfo, Command, LogEntry, SendLogsBody, TimeRange};
 use camera::{Camera, CameraState, Counted, InFlight, OpenPoll, Waiter};
 
@@ -150,6 +151,9 @@ pub struct Registry {
     next_waiter: AtomicU64,
     /// `/logs` calls inside [`Registry::fetch_logs`] right now; cheap to read from other threads.
     callers_waiting: AtomicUsize,
+    /// Round trips and re-sends are counted here, where they happen: a round trip before its
+    /// callers are woken, so a caller that scrapes right after its answer sees it counted.
+    metrics: Arc<Metrics>,
     /// Dropped at shutdown, which wakes every poll and waiter selecting on `shutdown_rx`.
     shutdown_tx: Mutex<Option<Sender<()>>>,
     shutdown_rx: Receiver<()>,
@@ -171,6 +175,7 @@ impl Registry {
             },
             next_waiter: AtomicU64::new(0),
             callers_waiting: AtomicUsize::new(0),
+            metrics: Arc::new(Metrics::new()),
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             shutdown_rx,
             started: Instant::now(),
@@ -188,11 +193,23 @@ impl Registry {
         self.callers_waiting.load(Ordering::Relaxed)
     }
 
+    /// The server's counters, shared with the HTTP layer.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Holds a camera's poll open until a command is due, the hold ends, or the server stops.
     /// A new camera beyond `max_cameras` is refused at once.
     pub fn poll(&self, camera_id: &str) -> Result<Command, ApiError> {
+        self.poll_from(camera_id, "")
+    }
+
+    /// [`Registry::poll`] from a known client address (`source`; empty when unknown). Polls
+    /// for one id open from two addresses at once mean two cameras share the id, and each
+    /// would answer the other's commands: that is logged, once a minute at most per id.
+    pub fn poll_from(&self, camera_id: &str, source: &str) -> Result<Command, ApiError> {
         let camera = self.camera_for_poll(camera_id)?;
-        let _open = OpenPoll::start(&camera);
+        let _open = OpenPoll::start(&camera, source);
         camera.lock_and(|state| self.redispatch_if_overdue(&camera, state, Instant::now()));
 
         let deadline = Instant::now() + self.config.poll_hold;
@@ -555,6 +572,7 @@ impl Registry {
         let Some(command) = state.in_flight.take() else {
             return Err(ApiError::Internal("command vanished under the lock".into()));
         };
+        self.metrics.round_trip(command.waiters.len());
         for waiter in &command.waiters {
             let range = waiter.range.slice_of(&logs);
             // bounded(1) and one send per waiter: never blocks. A gone receiver is a caller that
@@ -637,6 +655,7 @@ impl Registry {
             waited.as_secs_f64()
         );
         command.sent_at = None;
+        self.metrics.resend();
         let _ = camera.dispatch_tx.send(command.request_id.clone());
     }
 

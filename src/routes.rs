@@ -15,7 +15,8 @@ use tiny_http::{Header, Method, Request, Response};
 use crate::config::{ServerConfig, MAX_LOGS_TIMEOUT};
 use crate::error::ApiError;
 use crate::log::{log_info, log_warn};
-pub use crate::protocol::valid_camera_id;
+use crate::metrics::{self, Metrics};
+use crate::protocol::valid_camera_id;
 use crate::protocol::{CamerasResponse, LogEntry, SendLogsBody, TimeRange, MAX_CAMERA_ID_LEN};
 use crate::registry::{Completion, Registry, DEFAULT_PAGE};
 
@@ -26,6 +27,10 @@ pub trait ServerView: Send + Sync {
     fn stats(&self) -> serde_json::Value;
     /// Counts a connection answered and then parked (see [`park`]).
     fn connection_parked(&self);
+    /// Handler threads now, for `/metrics`.
+    fn handler_threads(&self) -> usize;
+    /// Connections open on the port now, for `/metrics`.
+    fn open_connections(&self) -> usize;
 }
 
 /// Everything a request handler needs: the settings, the registry, and a narrow view of the
@@ -34,29 +39,40 @@ pub struct Context {
     pub config: ServerConfig,
     pub registry: Arc<Registry>,
     pub server: Arc<dyn ServerView>,
+    /// The registry's, shared: it counts round trips, the routes count requests.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A response ready to be written.
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
+    pub content_type: &'static str,
     pub body: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
 }
 
+const JSON: &str = "application/json";
+
 impl Reply {
     fn json(value: &impl Serialize) -> Result<Reply, ApiError> {
         let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(Reply {
+        Ok(Reply::ok(JSON, body))
+    }
+
+    fn ok(content_type: &'static str, body: Vec<u8>) -> Reply {
+        Reply {
             status: 200,
+            content_type,
             body,
             headers: Vec::new(),
-        })
+        }
     }
 
     fn from_error(error: &ApiError) -> Reply {
         Reply {
             status: error.status(),
+            content_type: JSON,
             body: error.body(),
             headers: error.headers(),
         }
@@ -69,8 +85,8 @@ pub fn handle(app: &Context, mut request: Request) {
     let method = request.method().clone();
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    let reply = match route(app, &mut request, &method, path, query) {
-        Ok(reply) => reply,
+    let (reply, error) = match route(app, &mut request, &method, path, query) {
+        Ok(reply) => (reply, None),
         Err(error) => {
             log_warn!(
                 "{} {} from {} -> {}: {error} ({} ms)",
@@ -80,9 +96,12 @@ pub fn handle(app: &Context, mut request: Request) {
                 error.status(),
                 started.elapsed().as_millis()
             );
-            Reply::from_error(&error)
+            (Reply::from_error(&error), Some(error))
         }
     };
+    // Counted before the write: a scrape then shows every request answered before it began.
+    app.metrics
+        .request(path, reply.status, error.as_ref(), started.elapsed());
     respond(app, request, reply, &method, path);
 }
 
@@ -128,7 +147,7 @@ fn park(app: &Context, request: Request, reply: Reply) {
     );
     let mut response = Response::empty(reply.status);
     for (name, value) in [
-        ("Content-Type", "application/json"),
+        ("Content-Type", reply.content_type),
         ("X-Parked", framing.as_str()),
     ] {
         if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
@@ -141,6 +160,13 @@ fn park(app: &Context, request: Request, reply: Reply) {
     app.server.connection_parked();
 }
 
+/// The operator's page: one static file, embedded so the binary is all there is to deploy.
+const WEB_PAGE: &str = include_str!("web/index.html");
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The contract, served as written: docs/openapi.yaml is the one copy.
+const OPENAPI: &str = include_str!("../docs/openapi.yaml");
+
 /// The route table. A known path with the wrong method is 405; anything else unknown is 404.
 fn route(
     app: &Context,
@@ -150,7 +176,8 @@ fn route(
     query: &str,
 ) -> Result<Reply, ApiError> {
     let allowed = match path {
-        "/logs" | "/cameras" | "/health" | "/stats" | "/poll_for_command" => "GET",
+        "/" | "/openapi.yaml" | "/logs" | "/cameras" | "/health" | "/stats" | "/metrics"
+        | "/poll_for_command" => "GET",
         "/send_logs" => "POST",
         _ => return Err(ApiError::NoSuchPath(truncate(path, 64))),
     };
@@ -159,6 +186,13 @@ fn route(
     }
     let query = Query::parse(query)?;
     match path {
+        // The page carries no data; it asks for the token and sends it with its own calls.
+        "/" => Ok(Reply {
+            // The browser enforces what the page promises: nothing loaded from anywhere else.
+            headers: vec![("Content-Security-Policy", PAGE_POLICY.to_string())],
+            ..Reply::ok("text/html; charset=utf-8", WEB_PAGE.as_bytes().to_vec())
+        }),
+        "/openapi.yaml" => Ok(Reply::ok("application/yaml", OPENAPI.as_bytes().to_vec())),
         "/health" => Reply::json(&serde_json::json!({"status": "ok"})),
         "/logs" => {
             authorize(request, app.config.api_token.as_deref())?;
@@ -184,15 +218,35 @@ fn route(
             }
             Reply::json(&stats)
         }
+        "/metrics" => {
+            authorize(request, app.config.api_token.as_deref())?;
+            Ok(Reply::ok(metrics::CONTENT_TYPE, scrape(app).into_bytes()))
+        }
         "/poll_for_command" => {
             let camera_id = authorize_camera(app, request, &query)?;
-            Reply::json(&app.registry.poll(&camera_id)?)
+            Reply::json(
+                &app.registry
+                    .poll_from(&camera_id, &client_address(request))?,
+            )
         }
         _ => {
             let camera_id = authorize_camera(app, request, &query)?;
             send_logs(app, request, &camera_id)
         }
     }
+}
+
+/// The exposition, with the gauges read from their owners now.
+fn scrape(app: &Context) -> String {
+    let registry = app.registry.stats();
+    app.metrics.render(&metrics::Gauges {
+        cameras_known: registry.cameras,
+        cameras_online: registry.cameras_online,
+        open_polls: registry.open_polls,
+        waiting_calls: registry.waiting_requests,
+        handler_threads: app.server.handler_threads(),
+        open_connections: app.server.open_connections(),
+    })
 }
 
 #[derive(Serialize)]
@@ -235,7 +289,12 @@ fn send_logs(app: &Context, request: &mut Request, camera_id: &str) -> Result<Re
     let answer: SendLogsBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed send_logs body: {e}")))?;
     match app.registry.complete(camera_id, answer)? {
-        Completion::Delivered { request_id, callers, events, elapsed } => log_info!(
+        Completion::Delivered {
+            request_id,
+            callers,
+            events,
+            elapsed,
+        } => log_info!(
             "camera '{camera_id}' answered command {request_id}: {events} event(s) for {callers} caller(s), {} ms after the command",
             elapsed.as_millis()
         ),
@@ -431,7 +490,7 @@ fn client_address(request: &Request) -> String {
 fn to_response(reply: Reply) -> Response<std::io::Cursor<Vec<u8>>> {
     let mut response = Response::from_data(reply.body).with_status_code(reply.status);
     let headers =
-        std::iter::once(("Content-Type", "application/json".to_string())).chain(reply.headers);
+        std::iter::once(("Content-Type", reply.content_type.to_string())).chain(reply.headers);
     for (name, value) in headers {
         // Names and values are ours and plain ASCII, so conversion cannot fail in practice.
         if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {

@@ -162,6 +162,14 @@ impl ServerView for ServerStatus {
     fn connection_parked(&self) {
         self.pool.parked_connection();
     }
+
+    fn handler_threads(&self) -> usize {
+        self.pool.snapshot().handler_threads
+    }
+
+    fn open_connections(&self) -> usize {
+        self.front_door.open_connections()
+    }
 }
 
 /// A running API server. Dropping it does not stop it; call [`ApiServer::shutdown`].
@@ -199,8 +207,10 @@ impl ApiServer {
         let ticker = registry.spawn_ticker()?;
         let max_workers = config.max_connections + MIN_WORKERS;
         let stats = Arc::new(PoolStats::default());
+        let metrics = Arc::clone(registry.metrics());
         let app = Context {
             config,
+            metrics,
             registry,
             server: Arc::new(ServerStatus {
                 pool: Arc::clone(&stats),
@@ -224,15 +234,19 @@ impl ApiServer {
         }
         crate::log::announce(format_args!("API server listening on http://{addr}"));
         crate::log::announce(format_args!("{}", exposure(addr)));
-        log_info!(
-            "authentication: cameras {}, users {}",
-            pool.app.config.camera_auth.describe(),
+        // At every level but off: who may call is part of how the server is exposed.
+        crate::log::announce(format_args!(
+            "authentication: {}",
             if pool.app.config.api_token.is_some() {
-                "on (API_TOKEN)"
+                "API_TOKEN on: /logs, /cameras, /stats and /metrics need it"
             } else {
-                "off"
+                "API_TOKEN off: /logs, /cameras, /stats and /metrics are open to anyone who reaches this port"
             }
-        );
+        ));
+        crate::log::announce(format_args!(
+            "authentication: {}",
+            pool.app.config.camera_auth.describe()
+        ));
         Ok(ApiServer {
             pool,
             ticker: Some(ticker),

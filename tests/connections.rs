@@ -1,4 +1,4 @@
-//! The front door under hostile connections (src/listener.rs): idle and stalled connections are
+//! The front door under hostile connections (src/front_door.rs): idle and stalled connections are
 //! closed after HEADER_TIMEOUT_SECS while normal calls keep being answered; at MAX_CONNECTIONS
 //! new connections are refused while open ones are served, and the server accepts again (on a
 //! fresh accept loop) once the count falls.

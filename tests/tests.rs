@@ -13,4 +13,7 @@ mod edge;
 mod faults;
 mod fleet;
 mod hostile;
+mod metrics;
+mod operators;
 mod protocol_errors;
+mod web;

@@ -44,6 +44,9 @@ fn malformed_values_name_the_variable() {
         ("MAX_WAITING_PER_CAMERA", "0"),
         ("MAX_BODY_BYTES", "lots"),
         ("LOG_LEVEL", "loud"),
+        ("API_TOKEN", ""),
+        ("CAMERA_TOKEN", ""),
+        ("CAMERA_TOKENS_FILE", ""),
     ] {
         let err = ServerConfig::from_lookup(lookup_from(&[(name, value)])).unwrap_err();
         assert_eq!(err.variable, name);
@@ -56,6 +59,7 @@ fn malformed_values_name_the_variable() {
         ("EVENT_INTERVAL_SECS", "inf"),
         ("POLL_TIMEOUT_SECS", ""),
         ("MAX_EVENTS", "-3"),
+        ("CAMERA_TOKEN", ""),
     ] {
         let err = CameraConfig::from_lookup(lookup_from(&[(name, value)])).unwrap_err();
         assert_eq!(err.variable, name);

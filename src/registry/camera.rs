@@ -2,7 +2,7 @@
 //! batch, its polls and the answers it gave. Everything here is read and changed under the
 //! camera's own lock; deciding what happens to a call (the races) is the registry's.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,8 +10,11 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use super::Reply;
+
+/// At most one warning per camera id this often about polls from two addresses at once.
+const SHARED_ID_WARNING_EVERY: Duration = Duration::from_secs(60);
 use crate::error::ApiError;
-use crate::log::log_info;
+use crate::log::{log_info, log_warn};
 use crate::protocol::{Command, TimeRange};
 
 pub(super) struct Waiter {
@@ -39,6 +42,9 @@ pub(super) struct CameraState {
     pub(super) last_seen: Option<SystemTime>,
     pub(super) reported_offline: bool,
     pub(super) answered: VecDeque<String>,
+    /// Open polls by client address (only known addresses).
+    pub(super) poll_sources: HashMap<String, usize>,
+    pub(super) shared_id_warned: Option<Instant>,
 }
 
 pub(super) struct Camera {
@@ -83,6 +89,30 @@ impl Camera {
 }
 
 impl CameraState {
+    /// Counts a poll from `source` as open, and warns (rate-limited) when another address has
+    /// one open too.
+    fn note_poll_source(&mut self, camera_id: &str, source: &str) {
+        let other = self
+            .poll_sources
+            .iter()
+            .find(|(address, open)| **open > 0 && address.as_str() != source)
+            .map(|(address, _)| address.clone());
+        *self.poll_sources.entry(source.to_string()).or_insert(0) += 1;
+        let Some(other) = other else {
+            return;
+        };
+        let due = self
+            .shared_id_warned
+            .is_none_or(|at| at.elapsed() >= SHARED_ID_WARNING_EVERY);
+        if due {
+            self.shared_id_warned = Some(Instant::now());
+            log_warn!(
+                "camera '{camera_id}' is polling from two addresses at once ({other} and {source}): two cameras may share this id, and each would answer the other's commands; give each camera its own CAMERA_ID (next warning for this id in {} s at the earliest)",
+                SHARED_ID_WARNING_EVERY.as_secs()
+            );
+        }
+    }
+
     pub(super) fn online(&self, now: Instant, grace: Duration) -> bool {
         self.open_polls > 0
             || self
@@ -136,24 +166,34 @@ impl Drop for Counted<'_> {
 /// Counts a poll as open for as long as it lives, even if its handler unwinds.
 pub(super) struct OpenPoll<'a> {
     camera: &'a Camera,
+    source: &'a str,
 }
 
 impl<'a> OpenPoll<'a> {
-    pub(super) fn start(camera: &'a Camera) -> OpenPoll<'a> {
+    pub(super) fn start(camera: &'a Camera, source: &'a str) -> OpenPoll<'a> {
         let mut state = camera.state.lock();
+        if !source.is_empty() {
+            state.note_poll_source(&camera.id, source);
+        }
         state.open_polls += 1;
         state.last_seen = Some(SystemTime::now());
         if state.reported_offline {
             state.reported_offline = false;
             log_info!("camera '{}' is back online", camera.id);
         }
-        OpenPoll { camera }
+        OpenPoll { camera, source }
     }
 }
 
 impl Drop for OpenPoll<'_> {
     fn drop(&mut self) {
         let mut state = self.camera.state.lock();
+        if let Some(open) = state.poll_sources.get_mut(self.source) {
+            *open -= 1;
+            if *open == 0 {
+                state.poll_sources.remove(self.source);
+            }
+        }
         state.open_polls = state.open_polls.saturating_sub(1);
         state.last_poll_end = Some(Instant::now());
         state.last_seen = Some(SystemTime::now());

@@ -1,0 +1,216 @@
+//! What an operator sees of the built binaries and the scripts: start-up lines that say whether
+//! each token is on, an empty token refused (exit 2, naming it), a taken port and an
+//! unresolvable HOST named, the warning when two cameras share an id (once, not per poll), and
+//! curl_parallel.sh firing its burst and counting the round trips it cost.
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn exit_of(envs: &[(&str, &str)], program: &str) -> (Option<i32>, String) {
+    let output = Command::new(program)
+        .env_clear()
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run the binary");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn start_up_says_which_tokens_are_on() {
+    let open = start_api(&[]);
+    let lines = open.proc.stderr_text();
+    assert!(lines.contains("authentication: API_TOKEN off"), "{lines}");
+    assert!(
+        lines.contains("authentication: CAMERA_TOKEN/CAMERA_TOKENS_FILE off"),
+        "{lines}"
+    );
+
+    let guarded = start_api(&[
+        ("API_TOKEN", "user-secret".to_string()),
+        ("CAMERA_TOKEN", "camera-secret".to_string()),
+        // Shown at warn too: which endpoints are open is not a detail.
+        ("LOG_LEVEL", "warn".to_string()),
+    ]);
+    let lines = guarded.proc.stderr_text();
+    assert!(lines.contains("authentication: API_TOKEN on"), "{lines}");
+    assert!(lines.contains("authentication: CAMERA_TOKEN on"), "{lines}");
+    assert!(
+        !lines.contains("user-secret") && !lines.contains("camera-secret"),
+        "tokens are never printed: {lines}"
+    );
+}
+
+#[test]
+fn an_empty_token_is_a_configuration_error_naming_it() {
+    for (program, variable) in [
+        (env!("CARGO_BIN_EXE_api"), "API_TOKEN"),
+        (env!("CARGO_BIN_EXE_api"), "CAMERA_TOKEN"),
+        (env!("CARGO_BIN_EXE_api"), "CAMERA_TOKENS_FILE"),
+        (env!("CARGO_BIN_EXE_camera"), "CAMERA_TOKEN"),
+    ] {
+        let (code, stderr) = exit_of(&[(variable, "")], program);
+        assert_eq!(code, Some(2), "{program} {variable}=: {stderr}");
+        assert!(stderr.contains(&format!("{variable}=\"\"")), "{stderr}");
+    }
+}
+
+#[test]
+fn a_taken_port_and_an_unresolvable_host_are_named() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let port = taken.local_addr().unwrap().port();
+    let stderr = match try_start_api(port, &[]) {
+        Ok(_) => panic!("the api started on a port in use"),
+        Err(stderr) => stderr,
+    };
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("PORT"), "says what to change: {stderr}");
+
+    let stderr = match try_start_api(0, &[("HOST", "no-such-host.invalid".to_string())]) {
+        Ok(_) => panic!("the api started on an unresolvable HOST"),
+        Err(stderr) => stderr,
+    };
+    assert!(
+        stderr.contains("HOST=\"no-such-host.invalid\" does not resolve"),
+        "{stderr}"
+    );
+}
+
+/// Polls `camera` in a loop as a client at `address` (the edge's X-Real-IP), until `stop`.
+fn poll_as(
+    url: &str,
+    camera: &str,
+    address: &str,
+    stop: &Arc<AtomicBool>,
+) -> thread::JoinHandle<()> {
+    let (url, address, stop) = (
+        format!("{url}/poll_for_command?cameraId={camera}"),
+        address.to_string(),
+        Arc::clone(stop),
+    );
+    thread::spawn(move || {
+        let agent = agent(Duration::from_secs(30));
+        while !stop.load(Ordering::SeqCst) {
+            let _ = agent.get(&url).header("X-Real-IP", &address).call();
+        }
+    })
+}
+
+#[test]
+fn two_cameras_sharing_an_id_are_reported_once() {
+    let api = start_api(&[("POLL_HOLD_SECS", "0.5".to_string())]);
+    let warnings = |api: &ApiProc| {
+        api.proc
+            .stderr_lines()
+            .into_iter()
+            .filter(|l| l.contains("polling from two addresses at once"))
+            .collect::<Vec<_>>()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
+
+    // Two polls at once from one address (a camera retrying) are no warning.
+    let same = [
+        poll_as(&api.url, "solo", "192.0.2.10", &stop),
+        poll_as(&api.url, "solo", "192.0.2.10", &stop),
+    ];
+    // Two addresses at once, for several holds in a row: one warning, naming both.
+    let twins = [
+        poll_as(&api.url, "twin", "192.0.2.1", &stop),
+        poll_as(&api.url, "twin", "192.0.2.2", &stop),
+    ];
+    let line = wait_for("the shared-id warning", PATIENCE, || {
+        warnings(&api)
+            .first()
+            .cloned()
+            .ok_or("none yet".to_string())
+    });
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("camera 'twin'"), "{line}");
+    assert!(
+        line.contains("192.0.2.1") && line.contains("192.0.2.2"),
+        "{line}"
+    );
+    // Several more overlapping holds: still one line (rate-limited per id).
+    let until = Instant::now() + Duration::from_secs(3);
+    wait_until("several more holds", PATIENCE, || Instant::now() >= until);
+    stop.store(true, Ordering::SeqCst);
+    for poller in same.into_iter().chain(twins) {
+        poller.join().unwrap();
+    }
+    let all = warnings(&api);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(!all[0].contains("'solo'"));
+}
+
+#[test]
+fn curl_parallel_fires_one_burst_and_counts_its_round_trips() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        println!("skipped: curl is not installed");
+        return;
+    }
+    let token = "burst-token";
+    let api = start_api(&[("API_TOKEN", token.to_string())]);
+    let _camera = start_camera_bin(&api.url, &[("CAMERA_ID", "front".to_string())]);
+    let agent = agent(Duration::from_secs(10));
+    let url = format!("{}/logs?cameraId=front&timeout=20", api.url);
+    wait_until("the camera answers", PATIENCE, || {
+        get_with(&agent, &url, Some(token)).status == 200
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/curl_parallel.sh");
+
+    let output = Command::new("bash")
+        .args([script, "10", &url])
+        .env("API_TOKEN", token)
+        .output()
+        .expect("run curl_parallel.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for i in 1..=10 {
+        let prefix = format!("#{i:<4} HTTP 200 in ");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.contains("\"cameraId\":\"front\"")),
+            "call {i}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("10 of 10 succeeded"), "{stdout}");
+    let trips: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("camera round trips for the burst: "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no round-trip count: {stdout}"));
+    assert!((1..=10).contains(&trips), "{stdout}");
+
+    // Without the token: every call fails, the exit status says so, and the count is unknown.
+    let output = Command::new("bash")
+        .args([script, "3", &url])
+        .env_remove("API_TOKEN")
+        .output()
+        .expect("run curl_parallel.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert_eq!(stdout.matches(" HTTP 401 in ").count(), 3, "{stdout}");
+    assert!(stdout.contains("0 of 3 succeeded"), "{stdout}");
+    assert!(
+        stdout.contains("round trips for the burst: unknown"),
+        "{stdout}"
+    );
+}
