@@ -12,13 +12,14 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::common::{openssl, TempDir};
 use camera_logs::{CAMERA_SETTINGS, SERVER_SETTINGS};
 use crossbeam_channel::{unbounded, Receiver};
 
@@ -163,44 +164,6 @@ fn a_server_that_does_not_speak_tls_is_named_and_retried_with_backoff() {
         "one line per failure streak, got more: {later:#?}"
     );
     camera.assert_running();
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("camera-logs-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a temporary directory");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs `openssl` with the space-separated `args` in `dir`; false when the command is missing
-/// (the test is then skipped).
-fn openssl(dir: &Path, args: &str) -> bool {
-    match Command::new("openssl")
-        .args(args.split_whitespace())
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(status) => {
-            assert!(status.success(), "openssl {args} failed: {status}");
-            true
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => panic!("cannot run openssl: {e}"),
-    }
 }
 
 #[test]

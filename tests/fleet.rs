@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -413,25 +412,6 @@ fn a_fleet_routes_by_camera_and_survives_losing_an_instance() {
 // ---------------------------------------------------------------------------------------------
 // TLS end to end
 // ---------------------------------------------------------------------------------------------
-
-/// Runs `openssl` with the space-separated `args` in `dir`; false when the command is missing.
-fn openssl(dir: &Path, args: &str) -> bool {
-    match Command::new("openssl")
-        .args(args.split_whitespace())
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(status) => {
-            assert!(status.success(), "openssl {args} failed: {status}");
-            true
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => panic!("cannot run openssl: {e}"),
-    }
-}
 
 /// A throwaway CA (`ca.pem`) and an edge certificate it signed for `localhost` and 127.0.0.1
 /// (`edge.pem`, `edge.key`); false when there is no `openssl` command.

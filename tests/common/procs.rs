@@ -298,3 +298,23 @@ pub fn open_connections(port: u16) -> usize {
     }
     total
 }
+
+/// Runs `openssl` with the space-separated `args` in `dir`; false when the command is missing
+/// (the test is then skipped).
+pub fn openssl(dir: &std::path::Path, args: &str) -> bool {
+    match Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(status) => {
+            assert!(status.success(), "openssl {args} failed: {status}");
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => panic!("cannot run openssl: {e}"),
+    }
+}
