@@ -32,6 +32,8 @@ const CAMERAS: usize = 30;
 const POLL_HOLD_SECS: u64 = 3;
 /// The in-process cameras' backoff cap (`common::camera_config`).
 const CAMERA_BACKOFF: Duration = Duration::from_secs(1);
+/// Room above one backoff for a loaded machine (two shared cores running the whole suite).
+const RECOVERY_SLACK: Duration = Duration::from_secs(10);
 /// Those of deploy/fleet/upstreams.conf and deploy/fleet.sh (README, "Running a fleet").
 const SERVER_PARAMS: &str = "max_fails=0";
 /// Concurrent users calling `/logs` through nginx during the whole test.
@@ -393,8 +395,12 @@ fn a_fleet_routes_by_camera_and_survives_losing_an_instance() {
         late_failures.len(),
         describe(&failed_moving_back, restarted)
     );
+    // The time printed above is the measurement (0.1 to 0.7 s on a quiet machine: nginx re-sends
+    // the held polls at once). It includes the simulated users' own pace, which stretches under
+    // load, so the bound only separates "recovered by re-polling" (a backoff plus slack) from
+    // the failure it guards against: cameras stuck until their 60 s client poll timeout.
     assert!(
-        slowest <= CAMERA_BACKOFF + Duration::from_secs(2),
+        slowest <= CAMERA_BACKOFF + RECOVERY_SLACK,
         "the killed instance's cameras took {slowest:?} to answer again"
     );
     assert!(
