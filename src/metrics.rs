@@ -3,8 +3,9 @@
 //!
 //! Owns the counters (requests by route and status, rejections by reason, the `/logs` latency
 //! histogram, camera round trips and re-sends) as plain atomics, so recording is lock-free on
-//! every request; the registry records round trips and re-sends, the routes the rest. Gauges (cameras, polls, waiting calls, threads, connections) are
-//! not stored here: they are read from their owners at scrape time, so they cannot drift.
+//! every request; the registry records round trips and re-sends, the routes the rest. Gauges
+//! (cameras, polls, waiting calls, threads, connections) are not stored here: they are read
+//! from their owners at scrape time, so they cannot drift.
 //! It must not decide anything: no status, no routing, no limits; it only counts and renders.
 
 use std::fmt::Write as _;
