@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 use tiny_http::Request;
 
@@ -129,7 +129,6 @@ impl Connections {
 }
 
 struct Pool {
-    requests: Receiver<tiny_http::Request>,
     connections: Connections,
     app: Context,
     stats: Arc<PoolStats>,
@@ -232,7 +231,6 @@ impl ApiServer {
     /// Binds `HOST:PORT` and starts serving on background threads.
     pub fn start(config: ServerConfig) -> std::io::Result<ApiServer> {
         crate::front_door::quiet_tiny_http_panics();
-        let (requests_tx, requests) = unbounded();
         let registry = Arc::new(Registry::new(RegistryConfig {
             poll_hold: config.poll_hold,
             ack_timeout: config.ack_timeout,
@@ -251,7 +249,6 @@ impl ApiServer {
                 max_connections: config.max_connections,
                 callers_waiting: Arc::new(move || probe_registry.callers_waiting() > 0),
             },
-            requests_tx,
         )?;
         let addr = front_door.local_addr();
         let ticker = registry.spawn_ticker()?;
@@ -269,7 +266,6 @@ impl ApiServer {
         };
         let (workers_done_tx, workers_done) = bounded(0);
         let pool = Arc::new(Pool {
-            requests,
             connections: Connections::default(),
             app,
             stats,
@@ -388,10 +384,10 @@ fn worker(pool: Arc<Pool>) {
             break;
         }
         stats.idle.fetch_add(1, Ordering::SeqCst);
-        let received = pool.requests.recv_timeout(WAKE_EVERY);
+        let received = pool.front_door.recv(WAKE_EVERY);
         let idle = stats.idle.fetch_sub(1, Ordering::SeqCst) - 1;
         match received {
-            Ok(request) => {
+            Some(request) => {
                 pool.surplus.lock().note(idle, Instant::now(), interval);
                 // Keep one thread free for the next request, since this one may block for long.
                 if idle == 0 && stats.threads.load(Ordering::SeqCst) < pool.max_workers {
@@ -406,12 +402,10 @@ fn worker(pool: Arc<Pool>) {
                     next = pool.connections.finished(peer, stats);
                 }
             }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+            None => {
                 // Counts this thread too: in a quiet pool every sample comes from here.
                 pool.surplus.lock().note(idle + 1, Instant::now(), interval);
             }
-            // Every pump has gone: the server is stopping.
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
         // Checked after a request too, not only on a timeout: while requests keep coming, an
         // idle thread may never wait a whole WAKE_EVERY.
