@@ -206,8 +206,12 @@ impl FrontDoor {
     pub fn recv(&self, timeout: Duration) -> Option<tiny_http::Request> {
         let servers = Arc::clone(&self.servers.lock());
         let Some((current, older)) = servers.split_last() else {
-            // No server (closed, or a restart pending): wait as a receive would have.
-            let _ = self.stop_rx.recv_timeout(timeout);
+            // No server (closed, or a restart pending): wait as a receive would have. Once closed
+            // the stop channel no longer waits, so sleep instead of spinning until the pool
+            // notices that it is stopping.
+            if let Err(RecvTimeoutError::Disconnected) = self.stop_rx.recv_timeout(timeout) {
+                std::thread::sleep(timeout.min(OLDER_SERVERS_EVERY));
+            }
             return None;
         };
         for server in older {
