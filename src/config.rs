@@ -76,7 +76,7 @@ pub const SERVER_SETTINGS: &[Setting] = &[
     Setting {
         name: "WORKER_IDLE_SECS",
         default: "30",
-        help: "a handler thread beyond the minimum that has been idle this long exits",
+        help: "handler threads beyond the minimum that were all left idle, together, for this long exit (also while requests keep coming)",
     },
     Setting {
         name: "CAMERA_FORGET_SECS",

@@ -1,5 +1,6 @@
 //! The front door: the listening socket, the tiny_http servers accepting on it, and a
-//! supervisor that keeps them accepting. Requests come out of one crossbeam channel.
+//! supervisor that keeps them accepting. Handler threads take requests straight from the
+//! current tiny_http server ([`FrontDoor::recv`]): no thread of our own sits in between.
 //!
 //! tiny_http 0.12 leaves four gaps that this module closes without touching its code:
 //! - No timeouts. SO_RCVTIMEO and SO_SNDTIMEO (and TCP_NODELAY) are set on the listening socket; Linux copies
@@ -9,10 +10,12 @@
 //!   supervisor's loopback nudge every 100 ms keeps that from happening, and a restart covers
 //!   it when the machine is too busy for the nudge.
 //! - Its accept loop ends for good on any `accept()` error (EMFILE, a timeout), and silently if
-//!   it cannot spawn a connection thread (it panics). Every tiny_http server is drained by a
-//!   pump thread; when one reports that its accept loop ended, or three `/health` probes in a
-//!   row go unanswered, the supervisor starts a fresh tiny_http server on a duplicate of the
-//!   same listening socket (at most four side by side; extra ones are harmless).
+//!   it cannot spawn a connection thread (it panics). When a server reports (to the handler
+//!   that receives from it) that its accept loop ended, or three `/health` probes in a row go
+//!   unanswered, the supervisor starts a fresh tiny_http server on a duplicate of the same
+//!   listening socket (at most four side by side; extra ones are harmless) and makes it the
+//!   current one. Handlers receive from the current server and, while there are older ones,
+//!   look at those too; an older server whose accept loop ended is dropped once quiet.
 //! - No connection limit. The supervisor counts this port's connections (from /proc/net/tcp,
 //!   only when the thread count says the limit could be near) and, at `max_connections`, stops
 //!   listening (`shutdown(SHUT_RD)` on the listening socket: new connects are refused) while
@@ -44,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
+use std::sync::atomic::AtomicU64;
 
 use crate::log::{log_error, log_info, log_warn};
 
@@ -63,6 +67,10 @@ const COUNT_EVERY: Duration = Duration::from_millis(500);
 const RESUME_PERCENT: usize = 90;
 /// Longest wait between attempts to restart a failed accept loop.
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// While more than one server is live, a handler waits on the current one at most this long
+/// before it looks at the older ones again (a rare state: after an accept loop was replaced).
+const OLDER_SERVERS_EVERY: Duration = Duration::from_millis(10);
 
 /// Tells the front door whether calls are waiting on something a connection may bring.
 pub type WaitingProbe = Arc<dyn Fn() -> bool + Send + Sync>;
@@ -94,11 +102,24 @@ pub struct FrontDoorStats {
     pub held_after_client_left: usize,
 }
 
+/// One tiny_http server accepting on a duplicate of the listening socket.
+struct AcceptLoop {
+    http: tiny_http::Server,
+    /// Cleared when its accept loop reported that it ended; its open connections may still
+    /// bring requests for up to a read timeout.
+    accepting: AtomicBool,
+    /// When it last delivered a request, in milliseconds since the front door opened.
+    last_request_ms: AtomicU64,
+}
+
 /// The listening socket and everything accepting on it.
 pub struct FrontDoor {
     config: FrontDoorConfig,
     addr: SocketAddr,
-    requests: Sender<tiny_http::Request>,
+    opened: Instant,
+    /// The live tiny_http servers, the current one last. Replaced whole (copy on write) so a
+    /// handler holds the lock only to clone an `Arc`, never while it waits.
+    servers: Mutex<Arc<Vec<Arc<AcceptLoop>>>>,
     /// The current listening socket; tiny_http servers accept on duplicates of it.
     listener: Mutex<TcpListener>,
     stopping: AtomicBool,
@@ -114,20 +135,17 @@ pub struct FrontDoor {
 }
 
 impl FrontDoor {
-    /// Binds `host:port`, starts accepting, and hands every request to `requests`.
-    pub fn open(
-        host: &str,
-        port: u16,
-        config: FrontDoorConfig,
-        requests: Sender<tiny_http::Request>,
-    ) -> std::io::Result<Arc<FrontDoor>> {
+    /// Binds `host:port` and starts accepting; handler threads take the requests with
+    /// [`FrontDoor::recv`].
+    pub fn open(host: &str, port: u16, config: FrontDoorConfig) -> std::io::Result<Arc<FrontDoor>> {
         let listener = bind(host, port)?;
         configure_accepted_sockets(&listener, config.header_timeout)?;
         let (stop_tx, stop_rx) = bounded(0);
         let door = Arc::new(FrontDoor {
             config,
             addr: listener.local_addr()?,
-            requests,
+            opened: Instant::now(),
+            servers: Mutex::new(Arc::new(Vec::new())),
             listener: Mutex::new(listener),
             stopping: AtomicBool::new(false),
             stop_tx: Mutex::new(Some(stop_tx)),
@@ -170,8 +188,9 @@ impl FrontDoor {
         }
     }
 
-    /// Stops listening (the port refuses connections at once) and ends the supervisor and the
-    /// pumps; connections already open end as their requests finish.
+    /// Stops listening (the port refuses connections at once), ends the supervisor and drops
+    /// the tiny_http servers once no handler holds them; connections already open end as their
+    /// requests finish.
     pub fn close(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.stop_tx.lock().take();
@@ -179,64 +198,103 @@ impl FrontDoor {
         if let Some(supervisor) = self.supervisor.lock().take() {
             let _ = supervisor.join();
         }
+        *self.servers.lock() = Arc::new(Vec::new());
     }
 
-    /// Starts one more tiny_http server on a duplicate of the listening socket, with a pump
-    /// thread that forwards its requests.
+    /// The next request, or `None` after about `timeout` without one (or once closed). Called by
+    /// every handler thread at once: tiny_http's queue hands each request to one of them.
+    pub fn recv(&self, timeout: Duration) -> Option<tiny_http::Request> {
+        let servers = Arc::clone(&self.servers.lock());
+        let Some((current, older)) = servers.split_last() else {
+            // No server (closed, or a restart pending): wait as a receive would have. Once closed
+            // the stop channel no longer waits, so sleep instead of spinning until the pool
+            // notices that it is stopping.
+            if let Err(RecvTimeoutError::Disconnected) = self.stop_rx.recv_timeout(timeout) {
+                std::thread::sleep(timeout.min(OLDER_SERVERS_EVERY));
+            }
+            return None;
+        };
+        for server in older {
+            if let Some(request) = self.take(server, server.http.try_recv()) {
+                return Some(request);
+            }
+        }
+        let wait = if older.is_empty() {
+            timeout
+        } else {
+            timeout.min(OLDER_SERVERS_EVERY)
+        };
+        self.take(current, current.http.recv_timeout(wait))
+    }
+
+    /// What one server's receive gave: a request, nothing, or the news that its accept loop
+    /// ended (tiny_http reports that once, to whichever receiver is waiting).
+    fn take(
+        &self,
+        server: &AcceptLoop,
+        received: std::io::Result<Option<tiny_http::Request>>,
+    ) -> Option<tiny_http::Request> {
+        match received {
+            Ok(Some(request)) => {
+                server
+                    .last_request_ms
+                    .store(self.millis_since_open(), Ordering::Relaxed);
+                Some(request)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                if server.accepting.swap(false, Ordering::SeqCst) {
+                    self.accept_loops.fetch_sub(1, Ordering::SeqCst);
+                    if !self.stopping.load(Ordering::SeqCst)
+                        && self.accepting.load(Ordering::SeqCst)
+                    {
+                        log_warn!("an accept loop ended ({e}); the supervisor starts another");
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn millis_since_open(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Drops servers whose accept loop ended and whose connections have been quiet for twice
+    /// the read timeout (by then none can deliver a request any more).
+    fn drop_drained_servers(&self) {
+        let quiet_ms =
+            u64::try_from((self.config.header_timeout * 2).as_millis()).unwrap_or(u64::MAX);
+        let now = self.millis_since_open();
+        let mut servers = self.servers.lock();
+        let drained = |s: &Arc<AcceptLoop>| {
+            !s.accepting.load(Ordering::SeqCst)
+                && now.saturating_sub(s.last_request_ms.load(Ordering::Relaxed)) > quiet_ms
+        };
+        if servers.iter().any(drained) {
+            let kept: Vec<Arc<AcceptLoop>> =
+                servers.iter().filter(|s| !drained(s)).cloned().collect();
+            *servers = Arc::new(kept);
+        }
+    }
+
+    /// Starts one more tiny_http server on a duplicate of the listening socket and makes it the
+    /// current one.
     fn start_accept_loop(self: &Arc<Self>) -> std::io::Result<()> {
         let listener = self.listener.lock().try_clone()?;
         let http = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.accept_loops.fetch_add(1, Ordering::SeqCst);
-        let door = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name("http-pump".into())
-            .stack_size(128 * 1024)
-            .spawn(move || door.pump(http));
-        if let Err(e) = spawned {
-            self.accept_loops.fetch_sub(1, Ordering::SeqCst);
-            return Err(e);
-        }
+        let server = Arc::new(AcceptLoop {
+            http,
+            accepting: AtomicBool::new(true),
+            last_request_ms: AtomicU64::new(self.millis_since_open()),
+        });
+        let mut servers = self.servers.lock();
+        let mut next: Vec<Arc<AcceptLoop>> = servers.iter().cloned().collect();
+        next.push(server);
+        *servers = Arc::new(next);
         Ok(())
-    }
-
-    /// Forwards one tiny_http server's requests. When its accept loop ends, its connections may
-    /// still deliver requests for up to a read timeout, so the pump drains until it has been
-    /// quiet for twice that, then drops the server.
-    fn pump(&self, http: tiny_http::Server) {
-        let mut accept_loop_alive = true;
-        let mut last_request = Instant::now();
-        let quiet_enough = self.config.header_timeout * 2;
-        loop {
-            match http.recv_timeout(Duration::from_millis(250)) {
-                Ok(Some(request)) => {
-                    last_request = Instant::now();
-                    if self.requests.send(request).is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => {
-                    let drained = !accept_loop_alive && last_request.elapsed() > quiet_enough;
-                    if drained || self.stopping.load(Ordering::SeqCst) {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    if accept_loop_alive {
-                        accept_loop_alive = false;
-                        self.accept_loops.fetch_sub(1, Ordering::SeqCst);
-                        if !self.stopping.load(Ordering::SeqCst)
-                            && self.accepting.load(Ordering::SeqCst)
-                        {
-                            log_warn!("an accept loop ended ({e}); the supervisor starts another");
-                        }
-                    }
-                }
-            }
-        }
-        if accept_loop_alive {
-            self.accept_loops.fetch_sub(1, Ordering::SeqCst);
-        }
     }
 
     fn supervise(self: Arc<Self>) {
@@ -260,6 +318,7 @@ impl FrontDoor {
             if Instant::now() >= next_count {
                 next_count = Instant::now() + COUNT_EVERY;
                 self.enforce_connection_limit();
+                self.drop_drained_servers();
             }
             let loops = self.accept_loops.load(Ordering::SeqCst);
             // No accept loop at all, or one that stopped answering without saying so (tiny_http

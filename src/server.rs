@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 use tiny_http::Request;
 
@@ -129,7 +129,6 @@ impl Connections {
 }
 
 struct Pool {
-    requests: Receiver<tiny_http::Request>,
     connections: Connections,
     app: Context,
     stats: Arc<PoolStats>,
@@ -143,6 +142,56 @@ struct Pool {
     workers_alive: Mutex<Option<Sender<()>>>,
     /// Disconnects once the sender above and every worker's clone are gone.
     workers_done: Receiver<()>,
+    surplus: Mutex<Surplus>,
+}
+
+/// Which handler threads the pool can do without. Idle threads take the next request in turn,
+/// so while cameras keep polling every idle thread is woken now and then and none stays idle
+/// for a whole `worker_idle_exit`: a per-thread idle clock would keep a burst's threads for
+/// ever. What the pool watches instead is the fewest threads left idle at any moment: if, over
+/// a whole `worker_idle_exit`, there were always `k` idle threads besides the one kept free for
+/// the next request, those `k` were never needed, and `k` threads retire (whichever time out
+/// first; which ones does not matter).
+struct Surplus {
+    /// The current half of the watched interval began here.
+    since: Instant,
+    /// Fewest idle threads seen in the current half, and in the half before it.
+    fewest_now: usize,
+    fewest_before: usize,
+    /// Threads still to retire, decided at the end of the last half.
+    to_retire: usize,
+}
+
+impl Surplus {
+    fn new(now: Instant) -> Surplus {
+        Surplus {
+            since: now,
+            fewest_now: 0,
+            fewest_before: 0,
+            to_retire: 0,
+        }
+    }
+
+    /// Notes `idle` threads idle now (sampled whenever a request takes one); at the end of each
+    /// half of `interval`, decides how many threads retire.
+    fn note(&mut self, idle: usize, now: Instant, interval: Duration) {
+        self.fewest_now = self.fewest_now.min(idle);
+        if now.duration_since(self.since) >= interval / 2 {
+            let fewest = self.fewest_now.min(self.fewest_before);
+            // One idle thread stays: the spawn rule would start it again at the next request.
+            self.to_retire = fewest.saturating_sub(1);
+            self.fewest_before = self.fewest_now;
+            self.fewest_now = idle;
+            self.since = now;
+        }
+    }
+
+    /// Whether the caller, an idle thread, should retire now.
+    fn take_one(&mut self) -> bool {
+        let retire = self.to_retire > 0;
+        self.to_retire = self.to_retire.saturating_sub(1);
+        retire
+    }
 }
 
 /// The server's side of [`ServerView`]: what routes may see of the pool and the front door.
@@ -182,7 +231,6 @@ impl ApiServer {
     /// Binds `HOST:PORT` and starts serving on background threads.
     pub fn start(config: ServerConfig) -> std::io::Result<ApiServer> {
         crate::front_door::quiet_tiny_http_panics();
-        let (requests_tx, requests) = unbounded();
         let registry = Arc::new(Registry::new(RegistryConfig {
             poll_hold: config.poll_hold,
             ack_timeout: config.ack_timeout,
@@ -201,7 +249,6 @@ impl ApiServer {
                 max_connections: config.max_connections,
                 callers_waiting: Arc::new(move || probe_registry.callers_waiting() > 0),
             },
-            requests_tx,
         )?;
         let addr = front_door.local_addr();
         let ticker = registry.spawn_ticker()?;
@@ -219,7 +266,6 @@ impl ApiServer {
         };
         let (workers_done_tx, workers_done) = bounded(0);
         let pool = Arc::new(Pool {
-            requests,
             connections: Connections::default(),
             app,
             stats,
@@ -228,6 +274,7 @@ impl ApiServer {
             max_workers,
             workers_alive: Mutex::new(Some(workers_done_tx)),
             workers_done,
+            surplus: Mutex::new(Surplus::new(Instant::now())),
         });
         for _ in 0..MIN_WORKERS {
             spawn_worker(&pool)?;
@@ -331,21 +378,19 @@ fn spawn_worker(pool: &Arc<Pool>) -> std::io::Result<()> {
 
 fn worker(pool: Arc<Pool>) {
     let stats = &pool.stats;
-    let mut last_request = Instant::now();
+    let interval = pool.app.config.worker_idle_exit;
     loop {
         if pool.stopping.load(Ordering::SeqCst) {
             break;
         }
         stats.idle.fetch_add(1, Ordering::SeqCst);
-        let received = pool.requests.recv_timeout(WAKE_EVERY);
-        stats.idle.fetch_sub(1, Ordering::SeqCst);
+        let received = pool.front_door.recv(WAKE_EVERY);
+        let idle = stats.idle.fetch_sub(1, Ordering::SeqCst) - 1;
         match received {
-            Ok(request) => {
-                last_request = Instant::now();
+            Some(request) => {
+                pool.surplus.lock().note(idle, Instant::now(), interval);
                 // Keep one thread free for the next request, since this one may block for long.
-                if stats.idle.load(Ordering::SeqCst) == 0
-                    && stats.threads.load(Ordering::SeqCst) < pool.max_workers
-                {
+                if idle == 0 && stats.threads.load(Ordering::SeqCst) < pool.max_workers {
                     if let Err(e) = spawn_worker(&pool) {
                         log_error!("could not start a handler thread: {e}; serving with the threads there are");
                     }
@@ -357,20 +402,22 @@ fn worker(pool: Arc<Pool>) {
                     next = pool.connections.finished(peer, stats);
                 }
             }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                let retire = last_request.elapsed() > pool.app.config.worker_idle_exit
-                    && stats
-                        .threads
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                            (n > MIN_WORKERS).then(|| n - 1)
-                        })
-                        .is_ok();
-                if retire {
-                    return;
-                }
+            None => {
+                // Counts this thread too: in a quiet pool every sample comes from here.
+                pool.surplus.lock().note(idle + 1, Instant::now(), interval);
             }
-            // Every pump has gone: the server is stopping.
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+        // Checked after a request too, not only on a timeout: while requests keep coming, an
+        // idle thread may never wait a whole WAKE_EVERY.
+        let retire = pool.surplus.lock().take_one()
+            && stats
+                .threads
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n > MIN_WORKERS).then(|| n - 1)
+                })
+                .is_ok();
+        if retire {
+            return;
         }
     }
     stats.threads.fetch_sub(1, Ordering::SeqCst);

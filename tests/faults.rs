@@ -8,10 +8,11 @@
 //! another call's range; (4) 2,000 calls, some timing out against a camera that never answers,
 //! leave no waiters, commands, queued dispatches or threads behind; (5) a camera with
 //! `LOG_FILE`, SIGKILLed and restarted, still serves every event a user saw, also after a torn
-//! line was appended to its file, and reports the skipped line.
+//! line was appended to its file, and reports the skipped line; (6) after a burst, the handler
+//! pool shrinks back to what it was even while requests keep waking its idle threads.
 //!
-//! Tests 3 and 4 run an in-process server and are serialized by a lock, because test 4 measures
-//! this process's thread count; the others drive the built binaries.
+//! Tests 3, 4 and 6 run an in-process server and are serialized by a lock, because tests 4 and 6
+//! measure this process's threads; the others drive the built binaries.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -475,6 +476,96 @@ fn two_thousand_calls_leave_no_state_and_no_threads_behind() {
     drop(system); // answers the mute poller's held poll
     let taken = mute.join().unwrap();
     assert!(taken > 0, "the mute camera never received a command");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Steady cheap requests, as from cameras polling: each idle handler thread gets one now and then.
+fn steady_requests(url: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<usize> {
+    thread::spawn(move || {
+        let agent = agent(Duration::from_secs(10));
+        let mut answered = 0;
+        while !stop.load(Ordering::SeqCst) {
+            answered += usize::from(try_get(&agent, &format!("{url}/health"), None).is_some());
+            thread::sleep(Duration::from_millis(4));
+        }
+        answered
+    })
+}
+
+#[test]
+fn the_handler_pool_shrinks_after_a_burst_while_requests_keep_coming() {
+    let _serial = IN_PROCESS.lock();
+    let idle_exit = Duration::from_secs(1);
+    let system = TestServer::start(ServerConfig {
+        worker_idle_exit: idle_exit,
+        ..test_config()
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_all = StopOnDrop(Arc::clone(&stop));
+    let mute = mute_poller(system.url.clone(), Arc::clone(&stop));
+    system.wait_for_camera("mute");
+    // About 200 requests a second: with the old per-thread idle clock, each of the burst's
+    // threads was woken well within `idle_exit` and none ever retired.
+    let steady = steady_requests(system.url.clone(), Arc::clone(&stop));
+    let server = system.server();
+    let before = wait_for("a settled pool", PATIENCE, || {
+        let first = server.pool_stats().handler_threads;
+        thread::sleep(idle_exit * 2);
+        let second = server.pool_stats().handler_threads;
+        if first == second {
+            Ok(second)
+        } else {
+            Err(format!("{first} then {second} handler threads"))
+        }
+    });
+
+    // A burst: 40 calls held at once (the mute camera never answers), so 40 more threads.
+    let burst: Vec<_> = (0..40)
+        .map(|_| spawn_logs(format!("{}/logs?cameraId=mute&timeout=1", system.url)))
+        .collect();
+    let peak = wait_for("the pool to grow for the burst", PATIENCE, || {
+        let now = server.pool_stats().handler_threads;
+        if now >= before + 30 {
+            Ok(now)
+        } else {
+            Err(format!("{now} handler threads, {before} before the burst"))
+        }
+    });
+    for call in burst {
+        let (resp, _) = call.join().unwrap();
+        resp.assert_json_error(&[504], "a call to the mute camera");
+    }
+    let burst_over = Instant::now();
+
+    // Surplus is judged over a whole `idle_exit` (two halves), so the pool is back within a few
+    // of them; PATIENCE only bounds a stalled machine.
+    let after = wait_for("the pool to shrink back", PATIENCE, || {
+        let now = server.pool_stats();
+        if now.handler_threads <= before + 2 {
+            Ok(now.handler_threads)
+        } else {
+            Err(format!(
+                "{now:?}; {before} handler threads before the burst, {peak} at its peak"
+            ))
+        }
+    });
+    let took = burst_over.elapsed();
+    drop(stop_all);
+    let answered = steady.join().unwrap();
+    drop(system); // answers the mute poller's held poll
+    assert!(
+        mute.join().unwrap() > 0,
+        "the mute camera never received a command"
+    );
+    assert!(
+        answered > 100,
+        "only {answered} steady requests were answered"
+    );
+    eprintln!(
+        "handler threads: {before} before, {peak} at the burst, {after} {took:?} after it, \
+         with {answered} steady requests in all"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -30,10 +30,20 @@ pub(crate) enum CallResult {
     Transport(String),
 }
 
+/// Bounded per phase, not with `timeout_global`: with any timeout that covers name resolution,
+/// ureq 3 resolves every request's host on a freshly spawned thread, pooled connection or not.
+/// At thousands of calls a second those spawns (and their stacks' mmap/munmap, with TLB
+/// shootdowns across both cores) were the biggest single cost of the tool, on the cores the
+/// server shares. The target is an IP literal here, which resolves without any lookup.
 pub(crate) fn client_agent() -> ureq::Agent {
+    let limit = Some(CLIENT_TIMEOUT);
     ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
-            .timeout_global(Some(CLIENT_TIMEOUT))
+            .timeout_connect(limit)
+            .timeout_send_request(limit)
+            .timeout_send_body(limit)
+            .timeout_recv_response(limit)
+            .timeout_recv_body(limit)
             .http_status_as_error(false)
             .max_idle_age(CLIENT_MAX_IDLE)
             .build(),

@@ -19,7 +19,7 @@ use crate::harness::{
     ServerLogCounts, SETTLE,
 };
 use crate::options::Options;
-use crate::server::SampledFigures;
+use crate::server::{cpu_secs, SampledFigures};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -66,6 +66,40 @@ struct ServerFigures {
     recent_problems: Vec<String>,
 }
 
+/// CPU seconds each side used while the clients called (user + system, from /proc), next to
+/// what the machine had: the tool and the server share the cores, so a tool near saturation
+/// means the figures above measure the tool as much as the server.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CpuSplit {
+    loadtest_secs: f64,
+    /// `None` with `--target`: the server is not this tool's child.
+    server_secs: Option<f64>,
+    wall_secs: f64,
+    cores: usize,
+}
+
+impl CpuSplit {
+    /// Reads both processes' CPU times now (the wall time is filled in by [`CpuSplit::since`]).
+    fn now(server: Option<u32>) -> Option<CpuSplit> {
+        Some(CpuSplit {
+            loadtest_secs: cpu_secs(std::process::id())?,
+            server_secs: server.and_then(cpu_secs),
+            wall_secs: 0.0,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        })
+    }
+
+    fn since(self, start: CpuSplit, wall: Duration) -> CpuSplit {
+        CpuSplit {
+            loadtest_secs: self.loadtest_secs - start.loadtest_secs,
+            server_secs: self.server_secs.zip(start.server_secs).map(|(b, a)| b - a),
+            wall_secs: wall.as_secs_f64(),
+            cores: self.cores,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct LoadSummary {
@@ -88,6 +122,8 @@ struct LoadSummary {
     latency_ms: Option<LatencyMs>,
     camera: FleetCounts,
     round_trips_per_call: Option<f64>,
+    /// While the clients called.
+    cpu: Option<CpuSplit>,
     server: Option<ServerFigures>,
     problems: Vec<String>,
     passed: bool,
@@ -106,7 +142,7 @@ pub(crate) fn run_load(options: &Options) -> Result<bool, String> {
     fleet.begin_stop();
     let logs = harness.stop_server();
     fleet.stop(CAMERA_STOP_GRACE);
-    let (tally, online_after, elapsed, with_cameras) = outcome?;
+    let (tally, online_after, elapsed, with_cameras, cpu) = outcome?;
     let figures = match (
         harness.started_pid,
         before,
@@ -131,11 +167,18 @@ pub(crate) fn run_load(options: &Options) -> Result<bool, String> {
         elapsed,
         figures,
     );
+    let summary = LoadSummary { cpu, ..summary };
     print_load_summary(&summary, options.json)?;
     Ok(summary.passed)
 }
 
-type LoadOutcome = (ClientTally, Duration, Duration, Option<SampledFigures>);
+type LoadOutcome = (
+    ClientTally,
+    Duration,
+    Duration,
+    Option<SampledFigures>,
+    Option<CpuSplit>,
+);
 
 /// Connects the cameras, waits for them, measures, then runs the clients for the duration.
 fn load_phase(
@@ -169,8 +212,13 @@ fn load_phase(
         events: options.events,
         deadline: started + options.duration,
     };
+    let cpu_before = CpuSplit::now(harness.started_pid);
     let tally = run_clients(&plan, options.clients)?;
-    Ok((tally, online_after, started.elapsed(), with_cameras))
+    let elapsed = started.elapsed();
+    let cpu = CpuSplit::now(harness.started_pid)
+        .zip(cpu_before)
+        .map(|(end, start)| end.since(start, elapsed));
+    Ok((tally, online_after, elapsed, with_cameras, cpu))
 }
 
 fn server_figures(
@@ -240,6 +288,7 @@ fn load_summary(
         latency_ms: latency_ms(&mut tally.latencies_us),
         round_trips_per_call: (answered > 0).then(|| camera.round_trips as f64 / answered as f64),
         camera,
+        cpu: None,
         server,
         problems,
         passed,
@@ -306,6 +355,9 @@ fn print_load_summary(summary: &LoadSummary, json: bool) -> Result<(), String> {
             ),
         ),
     ];
+    if let Some(cpu) = summary.cpu {
+        rows.push(("CPU s while calling", cpu_row(cpu)));
+    }
     if let Some(server) = &summary.server {
         rows.extend(server_rows(server));
     }
@@ -346,6 +398,21 @@ fn server_rows(server: &ServerFigures) -> Vec<(&'static str, String)> {
             format!("{} WARN, {} ERROR", server.warnings, server.errors),
         ),
     ]
+}
+
+fn cpu_row(cpu: CpuSplit) -> String {
+    let available = cpu.wall_secs * cpu.cores as f64;
+    let share = |secs: f64| 100.0 * secs / available.max(1e-9);
+    let server = cpu.server_secs.map_or("server -".to_string(), |secs| {
+        format!("server {secs:.1} ({:.0} %)", share(secs))
+    });
+    format!(
+        "loadtest {:.1} ({:.0} %), {server}, of {available:.1} ({} cores x {:.1} s)",
+        cpu.loadtest_secs,
+        share(cpu.loadtest_secs),
+        cpu.cores,
+        cpu.wall_secs
+    )
 }
 
 fn status_list(statuses: &BTreeMap<String, u64>) -> String {

@@ -226,6 +226,28 @@ fn read_proc_status(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// Linux's `USER_HZ`: /proc reports CPU times in these ticks, 100 a second on every
+/// architecture (the kernel converts from its own HZ), so no sysconf call is needed.
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU seconds (user + system, all threads) process `pid` has used so far, from /proc/PID/stat.
+pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_secs_of_stat(&text)
+}
+
+fn cpu_secs_of_stat(text: &str) -> Option<f64> {
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    // utime and stime are fields 14 and 15, so the 12th and 13th after the name.
+    let mut fields = text
+        .get(text.rfind(')')? + 1..)?
+        .split_whitespace()
+        .skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / TICKS_PER_SEC)
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct SampledFigures {
     pub(crate) latest: ProcSample,
@@ -325,6 +347,15 @@ mod tests {
         );
         assert!(sample.threads >= 1, "{sample:?}");
         assert!(read_proc_status(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn cpu_seconds_come_from_utime_and_stime() {
+        let stat = "4242 (api (x) y) S 1 2 3 4 5 6 7 8 9 10 250 75 0 0 20 0 9 0 100 0 0";
+        assert_eq!(cpu_secs_of_stat(stat), Some(3.25));
+        assert_eq!(cpu_secs_of_stat("4242 (api) S 1"), None);
+        #[cfg(target_os = "linux")]
+        assert!(cpu_secs(std::process::id()).is_some());
     }
 
     #[test]
