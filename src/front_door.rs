@@ -2,7 +2,7 @@
 //! supervisor that keeps them accepting. Handler threads take requests straight from the
 //! current tiny_http server ([`FrontDoor::recv`]): no thread of our own sits in between.
 //!
-//! tiny_http 0.12 leaves four gaps that this module closes without touching its code:
+//! tiny_http 0.12 leaves five gaps that this module closes without touching its code:
 //! - No timeouts. SO_RCVTIMEO and SO_SNDTIMEO (and TCP_NODELAY) are set on the listening socket; Linux copies
 //!   them to every accepted socket, so a connection that sends nothing for `header_timeout`
 //!   (idle, or stalled mid-request) is closed, and a client that stops reading cannot pin a
@@ -26,28 +26,27 @@
 //!   wait (the case where everyone may be waiting on the queued connection); otherwise every
 //!   `header_timeout / 2`, at most 4 s, since every wake restarts an idle pool thread's 5 s
 //!   retirement clock and frequent nudges would keep a burst's threads alive forever.
-//!
 //! - It panics in a connection thread when a client resets its connection before tiny_http
 //!   reads the peer address (client.rs: `remote_addr.as_ref().unwrap()`), one backtrace per
 //!   reset. [`quiet_tiny_http_panics`] counts those and logs one line a minute instead.
 //!
 //! What it cannot do: bound the time a client takes to send a whole request head. tiny_http reads
 //! the head itself, so a client that trickles one byte per read timeout keeps its connection;
-//! such connections count against `max_connections` like any other.
+//! such connections count against `max_connections` like any other, and the nginx edge
+//! (deploy/nginx.conf) bounds the whole head.
 //!
 //! This module knows nothing of routes; it must not answer requests itself.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
-use std::sync::atomic::AtomicU64;
 
 use crate::log::{log_error, log_info, log_warn};
 

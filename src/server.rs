@@ -213,7 +213,8 @@ impl ServerView for ServerStatus {
     }
 
     fn handler_threads(&self) -> usize {
-        self.pool.snapshot().handler_threads
+        // Not `snapshot()`: that also reads /proc/self/status, which a scrape does not need.
+        self.pool.threads.load(Ordering::Relaxed)
     }
 
     fn open_connections(&self) -> usize {
