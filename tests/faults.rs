@@ -524,14 +524,20 @@ fn the_handler_pool_shrinks_after_a_burst_while_requests_keep_coming() {
     let burst: Vec<_> = (0..40)
         .map(|_| spawn_logs(format!("{}/logs?cameraId=mute&timeout=1", system.url)))
         .collect();
-    let peak = wait_for("the pool to grow for the burst", PATIENCE, || {
-        let now = server.pool_stats().handler_threads;
-        if now >= before + 30 {
-            Ok(now)
-        } else {
-            Err(format!("{now} handler threads, {before} before the burst"))
-        }
-    });
+    // The peak is sampled for as long as the burst lasts: the pool grows as the calls arrive and
+    // starts shrinking as soon as they end, so a single reading after the fact could miss it.
+    let mut peak = 0;
+    let deadline = Instant::now() + PATIENCE;
+    while burst.iter().any(|call| !call.is_finished()) && Instant::now() < deadline {
+        peak = peak.max(server.pool_stats().handler_threads);
+        thread::sleep(POLL_EVERY);
+    }
+    // Some calls wait a moment for a thread while the pool grows, so not all 40 need one at once:
+    // peaks of 28 to 43 were seen over 30 runs; growth by 10 is enough to make the shrink count.
+    assert!(
+        peak >= before + 10,
+        "the burst did not grow the pool: {peak} handler threads at most, {before} before it"
+    );
     for call in burst {
         let (resp, _) = call.join().unwrap();
         resp.assert_json_error(&[504], "a call to the mute camera");
