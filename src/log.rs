@@ -39,11 +39,6 @@ pub fn set_level(level: Level) {
     LEVEL.store(level as u8, Ordering::Relaxed);
 }
 
-/// Turns all log output on (at info) or off; tests silence the pieces they drive.
-pub fn set_enabled(enabled: bool) {
-    set_level(if enabled { Level::Info } else { Level::Off });
-}
-
 /// Writes a line that matters at any level but `off` (where a server is listening), marked INFO.
 pub fn announce(args: fmt::Arguments<'_>) {
     if LEVEL.load(Ordering::Relaxed) != Level::Off as u8 {
@@ -99,10 +94,7 @@ pub fn epoch_secs(t: SystemTime) -> f64 {
 
 /// RFC 3339 UTC with milliseconds, computed by hand (civil-from-days, H. Hinnant's algorithm).
 pub fn utc_timestamp(t: SystemTime) -> String {
-    let millis = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let millis = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     let secs = (millis / 1000) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days + 719_468;

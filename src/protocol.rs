@@ -1,10 +1,79 @@
-//! The wire protocol shared by the API server, the camera and the load test: the JSON shapes
-//! on every endpoint and the inclusive time range that decides which events a caller sees.
+//! The wire protocol shared by the API server, the camera and the load test: the endpoints
+//! ([`Route`], one table), the JSON shapes on each, and the inclusive time range that decides
+//! which events a caller sees.
 //!
-//! This module is pure data: it does no I/O and holds no locks, so both sides of the wire
-//! (and the tests) can rely on exactly the same encoding and filtering rules.
+//! Pure data: no I/O, no locks, nothing of either side, so both ends of the wire (and the
+//! tests) rely on exactly the same paths, parameters, encoding and filtering rules.
 
 use serde::{Deserialize, Serialize};
+
+/// Every endpoint of the API server. [`Route::ALL`] is the one table of paths, methods and
+/// query parameters: the server routes by it (404, 405 with `Allow`, 400 for a parameter the
+/// endpoint does not take), labels its metrics by it, and the camera builds its URLs from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Page,
+    Contract,
+    Logs,
+    Cameras,
+    Health,
+    Stats,
+    Metrics,
+    Poll,
+    SendLogs,
+}
+
+/// The query parameter naming a camera, on every camera-scoped endpoint.
+pub const CAMERA_ID: &str = "cameraId";
+/// The query parameter naming a camera process (see [`Route::Poll`]).
+pub const INSTANCE_ID: &str = "instanceId";
+
+impl Route {
+    pub const ALL: [Route; 9] = [
+        Route::Page,
+        Route::Contract,
+        Route::Logs,
+        Route::Cameras,
+        Route::Health,
+        Route::Stats,
+        Route::Metrics,
+        Route::Poll,
+        Route::SendLogs,
+    ];
+
+    /// Path, method and the query parameters the endpoint accepts.
+    pub fn spec(self) -> (&'static str, &'static str, &'static [&'static str]) {
+        match self {
+            Route::Page => ("/", "GET", &[]),
+            Route::Contract => ("/openapi.yaml", "GET", &[]),
+            Route::Logs => {
+                ("/logs", "GET", &[CAMERA_ID, "startTimestamp", "endTimestamp", "timeout"])
+            }
+            Route::Cameras => ("/cameras", "GET", &["after", "limit", "scope"]),
+            Route::Health => ("/health", "GET", &[]),
+            Route::Stats => ("/stats", "GET", &[]),
+            Route::Metrics => ("/metrics", "GET", &[]),
+            Route::Poll => ("/poll_for_command", "GET", &[CAMERA_ID, INSTANCE_ID]),
+            Route::SendLogs => ("/send_logs", "POST", &[CAMERA_ID, INSTANCE_ID]),
+        }
+    }
+
+    pub fn path(self) -> &'static str {
+        self.spec().0
+    }
+
+    pub fn method(self) -> &'static str {
+        self.spec().1
+    }
+
+    pub fn params(self) -> &'static [&'static str] {
+        self.spec().2
+    }
+
+    pub fn from_path(path: &str) -> Option<Route> {
+        Route::ALL.into_iter().find(|route| route.path() == path)
+    }
+}
 
 /// One event in a camera's log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +130,9 @@ pub struct CameraInfo {
     pub last_seen: f64,
     #[serde(rename = "waitingRequests")]
     pub waiting_requests: usize,
+    /// In a fleet's view, the instance that holds the camera.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// The body of `GET /cameras`.
@@ -87,10 +159,7 @@ pub struct TimeRange {
 
 impl TimeRange {
     /// Everything, from the first event to the last.
-    pub const ALL: TimeRange = TimeRange {
-        start: None,
-        end: None,
-    };
+    pub const ALL: TimeRange = TimeRange { start: None, end: None };
 
     pub fn new(start: Option<f64>, end: Option<f64>) -> TimeRange {
         TimeRange { start, end }
@@ -143,9 +212,7 @@ pub const MAX_CAMERA_ID_LEN: usize = 64;
 pub fn valid_camera_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_CAMERA_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Sorts events ascending by timestamp; events with equal timestamps keep the camera's order.
@@ -158,10 +225,7 @@ mod tests {
     use super::*;
 
     fn entry(timestamp: f64) -> LogEntry {
-        LogEntry {
-            timestamp,
-            description: format!("event at {timestamp}"),
-        }
+        LogEntry { timestamp, description: format!("event at {timestamp}") }
     }
 
     #[test]
@@ -188,10 +252,8 @@ mod tests {
             TimeRange::new(Some(11.0), None),
         ];
         for range in ranges {
-            let expected: Vec<&LogEntry> = logs
-                .iter()
-                .filter(|e| range.contains(e.timestamp))
-                .collect();
+            let expected: Vec<&LogEntry> =
+                logs.iter().filter(|e| range.contains(e.timestamp)).collect();
             let got: Vec<&LogEntry> = logs[range.slice_of(&logs)].iter().collect();
             assert_eq!(got, expected, "range {range:?}");
         }
@@ -202,14 +264,8 @@ mod tests {
         let a = TimeRange::new(Some(5.0), Some(10.0));
         let b = TimeRange::new(Some(1.0), Some(7.0));
         assert_eq!(a.union(&b), TimeRange::new(Some(1.0), Some(10.0)));
-        assert_eq!(
-            a.union(&TimeRange::new(None, Some(3.0))),
-            TimeRange::new(None, Some(10.0))
-        );
-        assert_eq!(
-            a.union(&TimeRange::new(Some(6.0), None)),
-            TimeRange::new(Some(5.0), None)
-        );
+        assert_eq!(a.union(&TimeRange::new(None, Some(3.0))), TimeRange::new(None, Some(10.0)));
+        assert_eq!(a.union(&TimeRange::new(Some(6.0), None)), TimeRange::new(Some(5.0), None));
     }
 
     #[test]
@@ -236,10 +292,7 @@ mod tests {
 
     #[test]
     fn command_json_shape() {
-        assert_eq!(
-            serde_json::to_string(&Command::Noop).unwrap(),
-            r#"{"command":"noop"}"#
-        );
+        assert_eq!(serde_json::to_string(&Command::Noop).unwrap(), r#"{"command":"noop"}"#);
         let v: serde_json::Value = serde_json::to_value(Command::SendLogs {
             request_id: "abc".into(),
             start_timestamp: 1.5,
@@ -254,14 +307,8 @@ mod tests {
 
     #[test]
     fn sort_is_stable_for_equal_timestamps() {
-        let mut logs = vec![
-            entry(3.0),
-            entry(1.0),
-            LogEntry {
-                timestamp: 1.0,
-                description: "second".into(),
-            },
-        ];
+        let mut logs =
+            vec![entry(3.0), entry(1.0), LogEntry { timestamp: 1.0, description: "second".into() }];
         sort_by_timestamp(&mut logs);
         assert_eq!(logs[0].description, "event at 1");
         assert_eq!(logs[1].description, "second");

@@ -32,17 +32,10 @@ fn camera_endpoints_require_the_camera_token() {
     let poll = format!("{}/poll_for_command?cameraId=cam", system.url);
     let send = format!("{}/send_logs?cameraId=cam", system.url);
     let body = br#"{"logs":[]}"#;
-    for token in [
-        None,
-        Some("wrong"),
-        Some("camera-token-5b1"),
-        Some("camera-token-5b1dd"),
-        Some(""),
-    ] {
-        assert_unauthorized(
-            &get_with(&agent, &poll, token),
-            &format!("poll with {token:?}"),
-        );
+    for token in
+        [None, Some("wrong"), Some("camera-token-5b1"), Some("camera-token-5b1dd"), Some("")]
+    {
+        assert_unauthorized(&get_with(&agent, &poll, token), &format!("poll with {token:?}"));
         assert_unauthorized(
             &post_with(&agent, &send, body, token),
             &format!("send_logs with {token:?}"),
@@ -58,11 +51,7 @@ fn camera_endpoints_require_the_camera_token() {
         );
         assert_unauthorized(&resp, &format!("Authorization: {header}"));
     }
-    assert_eq!(
-        system.server().registry().stats().cameras,
-        0,
-        "a refused poll registered a camera"
-    );
+    assert_eq!(system.server().registry().stats().cameras, 0, "a refused poll registered a camera");
 
     // A camera with the wrong token is refused again and again and never becomes known.
     let impostor = start_camera(
@@ -74,28 +63,17 @@ fn camera_endpoints_require_the_camera_token() {
         &fixture(3),
     );
     wait_until("the impostor to be refused twice", PATIENCE, || {
-        impostor
-            .stats()
-            .failures
-            .load(std::sync::atomic::Ordering::SeqCst)
-            >= 2
+        impostor.stats().failures.load(std::sync::atomic::Ordering::SeqCst) >= 2
     });
     impostor.stop(Duration::from_secs(5));
-    let resp = get_with(
-        &agent,
-        &format!("{}/logs?cameraId=impostor&timeout=1", system.url),
-        None,
-    );
+    let resp = get_with(&agent, &format!("{}/logs?cameraId=impostor&timeout=1", system.url), None);
     resp.assert_json_error(&[404], "/logs for a camera that was refused");
 
     // The right token works end to end.
     let events = fixture(20);
     system.add_camera(
-        CameraConfig {
-            poll_timeout: Duration::from_secs(20),
-            ..camera_config(&system.url, "cam")
-        }
-        .with_token(TOKEN),
+        CameraConfig { poll_timeout: Duration::from_secs(20), ..camera_config(&system.url, "cam") }
+            .with_token(TOKEN),
         &events,
         None,
     );
@@ -128,11 +106,8 @@ fn user_endpoints_require_the_api_token_and_health_does_not() {
     });
     let events = fixture(20);
     system.add_camera(
-        CameraConfig {
-            poll_timeout: Duration::from_secs(20),
-            ..camera_config(&system.url, "cam")
-        }
-        .with_token(CAMERA),
+        CameraConfig { poll_timeout: Duration::from_secs(20), ..camera_config(&system.url, "cam") }
+            .with_token(CAMERA),
         &events,
         Some(API),
     );
@@ -140,33 +115,18 @@ fn user_endpoints_require_the_api_token_and_health_does_not() {
     for path in ["/logs?cameraId=cam&timeout=10", "/cameras", "/stats"] {
         let url = format!("{}{path}", system.url);
         for token in [None, Some("wrong"), Some(CAMERA), Some("api-token-9e2")] {
-            assert_unauthorized(
-                &get_with(&agent, &url, token),
-                &format!("{path} with {token:?}"),
-            );
+            assert_unauthorized(&get_with(&agent, &url, token), &format!("{path} with {token:?}"));
         }
         let resp = get_with(&agent, &url, Some(API));
-        assert_eq!(
-            resp.status,
-            200,
-            "{path} with the API token: {}",
-            resp.text()
-        );
+        assert_eq!(resp.status, 200, "{path} with the API token: {}", resp.text());
     }
     let resp = get_with(&agent, &format!("{}/health", system.url), None);
     assert_eq!(resp.status, 200, "/health needs no token");
     // The API token does not open the camera endpoints.
-    let resp = get_with(
-        &agent,
-        &format!("{}/poll_for_command?cameraId=cam", system.url),
-        Some(API),
-    );
+    let resp =
+        get_with(&agent, &format!("{}/poll_for_command?cameraId=cam", system.url), Some(API));
     assert_unauthorized(&resp, "poll with the API token");
-    let resp = get_with(
-        &agent,
-        &format!("{}/logs?cameraId=cam&timeout=10", system.url),
-        Some(API),
-    );
+    let resp = get_with(&agent, &format!("{}/logs?cameraId=cam&timeout=10", system.url), Some(API));
     assert_eq!(logs_of(&resp.json()), expected(&events, None, None));
 }
 
@@ -216,24 +176,13 @@ fn tokens_never_appear_in_the_server_log() {
     for resp in &refused {
         assert_unauthorized(resp, "refused request");
         let text = String::from_utf8_lossy(&resp.body);
-        assert!(
-            !text.contains(API) && !text.contains(CAMERA) && !text.contains(WRONG),
-            "{text}"
-        );
+        assert!(!text.contains(API) && !text.contains(CAMERA) && !text.contains(WRONG), "{text}");
     }
     // Requests with the right token that fail for other reasons are logged too.
-    let resp = get_with(
-        &agent,
-        &format!("{}/logs?cameraId=nobody", api.url),
-        Some(API),
-    );
+    let resp = get_with(&agent, &format!("{}/logs?cameraId=nobody", api.url), Some(API));
     resp.assert_json_error(&[404], "unknown camera");
-    let resp = post_with(
-        &agent,
-        &format!("{}/send_logs?cameraId=cam", api.url),
-        b"{",
-        Some(CAMERA),
-    );
+    let resp =
+        post_with(&agent, &format!("{}/send_logs?cameraId=cam", api.url), b"{", Some(CAMERA));
     resp.assert_json_error(&[400], "malformed body with the right token");
 
     let logged = wait_for("the server to log every refusal", PATIENCE, || {
@@ -245,30 +194,19 @@ fn tokens_never_appear_in_the_server_log() {
         Ok(text)
     });
     for secret in [API, CAMERA, WRONG] {
-        assert!(
-            !logged.contains(secret),
-            "{secret} appears in the api's log:\n{logged}"
-        );
-        assert!(
-            !camera.stderr_text().contains(secret),
-            "{secret} appears in the camera's log"
-        );
+        assert!(!logged.contains(secret), "{secret} appears in the api's log:\n{logged}");
+        assert!(!camera.stderr_text().contains(secret), "{secret} appears in the camera's log");
     }
 }
 
 #[test]
 fn a_camera_cannot_answer_another_cameras_command() {
-    let system = TestServer::start(ServerConfig {
-        poll_hold: Duration::from_millis(500),
-        ..test_config()
-    });
+    let system =
+        TestServer::start(ServerConfig { poll_hold: Duration::from_millis(500), ..test_config() });
     let agent = agent(Duration::from_secs(30));
     // Camera B polls once so that it is known: a 404 for it is about the request id.
     let poll_b = format!("{}/poll_for_command?cameraId=b", system.url);
-    assert_eq!(
-        get_with(&agent, &poll_b, None).json(),
-        serde_json::json!({"command": "noop"})
-    );
+    assert_eq!(get_with(&agent, &poll_b, None).json(), serde_json::json!({"command": "noop"}));
 
     // Camera A: a fake that keeps polling and hands over the commands it receives.
     let (commands_tx, commands) = crossbeam_channel::unbounded();
@@ -285,19 +223,12 @@ fn a_camera_cannot_answer_another_cameras_command() {
             }
         })
     };
-    wait_until("camera 'a' to poll", PATIENCE, || {
-        system.server().registry().stats().cameras == 2
-    });
+    wait_until("camera 'a' to poll", PATIENCE, || system.server().registry().stats().cameras == 2);
     let caller = {
-        let (agent, url) = (
-            agent.clone(),
-            format!("{}/logs?cameraId=a&timeout=20", system.url),
-        );
+        let (agent, url) = (agent.clone(), format!("{}/logs?cameraId=a&timeout=20", system.url));
         thread::spawn(move || get_with(&agent, &url, None))
     };
-    let command = commands
-        .recv_timeout(PATIENCE)
-        .expect("a command for camera a");
+    let command = commands.recv_timeout(PATIENCE).expect("a command for camera a");
     let request_id = command["requestId"].as_str().unwrap();
 
     let forged = serde_json::json!({
@@ -309,11 +240,7 @@ fn a_camera_cannot_answer_another_cameras_command() {
     resp.assert_json_error(&[404], "b answering a's request id");
     let resp = post_with(&agent, &send_b, br#"{"logs":[]}"#, None);
     resp.assert_json_error(&[404], "b answering without a request id");
-    assert_eq!(
-        system.server().registry().stats().waiting_requests,
-        1,
-        "a's caller still waits"
-    );
+    assert_eq!(system.server().registry().stats().waiting_requests, 1, "a's caller still waits");
 
     let genuine = serde_json::json!({
         "requestId": request_id,
@@ -358,30 +285,20 @@ fn per_camera_tokens_let_a_camera_poll_and_answer_only_for_its_own_id() {
     ] {
         let context = format!("camera {camera} with {token:?}");
         let poll = format!("{}/poll_for_command?cameraId={camera}", system.url);
-        assert_unauthorized(
-            &get_with(&agent, &poll, token),
-            &format!("poll as {context}"),
-        );
+        assert_unauthorized(&get_with(&agent, &poll, token), &format!("poll as {context}"));
         let send = format!("{}/send_logs?cameraId={camera}", system.url);
         assert_unauthorized(
             &post_with(&agent, &send, forged, token),
             &format!("send_logs as {context}"),
         );
     }
-    assert_eq!(
-        system.stats().cameras,
-        0,
-        "a refused poll registered a camera"
-    );
+    assert_eq!(system.stats().cameras, 0, "a refused poll registered a camera");
 
     // Camera a with its own token works end to end, and b's token still cannot answer for it.
     let events = fixture(20);
     system.add_camera(
-        CameraConfig {
-            poll_timeout: Duration::from_secs(20),
-            ..camera_config(&system.url, "a")
-        }
-        .with_token(TOKEN_A),
+        CameraConfig { poll_timeout: Duration::from_secs(20), ..camera_config(&system.url, "a") }
+            .with_token(TOKEN_A),
         &events,
         None,
     );
@@ -390,11 +307,7 @@ fn per_camera_tokens_let_a_camera_poll_and_answer_only_for_its_own_id() {
         &post_with(&agent, &send_a, forged, Some(TOKEN_B)),
         "b's token answering for a camera that is online",
     );
-    let resp = get_with(
-        &agent,
-        &format!("{}/logs?cameraId=a&timeout=20", system.url),
-        None,
-    );
+    let resp = get_with(&agent, &format!("{}/logs?cameraId=a&timeout=20", system.url), None);
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(logs_of(&resp.json()), expected(&events, None, None));
 }
@@ -416,10 +329,7 @@ fn beyond_max_cameras_a_new_id_is_503_with_retry_after_and_known_cameras_keep_wo
         ..test_config()
     });
     let poll = |camera: &str| poll_once(&system, camera);
-    assert_eq!(
-        poll("second").expect_json(200),
-        serde_json::json!({"command": "noop"})
-    );
+    assert_eq!(poll("second").expect_json(200), serde_json::json!({"command": "noop"}));
     for camera in ["third", "fourth"] {
         let refused = poll(camera);
         refused.assert_json_error(&[503], &format!("a poll for new camera {camera}"));
@@ -432,10 +342,7 @@ fn beyond_max_cameras_a_new_id_is_503_with_retry_after_and_known_cameras_keep_wo
     }
     assert_eq!(system.stats().cameras, 2, "a refused id was registered");
     // Known cameras keep polling and serving.
-    assert_eq!(
-        poll("second").expect_json(200),
-        serde_json::json!({"command": "noop"})
-    );
+    assert_eq!(poll("second").expect_json(200), serde_json::json!({"command": "noop"}));
     assert_serving(&system, &events, "new ids refused at MAX_CAMERAS");
 }
 
@@ -453,17 +360,11 @@ fn a_camera_offline_for_camera_forget_secs_is_forgotten_and_its_slot_reused() {
     assert_eq!(poll("gone").status, 200);
     poll("next").assert_json_error(&[503], "the registry is full");
     // "gone" never polls again: offline after the grace, forgotten after CAMERA_FORGET_SECS.
-    wait_until("the silent camera to be forgotten", PATIENCE, || {
-        system.stats().cameras == 0
-    });
+    wait_until("the silent camera to be forgotten", PATIENCE, || system.stats().cameras == 0);
     let cameras = get_with(&agent, &format!("{}/cameras", system.url), None).expect_json(200);
     assert_eq!(cameras["cameras"], serde_json::json!([]), "{cameras}");
-    get_with(
-        &agent,
-        &format!("{}/logs?cameraId=gone&timeout=1", system.url),
-        None,
-    )
-    .assert_json_error(&[404], "/logs for a forgotten camera");
+    get_with(&agent, &format!("{}/logs?cameraId=gone&timeout=1", system.url), None)
+        .assert_json_error(&[404], "/logs for a forgotten camera");
     // Its slot is free for a new id.
     assert_eq!(poll("next").status, 200);
     assert_eq!(system.stats().cameras, 1);
@@ -491,32 +392,17 @@ fn connections_tiny_http_never_releases_are_counted_on_stats() {
         stream.write_all(request).unwrap();
         drop(stream);
     }
-    for line in [
-        &b"GET / HTTP/2.0\r\n\r\n"[..],
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-    ] {
+    for line in [&b"GET / HTTP/2.0\r\n\r\n"[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
         let mut stream = TcpStream::connect(system.addr).unwrap();
         stream.write_all(line).unwrap();
         drop(stream);
     }
-    wait_until(
-        "the two HTTP/2.0 connections to count as held",
-        PATIENCE,
-        || held() == Some(2),
-    );
+    wait_until("the two HTTP/2.0 connections to count as held", PATIENCE, || held() == Some(2));
     // Still held well past HEADER_TIMEOUT_SECS: this is the class only the edge can block.
     let past = Instant::now() + Duration::from_secs(3);
     while Instant::now() < past {
-        assert_eq!(
-            held(),
-            Some(2),
-            "a closed connection was released, or another was held"
-        );
+        assert_eq!(held(), Some(2), "a closed connection was released, or another was held");
         thread::sleep(Duration::from_millis(200));
     }
-    assert_serving(
-        &system,
-        &events,
-        "two connections deadlocked inside tiny_http",
-    );
+    assert_serving(&system, &events, "two connections deadlocked inside tiny_http");
 }

@@ -14,43 +14,20 @@ use camera_logs::LogEntry;
 use serde_json::{json, Value};
 
 fn assert_ascending(logs: &[LogEntry]) {
-    assert!(
-        logs.windows(2).all(|w| w[0].timestamp <= w[1].timestamp),
-        "not ascending: {logs:?}"
-    );
+    assert!(logs.windows(2).all(|w| w[0].timestamp <= w[1].timestamp), "not ascending: {logs:?}");
 }
 
 /// Ranges over `fixture(n)` (n >= 40), each with a reason.
 fn ranges() -> Vec<(Option<f64>, Option<f64>, &'static str)> {
     vec![
-        (
-            Some(ts(5)),
-            Some(ts(12)),
-            "both bounds equal to event timestamps",
-        ),
-        (
-            Some(ts(7)),
-            Some(ts(7)),
-            "a single instant holding one event",
-        ),
-        (
-            Some(ts(5) + 0.01),
-            Some(ts(12) - 0.01),
-            "bounds just inside events",
-        ),
-        (
-            Some(ts(5) - 0.01),
-            Some(ts(12) + 0.01),
-            "bounds just outside events",
-        ),
+        (Some(ts(5)), Some(ts(12)), "both bounds equal to event timestamps"),
+        (Some(ts(7)), Some(ts(7)), "a single instant holding one event"),
+        (Some(ts(5) + 0.01), Some(ts(12) - 0.01), "bounds just inside events"),
+        (Some(ts(5) - 0.01), Some(ts(12) + 0.01), "bounds just outside events"),
         (None, Some(ts(3)), "open start, end on an event"),
         (Some(ts(36)), None, "start on an event, open end"),
         (None, None, "everything"),
-        (
-            Some(ts(10) + 0.01),
-            Some(ts(10) + 0.2),
-            "between two events: nothing",
-        ),
+        (Some(ts(10) + 0.01), Some(ts(10) + 0.2), "between two events: nothing"),
         (Some(T0 - 100.0), Some(T0 - 1.0), "before every event"),
         (Some(ts(39)), Some(ts(39) + 1e6), "starts on the last event"),
     ]
@@ -68,14 +45,8 @@ fn logs_are_exactly_the_inclusive_range_in_ascending_order() {
         assert_ascending(&answer.logs);
     }
     // The inclusive bounds, spelled out.
-    let answer = get(&logs_url(
-        &server.url,
-        "front",
-        Some(ts(5)),
-        Some(ts(12)),
-        None,
-    ))
-    .expect_logs();
+    let answer =
+        get(&logs_url(&server.url, "front", Some(ts(5)), Some(ts(12)), None)).expect_logs();
     assert_eq!(answer.logs.len(), 8);
     assert_eq!(answer.logs.first().unwrap().timestamp, ts(5));
     assert_eq!(answer.logs.last().unwrap().timestamp, ts(12));
@@ -95,24 +66,11 @@ fn the_server_refilters_a_camera_that_ignores_the_bounds() {
         assert_eq!(answer.logs, expected(&events, start, end), "{why}");
         assert_ascending(&answer.logs);
     }
-    let at_20 = get(&logs_url(
-        &server.url,
-        "liar",
-        Some(ts(20)),
-        Some(ts(20)),
-        None,
-    ))
-    .expect_logs();
+    let at_20 = get(&logs_url(&server.url, "liar", Some(ts(20)), Some(ts(20)), None)).expect_logs();
     let descriptions: Vec<&str> = at_20.logs.iter().map(|e| e.description.as_str()).collect();
-    let camera_order: Vec<&str> = events
-        .iter()
-        .filter(|e| e.timestamp == ts(20))
-        .map(|e| e.description.as_str())
-        .collect();
-    assert_eq!(
-        descriptions, camera_order,
-        "equal timestamps keep the camera's order"
-    );
+    let camera_order: Vec<&str> =
+        events.iter().filter(|e| e.timestamp == ts(20)).map(|e| e.description.as_str()).collect();
+    assert_eq!(descriptions, camera_order, "equal timestamps keep the camera's order");
     // It really was sent everything: the filtering was the server's.
     assert!(liar.commands.try_iter().count() >= ranges().len());
 }
@@ -122,12 +80,7 @@ fn a_camera_timestamp_used_as_both_bounds_returns_its_event() {
     // Timestamps like a real camera's: the wall clock in epoch seconds with microsecond-ish
     // fractions (the fixture's quarter seconds are exact in binary; these are not).
     let events: Vec<LogEntry> = (0..60)
-        .map(|k| {
-            entry(
-                1_795_439_797.0 + k as f64 * 0.200_113_7,
-                &format!("event {k}"),
-            )
-        })
+        .map(|k| entry(1_795_439_797.0 + k as f64 * 0.200_113_7, &format!("event {k}")))
         .collect();
     let (server, _camera) = server_with_camera(test_config(), "clock", &events);
 
@@ -136,14 +89,8 @@ fn a_camera_timestamp_used_as_both_bounds_returns_its_event() {
     let mut missing = Vec::new();
     for (k, event) in events.iter().enumerate() {
         let t = event.timestamp;
-        let answer = get(&logs_url(
-            &server.url,
-            "clock",
-            Some(t),
-            Some(t),
-            Some(20.0),
-        ))
-        .expect_logs();
+        let answer =
+            get(&logs_url(&server.url, "clock", Some(t), Some(t), Some(20.0))).expect_logs();
         let got: Vec<&str> = answer.logs.iter().map(|e| e.description.as_str()).collect();
         if got != [format!("event {k}")] {
             missing.push(format!("{t} -> {got:?}"));
@@ -156,14 +103,7 @@ fn a_camera_timestamp_used_as_both_bounds_returns_its_event() {
         events.len()
     );
     let (first, last) = (events[5].timestamp, events[50].timestamp);
-    let answer = get(&logs_url(
-        &server.url,
-        "clock",
-        Some(first),
-        Some(last),
-        None,
-    ))
-    .expect_logs();
+    let answer = get(&logs_url(&server.url, "clock", Some(first), Some(last), None)).expect_logs();
     let got: Vec<&str> = answer.logs.iter().map(|e| e.description.as_str()).collect();
     let want: Vec<String> = (5..=50).map(|k| format!("event {k}")).collect();
     assert_eq!(got, want, "both bounds on events are inclusive");
@@ -231,22 +171,13 @@ fn ten_parallel_calls_get_exact_answers_for_at_most_two_round_trips() {
 
     for (start, end, response) in answers {
         let answer = response.expect_logs();
-        assert_eq!(
-            answer.logs,
-            expected(&events, start, end),
-            "range {start:?}..={end:?}"
-        );
+        assert_eq!(answer.logs, expected(&events, start, end), "range {start:?}..={end:?}");
     }
     // Every answer passed the relay; the camera counts one when it reads the server's 200,
     // which may be a moment after the callers got theirs.
     let posted = relay.posts.try_iter().count() as u64;
-    assert!(
-        (1..=2).contains(&posted),
-        "10 parallel calls cost {posted} round trips"
-    );
-    wait_until("the camera counted its round trips", PATIENCE, || {
-        camera.round_trips() == posted
-    });
+    assert!((1..=2).contains(&posted), "10 parallel calls cost {posted} round trips");
+    wait_until("the camera counted its round trips", PATIENCE, || camera.round_trips() == posted);
     let stats = server.stats();
     assert_eq!((stats.waiting_requests, stats.commands_in_flight), (0, 0));
 }
@@ -260,11 +191,7 @@ fn a_hundred_parallel_calls_each_get_their_exact_range() {
     for (start, end, response) in call_in_parallel(&server.url, "busy", &ranges) {
         let answer = response.expect_logs();
         assert_eq!(answer.camera_id, "busy");
-        assert_eq!(
-            answer.logs,
-            expected(&events, start, end),
-            "range {start:?}..={end:?}"
-        );
+        assert_eq!(answer.logs, expected(&events, start, end), "range {start:?}..={end:?}");
     }
     assert!(camera.round_trips() >= 1);
     let stats = server.stats();
@@ -306,14 +233,8 @@ fn a_call_arriving_while_a_command_is_out_sees_events_logged_after_it() {
         expected(&all, Some(T0), None),
         "the later call never gets the answer to a command sent before it arrived"
     );
-    wait_until("the camera made exactly two round trips", PATIENCE, || {
-        camera.round_trips() == 2
-    });
-    assert_eq!(
-        relay.posts.try_iter().count(),
-        1,
-        "one more answer after the held one"
-    );
+    wait_until("the camera made exactly two round trips", PATIENCE, || camera.round_trips() == 2);
+    assert_eq!(relay.posts.try_iter().count(), 1, "one more answer after the held one");
 }
 
 #[test]
@@ -328,28 +249,16 @@ fn a_later_caller_waits_for_a_command_of_its_own() {
     server.wait_for_waiting(2);
 
     let old = vec![entry(ts(1), "old")];
-    post_answer(
-        &server.url,
-        "slow",
-        &json!({"requestId": command["requestId"], "logs": old}),
-    )
-    .expect_json(200);
+    post_answer(&server.url, "slow", &json!({"requestId": command["requestId"], "logs": old}))
+        .expect_json(200);
     assert_eq!(first.join().unwrap().0.expect_logs().logs, old);
 
     let next = fake.next_command();
     assert_ne!(next["requestId"], command["requestId"]);
-    assert_eq!(
-        server.stats().waiting_requests,
-        1,
-        "the second call is still waiting"
-    );
+    assert_eq!(server.stats().waiting_requests, 1, "the second call is still waiting");
     let new = vec![entry(ts(1), "old"), entry(ts(2), "new")];
-    post_answer(
-        &server.url,
-        "slow",
-        &json!({"requestId": next["requestId"], "logs": new}),
-    )
-    .expect_json(200);
+    post_answer(&server.url, "slow", &json!({"requestId": next["requestId"], "logs": new}))
+        .expect_json(200);
     assert_eq!(second.join().unwrap().0.expect_logs().logs, new);
 }
 
@@ -385,13 +294,8 @@ fn a_command_carried_by_a_dead_poll_is_sent_again_and_answered() {
     let camera = Camera::start(&server.url, "racy", &events);
     let (response, elapsed) = call.join().unwrap();
     assert_eq!(response.expect_logs().logs, expected(&events, start, end));
-    assert!(
-        elapsed < Duration::from_secs(15),
-        "answered within its timeout"
-    );
-    wait_until("the camera made one round trip", PATIENCE, || {
-        camera.round_trips() == 1
-    });
+    assert!(elapsed < Duration::from_secs(15), "answered within its timeout");
+    wait_until("the camera made one round trip", PATIENCE, || camera.round_trips() == 1);
 }
 
 #[test]
@@ -402,31 +306,14 @@ fn an_unanswered_command_is_sent_again_with_the_same_request_id() {
     let fake = FakeCamera::silent(&server.url, "flaky");
     server.wait_for_camera("flaky");
 
-    let call = spawn_get(logs_url(
-        &server.url,
-        "flaky",
-        Some(ts(1)),
-        Some(ts(2)),
-        Some(30.0),
-    ));
+    let call = spawn_get(logs_url(&server.url, "flaky", Some(ts(1)), Some(ts(2)), Some(30.0)));
     let first = fake.next_command();
     let again = fake.next_command(); // not answered: it comes back
     assert_eq!(again, first, "same requestId, same bounds");
-    let logs = vec![
-        entry(ts(1), "a"),
-        entry(ts(2), "b"),
-        entry(ts(3), "outside"),
-    ];
-    post_answer(
-        &server.url,
-        "flaky",
-        &json!({"requestId": again["requestId"], "logs": logs}),
-    )
-    .expect_json(200);
-    assert_eq!(
-        call.join().unwrap().0.expect_logs().logs,
-        logs[..2].to_vec()
-    );
+    let logs = vec![entry(ts(1), "a"), entry(ts(2), "b"), entry(ts(3), "outside")];
+    post_answer(&server.url, "flaky", &json!({"requestId": again["requestId"], "logs": logs}))
+        .expect_json(200);
+    assert_eq!(call.join().unwrap().0.expect_logs().logs, logs[..2].to_vec());
 }
 
 #[test]
@@ -445,16 +332,12 @@ fn a_camera_that_never_answers_is_504_at_the_timeout_and_leaves_nothing() {
     );
     let received: Vec<_> = fake.commands.try_iter().collect();
     assert!(!received.is_empty(), "the camera did receive the command");
-    assert!(received
-        .iter()
-        .all(|c| c["requestId"] == received[0]["requestId"]));
+    assert!(received.iter().all(|c| c["requestId"] == received[0]["requestId"]));
 
     let stats = server.stats();
     assert_eq!(stats.waiting_requests, 0, "{stats:?}");
     assert_eq!(stats.commands_in_flight, 0, "{stats:?}");
-    wait_until("stale dispatches are drained", PATIENCE, || {
-        server.stats().queued_dispatches == 0
-    });
+    wait_until("stale dispatches are drained", PATIENCE, || server.stats().queued_dispatches == 0);
 }
 
 #[test]
@@ -475,10 +358,7 @@ fn a_camera_that_stopped_polling_is_503_at_once() {
     let message = response.expect_error(503);
     assert!(message.contains("gone"), "{message}");
     assert!(response.header("retry-after").is_some());
-    assert!(
-        elapsed < Duration::from_secs(3),
-        "503 came after {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_secs(3), "503 came after {elapsed:?}");
     assert_eq!(server.stats().waiting_requests, 0);
 }
 
@@ -497,10 +377,7 @@ fn waiting_calls_get_503_when_their_camera_goes_offline() {
     fake.stop_polling();
     let (response, elapsed) = call.join().unwrap();
     response.expect_error(503);
-    assert!(
-        elapsed < Duration::from_secs(15),
-        "503 after {elapsed:?}, not at the timeout"
-    );
+    assert!(elapsed < Duration::from_secs(15), "503 after {elapsed:?}, not at the timeout");
     let stats = server.stats();
     assert_eq!((stats.waiting_requests, stats.commands_in_flight), (0, 0));
 }
@@ -521,10 +398,7 @@ fn too_many_waiting_calls_get_429_with_retry_after() {
     let response = get(&logs_url(&server.url, "popular", None, None, Some(25.0)));
     response.expect_error(429);
     let retry_after = response.header("retry-after").expect("Retry-After");
-    assert!(
-        retry_after.parse::<u64>().is_ok(),
-        "Retry-After: {retry_after}"
-    );
+    assert!(retry_after.parse::<u64>().is_ok(), "Retry-After: {retry_after}");
     assert!(started.elapsed() < Duration::from_secs(5), "429 at once");
     assert_eq!(server.stats().waiting_requests, 3);
 
@@ -537,10 +411,7 @@ fn too_many_waiting_calls_get_429_with_retry_after() {
 #[test]
 fn cameras_and_health_have_their_documented_shapes() {
     let server = TestServer::start(test_config());
-    assert_eq!(
-        get(&format!("{}/health", server.url)).expect_json(200),
-        json!({"status": "ok"})
-    );
+    assert_eq!(get(&format!("{}/health", server.url)).expect_json(200), json!({"status": "ok"}));
     assert_eq!(
         get(&format!("{}/cameras", server.url)).expect_json(200),
         json!({"cameras": [], "nextAfter": null})
@@ -552,16 +423,11 @@ fn cameras_and_health_have_their_documented_shapes() {
     server.wait_for_camera("a-cam");
     server.wait_for_camera("b.cam");
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let body = get(&format!("{}/cameras", server.url)).expect_json(200);
     let rows = body["cameras"].as_array().expect("a list");
-    let ids: Vec<&str> = rows
-        .iter()
-        .map(|r| r["cameraId"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r["cameraId"].as_str().unwrap()).collect();
     assert_eq!(ids, ["a-cam", "b.cam"], "sorted by id");
     for row in rows {
         let mut keys: Vec<&String> = row.as_object().unwrap().keys().collect();
@@ -570,10 +436,7 @@ fn cameras_and_health_have_their_documented_shapes() {
         assert_eq!(row["online"], true);
         assert_eq!(row["waitingRequests"], 0);
         let last_seen = row["lastSeen"].as_f64().expect("lastSeen is a number");
-        assert!(
-            (now - last_seen).abs() < 60.0,
-            "lastSeen {last_seen} vs now {now}"
-        );
+        assert!((now - last_seen).abs() < 60.0, "lastSeen {last_seen} vs now {now}");
     }
     assert_eq!(body["nextAfter"], Value::Null, "one page holds both");
 

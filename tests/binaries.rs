@@ -23,10 +23,7 @@ fn command(program: &str) -> Command {
     for setting in SERVER_SETTINGS.iter().chain(CAMERA_SETTINGS) {
         command.env_remove(setting.name);
     }
-    command
-        .env_remove("HEADER_TIMEOUT_SECS")
-        .env_remove("MAX_CONNECTIONS")
-        .stdin(Stdio::null());
+    command.env_remove("HEADER_TIMEOUT_SECS").env_remove("MAX_CONNECTIONS").stdin(Stdio::null());
     command
 }
 
@@ -40,11 +37,8 @@ struct Running {
 
 impl Running {
     fn spawn(mut command: Command) -> Running {
-        let mut child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the binary");
+        let mut child =
+            command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn the binary");
         let pipe = child.stderr.take().unwrap();
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (tx, lines) = unbounded();
@@ -55,11 +49,7 @@ impl Running {
                 let _ = tx.send(line);
             }
         });
-        Running {
-            child,
-            stderr,
-            lines,
-        }
+        Running { child, stderr, lines }
     }
 
     /// Waits for a stderr line containing `marker` and returns it.
@@ -101,14 +91,8 @@ fn start_api() -> (Running, String) {
         .env("CAMERA_GRACE_SECS", "3");
     let mut api = Running::spawn(api);
     let line = api.wait_for_line("API server listening on http://");
-    let address = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let address =
+        line.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
     assert!(address.starts_with("http://127.0.0.1:"), "{line}");
     (api, address)
 }
@@ -116,11 +100,8 @@ fn start_api() -> (Running, String) {
 /// Runs a command to completion (killed after the test's patience); returns its exit status,
 /// stdout and stderr.
 fn run_to_exit(mut command: Command) -> (ExitStatus, String, String) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the binary");
+    let mut child =
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn the binary");
     let read_all = |mut pipe: Box<dyn Read + Send>| {
         thread::spawn(move || {
             let mut text = String::new();
@@ -168,34 +149,18 @@ fn the_binaries_serve_a_cameras_generated_events() {
         events = response.expect_logs().logs;
         events.len() >= 3
     });
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    assert!(
-        events.windows(2).all(|w| w[0].timestamp <= w[1].timestamp),
-        "ascending: {events:?}"
-    );
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(events.windows(2).all(|w| w[0].timestamp <= w[1].timestamp), "ascending: {events:?}");
     for event in &events {
         assert!(!event.description.is_empty());
-        assert!(
-            (now - event.timestamp).abs() < 120.0,
-            "{event:?} vs now {now}"
-        );
+        assert!((now - event.timestamp).abs() < 120.0, "{event:?} vs now {now}");
     }
 
     // A past window: exactly the events already seen in it. (The bounds sit 50 ms outside the
     // events, 0.2 s apart: exact-timestamp bounds are checked in tests/api.rs.)
     let (start, end) = (events[0].timestamp - 0.05, events[2].timestamp + 0.05);
-    let window = get(&logs_url(
-        &url,
-        "bin-cam",
-        Some(start),
-        Some(end),
-        Some(5.0),
-    ))
-    .expect_logs()
-    .logs;
+    let window =
+        get(&logs_url(&url, "bin-cam", Some(start), Some(end), Some(5.0))).expect_logs().logs;
     assert_eq!(window, events[..3].to_vec());
     assert!(
         camera.stderr().contains("bin-cam"),

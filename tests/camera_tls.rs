@@ -75,9 +75,8 @@ impl Running {
     fn lines_within(&self, window: Duration) -> Vec<String> {
         let deadline = Instant::now() + window;
         let mut lines = Vec::new();
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        while let Ok(line) =
+            self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
         {
             lines.push(line);
         }
@@ -180,10 +179,7 @@ fn a_certificate_the_camera_does_not_trust_is_named_with_a_hint() {
         eprintln!("skipped: no openssl command to make certificates and serve TLS");
         return;
     }
-    assert!(openssl(
-        &dir.0,
-        &format!("req {KEY} -keyout edge.key -out edge.csr -subj /CN=edge")
-    ));
+    assert!(openssl(&dir.0, &format!("req {KEY} -keyout edge.key -out edge.csr -subj /CN=edge")));
     std::fs::write(
         dir.0.join("edge.ext"),
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
@@ -200,9 +196,8 @@ fn a_certificate_the_camera_does_not_trust_is_named_with_a_hint() {
     edge.args("s_server -accept 0 -cert edge.pem -key edge.key -www".split_whitespace())
         .current_dir(&dir.0);
     let edge = Running::spawn(edge, false);
-    let (accept, _) = edge.wait_for("the ACCEPT line of openssl s_server", |l| {
-        l.starts_with("ACCEPT")
-    });
+    let (accept, _) =
+        edge.wait_for("the ACCEPT line of openssl s_server", |l| l.starts_with("ACCEPT"));
     let port = accept
         .rsplit(':')
         .next()
@@ -214,9 +209,8 @@ fn a_certificate_the_camera_does_not_trust_is_named_with_a_hint() {
     let mut untrusting = camera(&base, None);
     let (line, _) = untrusting.wait_for("a failed poll", |l| l.contains(POLL_FAILED));
     assert!(
-        line.contains(&format!(
-            "TLS certificate of {base} not trusted: UnknownIssuer"
-        )) && line.contains("set CA_CERT_FILE"),
+        line.contains(&format!("TLS certificate of {base} not trusted: UnknownIssuer"))
+            && line.contains("set CA_CERT_FILE"),
         "the line names the untrusted certificate and the fix: {line}"
     );
     thread::sleep(Duration::from_secs(1));
@@ -228,15 +222,9 @@ fn a_certificate_the_camera_does_not_trust_is_named_with_a_hint() {
     let ca_pem = dir.0.join("ca.pem");
     let trusting = camera(&base, Some(&ca_pem));
     let (started, _) = trusting.wait_for("the start-up line", |l| l.contains("starting"));
-    assert!(
-        started.contains("trusting only the 1 CA certificate(s)"),
-        "{started}"
-    );
+    assert!(started.contains("trusting only the 1 CA certificate(s)"), "{started}");
     let (line, _) = trusting.wait_for("a failed poll", |l| l.contains(POLL_FAILED));
-    assert!(
-        !line.contains("TLS"),
-        "the handshake should succeed: {line}"
-    );
+    assert!(!line.contains("TLS"), "the handshake should succeed: {line}");
     drop(trusting);
 
     // Same CA, but a host name the certificate was not issued for.

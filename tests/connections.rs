@@ -11,11 +11,7 @@ use crate::common::*;
 use camera_logs::ServerConfig;
 
 fn config(header_timeout: Duration, max_connections: usize) -> ServerConfig {
-    ServerConfig {
-        header_timeout,
-        max_connections,
-        ..test_config()
-    }
+    ServerConfig { header_timeout, max_connections, ..test_config() }
 }
 
 fn addr(base: &str) -> String {
@@ -62,19 +58,11 @@ fn five_hundred_idle_connections_neither_block_calls_nor_outlive_the_header_time
         server_with_camera(config(Duration::from_secs(2), 4096), "front", &events);
 
     let opened = Instant::now();
-    let mut idle: Vec<TcpStream> = (0..500)
-        .map(|_| TcpStream::connect(addr(&server.url)).expect("idle connection"))
-        .collect();
+    let mut idle: Vec<TcpStream> =
+        (0..500).map(|_| TcpStream::connect(addr(&server.url)).expect("idle connection")).collect();
 
     // A normal call is answered, exactly, while the 500 sit there.
-    let answer = get(&logs_url(
-        &server.url,
-        "front",
-        Some(ts(3)),
-        Some(ts(6)),
-        None,
-    ))
-    .expect_logs();
+    let answer = get(&logs_url(&server.url, "front", Some(ts(3)), Some(ts(6)), None)).expect_logs();
     assert_eq!(answer.logs, expected(&events, Some(ts(3)), Some(ts(6))));
 
     // Every idle connection is closed by the server, and not before the timeout.
@@ -95,9 +83,7 @@ fn five_hundred_idle_connections_neither_block_calls_nor_outlive_the_header_time
 fn a_request_head_that_stalls_is_dropped_and_a_body_that_stalls_gets_no_thread_forever() {
     let server = TestServer::start(config(Duration::from_secs(1), 4096));
     let mut stalled_head = TcpStream::connect(addr(&server.url)).unwrap();
-    stalled_head
-        .write_all(b"GET /health HTTP/1.1\r\nHost: te")
-        .unwrap();
+    stalled_head.write_all(b"GET /health HTTP/1.1\r\nHost: te").unwrap();
     let mut stalled_body = TcpStream::connect(addr(&server.url)).unwrap();
     stalled_body
         .write_all(b"POST /send_logs?cameraId=x HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n{\"logs\":")
@@ -150,12 +136,7 @@ fn beyond_max_connections_new_ones_are_refused_open_ones_served_and_accepting_re
     wait_until("the front door accepts again", PATIENCE, || {
         server.server().front_door_stats().accepting
     });
-    wait_until("a new connection is served again", PATIENCE, || {
-        new_connection_served(&server.url)
-    });
+    wait_until("a new connection is served again", PATIENCE, || new_connection_served(&server.url));
     let stats = server.server().front_door_stats();
-    assert!(
-        stats.times_paused >= 1 && stats.accept_loop_restarts >= 1,
-        "{stats:?}"
-    );
+    assert!(stats.times_paused >= 1 && stats.accept_loop_restarts >= 1, "{stats:?}");
 }

@@ -50,12 +50,7 @@ impl System {
         let front = edge.as_ref().map_or(api.url.clone(), |e| e.url.clone());
         let events = fixture(40);
         let camera = Camera::start(&front, "front", &events);
-        let system = System {
-            api,
-            edge,
-            events,
-            _camera: camera,
-        };
+        let system = System { api, edge, events, _camera: camera };
         let agent = agent(Duration::from_secs(10));
         wait_until("the camera answers through the front", PATIENCE, || {
             try_get(&agent, &system.logs_url(), None).is_some_and(|r| r.status == 200)
@@ -65,16 +60,13 @@ impl System {
 
     /// Where clients connect: the edge, or the bare api.
     fn front(&self) -> String {
-        self.edge
-            .as_ref()
-            .map_or(self.api.url.clone(), |e| e.url.clone())
+        self.edge.as_ref().map_or(self.api.url.clone(), |e| e.url.clone())
     }
 
     fn front_addr(&self) -> SocketAddr {
-        self.edge.as_ref().map_or_else(
-            || host_port(&self.api.url).parse().expect("api address"),
-            |e| e.addr,
-        )
+        self.edge
+            .as_ref()
+            .map_or_else(|| host_port(&self.api.url).parse().expect("api address"), |e| e.addr)
     }
 
     fn logs_url(&self) -> String {
@@ -146,9 +138,7 @@ impl Legit {
                     Some(r) if r.status == 200 && logs_of(&r.json()) == expected => {
                         report.latencies.push(started.elapsed())
                     }
-                    Some(r) => report
-                        .errors
-                        .push(format!("HTTP {}: {}", r.status, r.text())),
+                    Some(r) => report.errors.push(format!("HTTP {}: {}", r.status, r.text())),
                     None => report.errors.push("no answer".to_string()),
                 }
                 thread::sleep(Duration::from_millis(20));
@@ -175,38 +165,20 @@ struct Attack {
 }
 
 const ATTACKS: &[Attack] = &[
-    Attack {
-        name: "400 x `GET / HTTP/2.0` and 100 x the h2 preface",
-        run: http2_request_lines,
-    },
+    Attack { name: "400 x `GET / HTTP/2.0` and 100 x the h2 preface", run: http2_request_lines },
     Attack {
         name: "200 x POST /send_logs with Content-Length: 99999999999999, then close",
         run: absurd_content_length,
     },
-    Attack {
-        name: "500 connections trickling a head at 1 byte/s for 12 s",
-        run: trickled_heads,
-    },
+    Attack { name: "500 connections trickling a head at 1 byte/s for 12 s", run: trickled_heads },
     Attack {
         name: "one poll, then 2,000 pipelined GET /health on the same connection",
         run: pipelined_behind_a_poll,
     },
-    Attack {
-        name: "1,000 polls with fresh cameraIds, each closed at once",
-        run: dead_polls,
-    },
-    Attack {
-        name: "one unterminated 64 MiB header",
-        run: huge_header,
-    },
-    Attack {
-        name: "a 1 MB method with control bytes",
-        run: huge_method,
-    },
-    Attack {
-        name: "500 connections reset (RST) after their request",
-        run: resets,
-    },
+    Attack { name: "1,000 polls with fresh cameraIds, each closed at once", run: dead_polls },
+    Attack { name: "one unterminated 64 MiB header", run: huge_header },
+    Attack { name: "a 1 MB method with control bytes", run: huge_method },
+    Attack { name: "500 connections reset (RST) after their request", run: resets },
 ];
 
 /// Runs `f(i)` for `i` in `0..n` on `threads` threads; how many returned true.
@@ -225,9 +197,7 @@ fn in_parallel(
 fn open(target: SocketAddr, read_timeout: Duration) -> Option<TcpStream> {
     let stream = TcpStream::connect_timeout(&target, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(read_timeout)).ok()?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(5)))
-        .ok()?;
+    stream.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
     Some(stream)
 }
 
@@ -277,9 +247,8 @@ fn absurd_content_length(target: SocketAddr) -> String {
 
 fn trickled_heads(target: SocketAddr) -> String {
     let head = b"GET /health HTTP/1.1\r\nHost: edge\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    let mut streams: Vec<TcpStream> = (0..500)
-        .filter_map(|_| open(target, Duration::from_millis(1)))
-        .collect();
+    let mut streams: Vec<TcpStream> =
+        (0..500).filter_map(|_| open(target, Duration::from_millis(1))).collect();
     let opened = streams.len();
     for second in 0..12 {
         let byte = &head[second % head.len()..][..1];
@@ -333,10 +302,7 @@ fn pipelined_behind_a_poll(target: SocketAddr) -> String {
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack
-        .windows(needle.len())
-        .filter(|w| *w == needle)
-        .count()
+    haystack.windows(needle.len()).filter(|w| *w == needle).count()
 }
 
 fn dead_polls(target: SocketAddr) -> String {
@@ -434,10 +400,9 @@ impl Row {
     fn print(&self) {
         let settled = match &self.settled {
             Ok(took) => format!("back to baseline in {:.1} s", took.as_secs_f64()),
-            Err(last) => format!(
-                "NOT back to baseline: {} fds, {} threads",
-                last.fds, last.threads
-            ),
+            Err(last) => {
+                format!("NOT back to baseline: {} fds, {} threads", last.fds, last.threads)
+            }
         };
         eprintln!(
             "| {} | {} | {} | fds {} -> {}, threads {} -> {}, RSS {} -> {} MiB | {} |",
@@ -466,14 +431,7 @@ fn attack_and_measure(system: &System, attack: &Attack, within: Duration) -> Row
     let legit = legit.finish();
     let after = system.usage();
     let settled = settle(system.api.proc.pid(), before, SLACK, within);
-    Row {
-        attack: attack.name,
-        outcome,
-        legit,
-        before,
-        after,
-        settled,
-    }
+    Row { attack: attack.name, outcome, legit, before, after, settled }
 }
 
 impl System {
@@ -565,10 +523,8 @@ fn the_edges_own_refusals_are_json_errors_and_never_reach_the_api() {
     let edge = system.front_addr();
     let as_attacker = format!("{TEST_CLIENT_HEADER}: {ATTACKER}\r\n");
     let long_path = format!("GET /{} HTTP/1.1\r\nHost: e\r\n\r\n", "a".repeat(9000));
-    let long_header = format!(
-        "GET /health HTTP/1.1\r\nHost: e\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(9000)
-    );
+    let long_header =
+        format!("GET /health HTTP/1.1\r\nHost: e\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
     let huge_body = format!(
         "POST /send_logs?cameraId=front HTTP/1.1\r\nHost: e\r\n{as_attacker}Content-Length: 99999999999999\r\n\r\n"
     );
@@ -576,30 +532,15 @@ fn the_edges_own_refusals_are_json_errors_and_never_reach_the_api() {
     garbled[100] = 0x1b;
     garbled.extend_from_slice(b" /health HTTP/1.1\r\nHost: e\r\n\r\n");
     let cases: [(&str, Vec<u8>, u16, &str); 5] = [
-        (
-            "a 9,000-byte request line",
-            long_path.into_bytes(),
-            414,
-            "request line too long",
-        ),
-        (
-            "a 9,000-byte header line",
-            long_header.into_bytes(),
-            400,
-            "bad request",
-        ),
+        ("a 9,000-byte request line", long_path.into_bytes(), 414, "request line too long"),
+        ("a 9,000-byte header line", long_header.into_bytes(), 400, "bad request"),
         (
             "a body declared larger than memory",
             huge_body.into_bytes(),
             413,
             "larger than the limit",
         ),
-        (
-            "a 1 MB method with control bytes",
-            garbled,
-            400,
-            "bad request",
-        ),
+        ("a 1 MB method with control bytes", garbled, 400, "bad request"),
         (
             "an unknown path of nginx's own",
             b"GET /.edge-error HTTP/1.1\r\nHost: e\r\n\r\n".to_vec(),
@@ -610,17 +551,9 @@ fn the_edges_own_refusals_are_json_errors_and_never_reach_the_api() {
     for (what, request, status, says) in cases {
         let resp = exchange(edge, &request);
         assert_eq!(resp.status, status, "{what}: {}", resp.text());
-        assert_eq!(
-            resp.header("content-type"),
-            Some("application/json"),
-            "{what}"
-        );
+        assert_eq!(resp.header("content-type"), Some("application/json"), "{what}");
         let error = resp.json()["error"].as_str().map(str::to_string);
-        assert!(
-            error.as_deref().is_some_and(|e| e.contains(says)),
-            "{what}: {}",
-            resp.text()
-        );
+        assert!(error.as_deref().is_some_and(|e| e.contains(says)), "{what}: {}", resp.text());
     }
     // HTTP/2.0 request lines: nginx answers 505 itself (tiny_http would deadlock on them).
     let resp = exchange(edge, b"GET / HTTP/2.0\r\n\r\n");
@@ -641,11 +574,7 @@ fn the_edges_own_refusals_are_json_errors_and_never_reach_the_api() {
     let refused = refused.expect("400 requests at once from one address were all served");
     assert_eq!(refused.status, 429, "{}", refused.text());
     assert_eq!(refused.header("retry-after"), Some("1"));
-    assert!(
-        refused.text().contains("too many requests"),
-        "{}",
-        refused.text()
-    );
+    assert!(refused.text().contains("too many requests"), "{}", refused.text());
 
     let api_log = system.api.proc.stderr_text();
     assert!(
@@ -678,19 +607,13 @@ fn three_hundred_cameras_behind_one_address_all_hold_their_polls_through_the_edg
             })
         })
         .collect();
-    let statuses: Vec<Option<u16>> = polls
-        .into_iter()
-        .map(|p| p.join().unwrap_or(None))
-        .collect();
+    let statuses: Vec<Option<u16>> = polls.into_iter().map(|p| p.join().unwrap_or(None)).collect();
     let held = statuses.iter().filter(|s| **s == Some(200)).count();
     assert_eq!(
         held,
         CAMERAS,
         "every poll from one NAT address is held and answered: {:?}",
-        statuses
-            .iter()
-            .filter(|s| **s != Some(200))
-            .collect::<Vec<_>>()
+        statuses.iter().filter(|s| **s != Some(200)).collect::<Vec<_>>()
     );
     // A 200 is the api's own noop at the end of the hold: nginx's refusals keep their status.
     let api_log = system.api.proc.stderr_text();
@@ -708,10 +631,7 @@ fn fifty_thousand_camera_ids_are_forgotten_and_memory_returns() {
     const IDS: usize = 50_000;
     let mut env = api_env();
     env.retain(|(name, _)| !matches!(*name, "POLL_HOLD_SECS" | "CAMERA_GRACE_SECS"));
-    env.extend([
-        ("POLL_HOLD_SECS", "1".to_string()),
-        ("CAMERA_GRACE_SECS", "1".to_string()),
-    ]);
+    env.extend([("POLL_HOLD_SECS", "1".to_string()), ("CAMERA_GRACE_SECS", "1".to_string())]);
     let api = start_api(&env);
     let target: SocketAddr = host_port(&api.url).parse().expect("api address");
     let before = Usage::of(api.proc.pid());
@@ -731,11 +651,9 @@ fn fifty_thousand_camera_ids_are_forgotten_and_memory_returns() {
         };
         let send = if wave == 0 { first_wave } else { second_wave };
         let sent = in_parallel(IDS, 16, send, target);
-        wait_until(
-            "every camera to be forgotten",
-            Duration::from_secs(180),
-            || get(&format!("{}/stats", api.url)).expect_json(200)["registry"]["cameras"] == 0,
-        );
+        wait_until("every camera to be forgotten", Duration::from_secs(180), || {
+            get(&format!("{}/stats", api.url)).expect_json(200)["registry"]["cameras"] == 0
+        });
         done.store(true, Ordering::SeqCst);
         let _ = sampler.join();
         let settled = settle(api.proc.pid(), before, SLACK, Duration::from_secs(60));

@@ -64,11 +64,8 @@ fn camera_killed_with_a_command_in_flight_fails_callers_by_their_timeout() {
         ("CAMERA_GRACE_SECS", "1"),
         ("POLL_HOLD_SECS", "20"),
     ]));
-    let camera_env = env(&[
-        ("CAMERA_ID", "doomed"),
-        ("EVENT_INTERVAL_SECS", "0.2"),
-        ("BACKOFF_MAX_SECS", "1"),
-    ]);
+    let camera_env =
+        env(&[("CAMERA_ID", "doomed"), ("EVENT_INTERVAL_SECS", "0.2"), ("BACKOFF_MAX_SECS", "1")]);
     let mut camera = start_camera_bin(&api.url, &camera_env);
     let logs = |timeout: f64| format!("{}/logs?cameraId=doomed&timeout={timeout}", api.url);
     wait_for_logs("the camera to answer", &logs(5.0));
@@ -87,10 +84,7 @@ fn camera_killed_with_a_command_in_flight_fails_callers_by_their_timeout() {
     });
 
     let (resp, took) = before.join().unwrap();
-    assert!(
-        took < Duration::from_secs(10 + 5),
-        "call before the kill hung"
-    );
+    assert!(took < Duration::from_secs(10 + 5), "call before the kill hung");
     if resp.status != 200 {
         resp.assert_json_error(&[503, 504], "call made just before the kill");
     }
@@ -121,10 +115,7 @@ fn camera_killed_with_a_command_in_flight_fails_callers_by_their_timeout() {
     let _camera = start_camera_bin(&api.url, &camera_env);
     let started = Instant::now();
     wait_for_logs("the restarted camera to answer", &logs(5.0));
-    eprintln!(
-        "restarted camera served /logs after {:?}",
-        started.elapsed()
-    );
+    eprintln!("restarted camera served /logs after {:?}", started.elapsed());
     let stats = get_with(&agent, &stats_url, None).json();
     assert_eq!(stats["registry"]["waitingRequests"], 0, "{stats}");
     assert_eq!(stats["registry"]["commandsInFlight"], 0, "{stats}");
@@ -175,9 +166,8 @@ fn api_restarted_on_the_same_port_is_rejoined_and_the_camera_idles_while_it_is_d
     // The port was this server's; another process could in theory take it meanwhile, so a
     // failed bind is retried until the deadline.
     let restarted_at = Instant::now();
-    let api = wait_for("the api to restart on its port", PATIENCE, || {
-        try_start_api(port, &api_env)
-    });
+    let api =
+        wait_for("the api to restart on its port", PATIENCE, || try_start_api(port, &api_env));
     assert_eq!(api.port, port);
     wait_for_logs("the camera to rejoin the restarted server", &logs);
     let rejoined = restarted_at.elapsed();
@@ -187,10 +177,7 @@ fn api_restarted_on_the_same_port_is_rejoined_and_the_camera_idles_while_it_is_d
         "the camera took {rejoined:?} to rejoin with BACKOFF_MAX_SECS=1"
     );
     wait_until("the camera to log its recovery", PATIENCE, || {
-        camera
-            .stderr_lines()
-            .iter()
-            .any(|l| l.contains("could poll the API server again"))
+        camera.stderr_lines().iter().any(|l| l.contains("could poll the API server again"))
     });
 }
 
@@ -311,14 +298,8 @@ fn polls_dying_at_random_moments_never_cross_answers() {
          re-sent; dead polls read {swallowed} command(s) before closing",
         started.elapsed()
     );
-    assert!(
-        slow_rounds > 0,
-        "no command was ever lost to a dead poll: the race was not exercised"
-    );
-    assert!(
-        ok >= 90,
-        "only {ok} of 100 calls were answered (timeout 8 s, ack timeout 0.5 s)"
-    );
+    assert!(slow_rounds > 0, "no command was ever lost to a dead poll: the race was not exercised");
+    assert!(ok >= 90, "only {ok} of 100 calls were answered (timeout 8 s, ack timeout 0.5 s)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,18 +338,13 @@ fn two_thousand_calls_leave_no_state_and_no_threads_behind() {
     let count = |value: &serde_json::Value| value.as_u64().unwrap_or(u64::MAX);
     let events = fixture(200);
     let _busy = Camera::start_with(
-        CameraConfig {
-            poll_timeout: Duration::from_secs(20),
-            ..camera_config(&url, "busy")
-        },
+        CameraConfig { poll_timeout: Duration::from_secs(20), ..camera_config(&url, "busy") },
         &events,
     );
     let stop = Arc::new(AtomicBool::new(false));
     let mute = mute_poller(url.clone(), Arc::clone(&stop));
     let stop_mute = StopOnDrop(stop);
-    wait_until("both cameras online", PATIENCE, || {
-        stats()["registry"]["camerasOnline"] == 2
-    });
+    wait_until("both cameras online", PATIENCE, || stats()["registry"]["camerasOnline"] == 2);
     let idle = stats();
     let idle_handlers = count(&idle["server"]["handlerThreads"]);
     let idle_threads = count(&idle["server"]["processThreads"]);
@@ -426,25 +402,19 @@ fn two_thousand_calls_leave_no_state_and_no_threads_behind() {
     let load_took = started.elapsed();
 
     let settled = Instant::now();
-    let after = wait_for(
-        "the registry and the handler pool to return to idle",
-        PATIENCE,
-        || {
-            let now = stats();
-            let registry = &now["registry"];
-            let idle = count(&registry["waitingRequests"]) == 0
-                && count(&registry["commandsInFlight"]) == 0
-                && count(&registry["queuedDispatches"]) == 0
-                && count(&now["server"]["handlerThreads"]) <= idle_handlers.max(4) + 2;
-            if idle {
-                Ok(now)
-            } else {
-                Err(format!(
-                    "{now}; {idle_handlers} handler threads before the load"
-                ))
-            }
-        },
-    );
+    let after = wait_for("the registry and the handler pool to return to idle", PATIENCE, || {
+        let now = stats();
+        let registry = &now["registry"];
+        let idle = count(&registry["waitingRequests"]) == 0
+            && count(&registry["commandsInFlight"]) == 0
+            && count(&registry["queuedDispatches"]) == 0
+            && count(&now["server"]["handlerThreads"]) <= idle_handlers.max(4) + 2;
+        if idle {
+            Ok(now)
+        } else {
+            Err(format!("{now}; {idle_handlers} handler threads before the load"))
+        }
+    });
     eprintln!(
         "2,000 calls in {load_took:?}; registry and handlers idle {:?} later: {after}",
         settled.elapsed()
@@ -456,10 +426,8 @@ fn two_thousand_calls_leave_no_state_and_no_threads_behind() {
     // would retire after 5 s idle, but a new camera connection every second wakes them in
     // turn, so those 8 stay.) The threads named after this test's thread (see
     // `threads_named_as_current`) are the ones this test started in its own process.
-    let (own, threads) = wait_for(
-        "the thread counts to return to idle",
-        Duration::from_secs(15),
-        || {
+    let (own, threads) =
+        wait_for("the thread counts to return to idle", Duration::from_secs(15), || {
             let own = threads_named_as_current();
             let now = count(&stats()["server"]["processThreads"]);
             if own <= idle_own + 2 && now <= idle_threads + 10 {
@@ -473,8 +441,7 @@ fn two_thousand_calls_leave_no_state_and_no_threads_behind() {
                     thread_names()
                 ))
             }
-        },
-    );
+        });
     eprintln!(
         "threads back to {own} of this test's ({idle_own} before) and {threads} in the api \
          ({idle_threads} before)"
@@ -504,10 +471,7 @@ fn steady_requests(url: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<usi
 fn the_handler_pool_shrinks_after_a_burst_while_requests_keep_coming() {
     let _serial = IN_PROCESS.lock();
     let idle_exit = Duration::from_secs(1);
-    let system = TestServer::start(ServerConfig {
-        worker_idle_exit: idle_exit,
-        ..test_config()
-    });
+    let system = TestServer::start(ServerConfig { worker_idle_exit: idle_exit, ..test_config() });
     let stop = Arc::new(AtomicBool::new(false));
     let stop_all = StopOnDrop(Arc::clone(&stop));
     let mute = mute_poller(system.url.clone(), Arc::clone(&stop));
@@ -558,23 +522,15 @@ fn the_handler_pool_shrinks_after_a_burst_while_requests_keep_coming() {
         if now.handler_threads <= before + 2 {
             Ok(now.handler_threads)
         } else {
-            Err(format!(
-                "{now:?}; {before} handler threads before the burst, {peak} at its peak"
-            ))
+            Err(format!("{now:?}; {before} handler threads before the burst, {peak} at its peak"))
         }
     });
     let took = burst_over.elapsed();
     drop(stop_all);
     let answered = steady.join().unwrap();
     drop(system); // answers the mute poller's held poll
-    assert!(
-        mute.join().unwrap() > 0,
-        "the mute camera never received a command"
-    );
-    assert!(
-        answered > 100,
-        "only {answered} steady requests were answered"
-    );
+    assert!(mute.join().unwrap() > 0, "the mute camera never received a command");
+    assert!(answered > 100, "only {answered} steady requests were answered");
     eprintln!(
         "handler threads: {before} before, {peak} at the burst, {after} {took:?} after it, \
          with {answered} steady requests in all"
@@ -585,10 +541,7 @@ fn the_handler_pool_shrinks_after_a_burst_while_requests_keep_coming() {
 
 #[test]
 fn log_file_survives_sigkill_and_a_torn_line() {
-    let api = start_api(&env(&[
-        ("ACK_TIMEOUT_SECS", "0.5"),
-        ("CAMERA_GRACE_SECS", "1"),
-    ]));
+    let api = start_api(&env(&[("ACK_TIMEOUT_SECS", "0.5"), ("CAMERA_GRACE_SECS", "1")]));
     let dir = TempDir::new("faults-log-file");
     let file = dir.0.join("events.jsonl");
     let camera_env = env(&[
@@ -603,11 +556,7 @@ fn log_file_survives_sigkill_and_a_torn_line() {
     let agent = agent(Duration::from_secs(20));
     let seen = wait_for("10 events served by the camera", PATIENCE, || {
         let resp = try_get(&agent, &logs, None).ok_or("no answer")?;
-        let events = if resp.status == 200 {
-            logs_of(&resp.json())
-        } else {
-            Vec::new()
-        };
+        let events = if resp.status == 200 { logs_of(&resp.json()) } else { Vec::new() };
         if events.len() < 10 {
             return Err(format!("{} events so far", events.len()));
         }
@@ -645,10 +594,7 @@ fn log_file_survives_sigkill_and_a_torn_line() {
         missing.len(),
         seen.len()
     );
-    assert!(
-        served.iter().all(|e| e.timestamp != T0),
-        "the torn event was served"
-    );
+    assert!(served.iter().all(|e| e.timestamp != T0), "the torn event was served");
     let report = third
         .stderr_lines()
         .into_iter()

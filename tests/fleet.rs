@@ -57,9 +57,7 @@ fn camera_id(i: usize) -> String {
 
 /// Camera `i`'s events: its own descriptions, a count of its own.
 fn events_of(i: usize) -> Vec<LogEntry> {
-    (0..3 + i % 5)
-        .map(|k| entry(ts(k + i), &format!("{} event {k}", camera_id(i))))
-        .collect()
+    (0..3 + i % 5).map(|k| entry(ts(k + i), &format!("{} event {k}", camera_id(i)))).collect()
 }
 
 /// The cameras each instance lists as online, asked directly (not through nginx).
@@ -130,23 +128,14 @@ impl Users {
                             Some(r) => Some(format!("HTTP {}: {}", r.status, r.text().trim())),
                             None => Some("no answer".to_string()),
                         };
-                        calls.lock().push(Call {
-                            camera,
-                            started,
-                            ended: Instant::now(),
-                            failure,
-                        });
+                        calls.lock().push(Call { camera, started, ended: Instant::now(), failure });
                         // Pacing, not synchronisation: leaves the two CI cores to the system.
                         thread::sleep(Duration::from_millis(10));
                     }
                 })
             })
             .collect();
-        Users {
-            stop,
-            calls,
-            threads,
-        }
+        Users { stop, calls, threads }
     }
 
     fn snapshot(&self) -> Vec<Call> {
@@ -190,65 +179,48 @@ fn a_fleet_routes_by_camera_and_survives_losing_an_instance() {
     else {
         return;
     };
-    let mut apis: Vec<Option<ApiProc>> = (0..INSTANCES)
-        .map(|_| Some(start_api(&api_env())))
-        .collect();
-    let upstreams: Vec<String> = apis
-        .iter()
-        .flatten()
-        .map(|api| host_port(&api.url).to_string())
-        .collect();
+    let mut apis: Vec<Option<ApiProc>> =
+        (0..INSTANCES).map(|_| Some(start_api(&api_env()))).collect();
+    let upstreams: Vec<String> =
+        apis.iter().flatten().map(|api| host_port(&api.url).to_string()).collect();
     let edge = Edge::start_with(
         &nginx,
         &upstreams,
-        &EdgeOptions {
-            server_params: Some(SERVER_PARAMS.to_string()),
-            ..EdgeOptions::default()
-        },
+        &EdgeOptions { server_params: Some(SERVER_PARAMS.to_string()), ..EdgeOptions::default() },
     );
-    let _cameras: Vec<Camera> = (0..CAMERAS)
-        .map(|i| Camera::start(&edge.url, &camera_id(i), &events_of(i)))
-        .collect();
+    let _cameras: Vec<Camera> =
+        (0..CAMERAS).map(|i| Camera::start(&edge.url, &camera_id(i), &events_of(i))).collect();
 
     // Every camera answers through nginx with exactly its own events.
     let agent = agent(Duration::from_secs(20));
     for i in 0..CAMERAS {
         let url = logs_url(&edge.url, &camera_id(i), None, None, Some(10.0));
         let want = expected(&events_of(i), None, None);
-        wait_for(
-            &format!("{} to answer through nginx", camera_id(i)),
-            PATIENCE,
-            || match try_get(&agent, &url, None) {
-                Some(r) if r.status == 200 => {
-                    let logs = logs_of(&r.json());
-                    assert_eq!(logs, want, "{}: another camera's events?", camera_id(i));
-                    Ok(())
-                }
-                Some(r) => Err(format!("HTTP {}: {}", r.status, r.text())),
-                None => Err("no answer".to_string()),
-            },
-        );
+        wait_for(&format!("{} to answer through nginx", camera_id(i)), PATIENCE, || match try_get(
+            &agent, &url, None,
+        ) {
+            Some(r) if r.status == 200 => {
+                let logs = logs_of(&r.json());
+                assert_eq!(logs, want, "{}: another camera's events?", camera_id(i));
+                Ok(())
+            }
+            Some(r) => Err(format!("HTTP {}: {}", r.status, r.text())),
+            None => Err("no answer".to_string()),
+        });
     }
     // ... each held by exactly one instance, and the hash spreads them.
     let held = holdings(&apis);
     let mut owner = BTreeMap::new();
     for (instance, ids) in held.iter().enumerate() {
         for id in ids {
-            assert!(
-                owner.insert(id.clone(), instance).is_none(),
-                "{id} is held twice: {held:?}"
-            );
+            assert!(owner.insert(id.clone(), instance).is_none(), "{id} is held twice: {held:?}");
         }
     }
     assert_eq!(owner.len(), CAMERAS, "{held:?}");
     let counts: Vec<usize> = held.iter().map(BTreeSet::len).collect();
     eprintln!("cameras per instance: {counts:?}");
-    let victim = (0..INSTANCES)
-        .max_by_key(|&i| counts[i])
-        .expect("an instance");
-    let moved: BTreeSet<usize> = (0..CAMERAS)
-        .filter(|i| owner[&camera_id(*i)] == victim)
-        .collect();
+    let victim = (0..INSTANCES).max_by_key(|&i| counts[i]).expect("an instance");
+    let moved: BTreeSet<usize> = (0..CAMERAS).filter(|i| owner[&camera_id(*i)] == victim).collect();
     assert!(
         counts.iter().all(|&n| n > 0),
         "consistent hashing should give every instance cameras: {counts:?}"
@@ -256,12 +228,7 @@ fn a_fleet_routes_by_camera_and_survives_losing_an_instance() {
 
     let users = Users::start(&edge.url);
     wait_until("users' calls succeed before the kill", PATIENCE, || {
-        users
-            .snapshot()
-            .iter()
-            .filter(|c| c.failure.is_none())
-            .count()
-            >= 2 * CAMERAS
+        users.snapshot().iter().filter(|c| c.failure.is_none()).count() >= 2 * CAMERAS
     });
 
     // Kill -9 the instance holding the most cameras.
@@ -270,10 +237,8 @@ fn a_fleet_routes_by_camera_and_survives_losing_an_instance() {
     apis[victim].as_mut().expect("running").proc.kill();
     apis[victim] = None;
     // Its cameras answer again: each one's first good call that started after the kill.
-    let recovered: BTreeMap<usize, Duration> = wait_for(
-        "the killed instance's cameras to answer again",
-        PATIENCE,
-        || {
+    let recovered: BTreeMap<usize, Duration> =
+        wait_for("the killed instance's cameras to answer again", PATIENCE, || {
             let calls = users.snapshot();
             let back: BTreeMap<usize, Duration> = moved
                 .iter()
@@ -289,24 +254,17 @@ fn a_fleet_routes_by_camera_and_survives_losing_an_instance() {
             } else {
                 Err(format!("{} of {} back", back.len(), moved.len()))
             }
-        },
-    );
+        });
     let slowest = recovered.values().max().copied().unwrap_or_default();
     eprintln!(
         "killed instance {victim} ({} cameras): all answered again within {:.0} ms of the kill (camera backoff {CAMERA_BACKOFF:?})",
         moved.len(),
         slowest.as_secs_f64() * 1e3
     );
-    wait_until(
-        "the killed instance's cameras are held by the others",
-        PATIENCE,
-        || {
-            let held = holdings(&apis);
-            moved
-                .iter()
-                .all(|&i| held.iter().any(|ids| ids.contains(&camera_id(i))))
-        },
-    );
+    wait_until("the killed instance's cameras are held by the others", PATIENCE, || {
+        let held = holdings(&apis);
+        moved.iter().all(|&i| held.iter().any(|ids| ids.contains(&camera_id(i))))
+    });
 
     // Back on the same port (the old one can linger for a moment: try a few times).
     let restarted = Instant::now();
@@ -321,10 +279,7 @@ fn a_fleet_routes_by_camera_and_survives_losing_an_instance() {
         }
         thread::sleep(Duration::from_millis(100));
     }
-    assert!(
-        apis[victim].is_some(),
-        "the instance would not restart: {last_error}"
-    );
+    assert!(apis[victim].is_some(), "the instance would not restart: {last_error}");
     // With max_fails=0 nginx sends it traffic as soon as it listens; its cameras come back as
     // their polls held elsewhere end.
     let rejoined = wait_for("a camera back on the restarted instance", PATIENCE, || {
@@ -351,37 +306,22 @@ fn a_fleet_routes_by_camera_and_survives_losing_an_instance() {
         .iter()
         .filter(|c| c.failure.as_deref().is_some_and(|f| f.starts_with("WRONG")))
         .collect();
-    assert!(
-        wrong.is_empty(),
-        "wrong answers:{}",
-        describe(&wrong, killed)
-    );
-    let others_failed: Vec<&Call> = calls
-        .iter()
-        .filter(|c| !moved.contains(&c.camera) && c.failure.is_some())
-        .collect();
+    assert!(wrong.is_empty(), "wrong answers:{}", describe(&wrong, killed));
+    let others_failed: Vec<&Call> =
+        calls.iter().filter(|c| !moved.contains(&c.camera) && c.failure.is_some()).collect();
     assert!(
         others_failed.is_empty(),
         "calls for cameras of the surviving instances failed:{}",
         describe(&others_failed, killed)
     );
-    let during_kill: Vec<&Call> = calls
-        .iter()
-        .filter(|c| c.failure.is_some() && c.started < restarted)
-        .collect();
-    let moving_back: Vec<&Call> = calls
-        .iter()
-        .filter(|c| c.started >= restarted && c.started <= settled)
-        .collect();
-    let failed_moving_back: Vec<&Call> = moving_back
-        .iter()
-        .copied()
-        .filter(|c| c.failure.is_some())
-        .collect();
-    let late_failures: Vec<&Call> = calls
-        .iter()
-        .filter(|c| c.started > settled && c.failure.is_some())
-        .collect();
+    let during_kill: Vec<&Call> =
+        calls.iter().filter(|c| c.failure.is_some() && c.started < restarted).collect();
+    let moving_back: Vec<&Call> =
+        calls.iter().filter(|c| c.started >= restarted && c.started <= settled).collect();
+    let failed_moving_back: Vec<&Call> =
+        moving_back.iter().copied().filter(|c| c.failure.is_some()).collect();
+    let late_failures: Vec<&Call> =
+        calls.iter().filter(|c| c.started > settled && c.failure.is_some()).collect();
     eprintln!(
         "{} calls in all; {} failed around the kill; back on port {victim_port}: first camera home {:.2} s after its restart, all {} home {:.2} s after that; {} of {} calls failed while they moved back ({:.1} %), {} after POLL_HOLD_SECS + 1 s{}",
         calls.len(),
@@ -431,10 +371,7 @@ fn make_certificates(dir: &Path) -> bool {
     ) {
         return false;
     }
-    assert!(openssl(
-        dir,
-        &format!("req {KEY} -keyout edge.key -out edge.csr -subj /CN=localhost")
-    ));
+    assert!(openssl(dir, &format!("req {KEY} -keyout edge.key -out edge.csr -subj /CN=localhost")));
     std::fs::write(
         dir.join("edge.ext"),
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
@@ -522,13 +459,12 @@ fn the_camera_binary_reaches_the_api_through_a_tls_edge() {
     });
     let end = logged.iter().map(|e| e.timestamp).fold(f64::MIN, f64::max);
     let url = logs_url(&base, "tls-cam", None, Some(end), Some(10.0));
-    let answer = wait_for("/logs through the TLS edge", PATIENCE, || {
-        match try_get(&agent, &url, None) {
+    let answer =
+        wait_for("/logs through the TLS edge", PATIENCE, || match try_get(&agent, &url, None) {
             Some(r) if r.status == 200 => Ok(r),
             Some(r) => Err(format!("HTTP {}: {}", r.status, r.text())),
             None => Err("no answer".to_string()),
-        }
-    });
+        });
     assert_eq!(
         answer.expect_logs().logs,
         expected(&logged, None, Some(end)),

@@ -99,17 +99,9 @@ fn malformed_queries_get_400_json_errors() {
         ("endTimestamp=-0", None, Some(0.0)),
         ("startTimestamp=-0&endTimestamp=0", Some(0.0), Some(0.0)),
     ] {
-        let resp = get_with(
-            &agent,
-            &format!("{}/logs?cameraId=cam&{query}", system.url),
-            None,
-        );
+        let resp = get_with(&agent, &format!("{}/logs?cameraId=cam&{query}", system.url), None);
         assert_eq!(resp.status, 200, "{query}: {}", resp.text());
-        assert_eq!(
-            logs_of(&resp.json()),
-            expected(&events, start, end),
-            "{query}"
-        );
+        assert_eq!(logs_of(&resp.json()), expected(&events, start, end), "{query}");
     }
     assert_serving(&system, &events, "-0 bounds");
 }
@@ -158,10 +150,7 @@ fn a_ten_megabyte_query_string_is_refused_and_the_server_survives() {
     }
     assert_serving(&system, &events, "a 10 MB query string");
     let agent = agent(Duration::from_secs(10));
-    assert_eq!(
-        get_with(&agent, &format!("{}/health", system.url), None).status,
-        200
-    );
+    assert_eq!(get_with(&agent, &format!("{}/health", system.url), None).status, 200);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -185,65 +174,26 @@ fn malformed_and_mistyped_send_logs_bodies_get_400() {
         ("an array", b"[]".to_vec()),
         ("no logs", br#"{"requestId":"0123"}"#.to_vec()),
         ("logs null", br#"{"logs":null}"#.to_vec()),
-        (
-            "logs an object",
-            br#"{"logs":{"timestamp":1,"description":"x"}}"#.to_vec(),
-        ),
+        ("logs an object", br#"{"logs":{"timestamp":1,"description":"x"}}"#.to_vec()),
         ("logs a string", br#"{"logs":"[]"}"#.to_vec()),
-        (
-            "timestamp a string",
-            br#"{"logs":[{"timestamp":"1","description":"x"}]}"#.to_vec(),
-        ),
-        (
-            "timestamp null",
-            br#"{"logs":[{"timestamp":null,"description":"x"}]}"#.to_vec(),
-        ),
-        (
-            "timestamp bool",
-            br#"{"logs":[{"timestamp":true,"description":"x"}]}"#.to_vec(),
-        ),
-        (
-            "timestamp 1e400",
-            br#"{"logs":[{"timestamp":1e400,"description":"x"}]}"#.to_vec(),
-        ),
-        (
-            "timestamp NaN",
-            br#"{"logs":[{"timestamp":NaN,"description":"x"}]}"#.to_vec(),
-        ),
-        (
-            "timestamp 0x10",
-            br#"{"logs":[{"timestamp":0x10,"description":"x"}]}"#.to_vec(),
-        ),
-        (
-            "description a number",
-            br#"{"logs":[{"timestamp":1,"description":5}]}"#.to_vec(),
-        ),
-        (
-            "description missing",
-            br#"{"logs":[{"timestamp":1}]}"#.to_vec(),
-        ),
+        ("timestamp a string", br#"{"logs":[{"timestamp":"1","description":"x"}]}"#.to_vec()),
+        ("timestamp null", br#"{"logs":[{"timestamp":null,"description":"x"}]}"#.to_vec()),
+        ("timestamp bool", br#"{"logs":[{"timestamp":true,"description":"x"}]}"#.to_vec()),
+        ("timestamp 1e400", br#"{"logs":[{"timestamp":1e400,"description":"x"}]}"#.to_vec()),
+        ("timestamp NaN", br#"{"logs":[{"timestamp":NaN,"description":"x"}]}"#.to_vec()),
+        ("timestamp 0x10", br#"{"logs":[{"timestamp":0x10,"description":"x"}]}"#.to_vec()),
+        ("description a number", br#"{"logs":[{"timestamp":1,"description":5}]}"#.to_vec()),
+        ("description missing", br#"{"logs":[{"timestamp":1}]}"#.to_vec()),
         ("entry an array", br#"{"logs":[[1,"x",3]]}"#.to_vec()),
-        (
-            "requestId a number",
-            br#"{"requestId":7,"logs":[]}"#.to_vec(),
-        ),
-        (
-            "requestId an object",
-            br#"{"requestId":{},"logs":[]}"#.to_vec(),
-        ),
+        ("requestId a number", br#"{"requestId":7,"logs":[]}"#.to_vec()),
+        ("requestId an object", br#"{"requestId":{},"logs":[]}"#.to_vec()),
         (
             "bad UTF-8 in a string",
             b"{\"logs\":[{\"timestamp\":1,\"description\":\"\xff\xfe\"}]}".to_vec(),
         ),
-        (
-            "lone surrogate",
-            br#"{"logs":[{"timestamp":1,"description":"\ud800"}]}"#.to_vec(),
-        ),
+        ("lone surrogate", br#"{"logs":[{"timestamp":1,"description":"\ud800"}]}"#.to_vec()),
         ("trailing garbage", br#"{"logs":[]} {"logs":[]}"#.to_vec()),
-        (
-            "truncated",
-            br#"{"requestId":"ab","logs":[{"timestamp":1,"descr"#.to_vec(),
-        ),
+        ("truncated", br#"{"requestId":"ab","logs":[{"timestamp":1,"descr"#.to_vec()),
         ("duplicate field", br#"{"logs":[],"logs":[]}"#.to_vec()),
     ];
     for (what, body) in &bodies {
@@ -253,11 +203,8 @@ fn malformed_and_mistyped_send_logs_bodies_get_400() {
     assert_serving(&system, &events, "malformed bodies");
 
     // Deep nesting inside a field the server ignores: parsed (or refused) without harm.
-    let ignored_deep = format!(
-        "{{\"logs\":[],\"extra\":{}{}}}",
-        "[".repeat(100_000),
-        "]".repeat(100_000)
-    );
+    let ignored_deep =
+        format!("{{\"logs\":[],\"extra\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
     let resp = post_with(&agent, &url, ignored_deep.as_bytes(), None);
     resp.assert_json_error(&[400, 404], "deep nesting in an ignored field");
     assert_serving(&system, &events, "deep nesting in an ignored field");
@@ -265,20 +212,15 @@ fn malformed_and_mistyped_send_logs_bodies_get_400() {
 
 #[test]
 fn a_million_item_logs_array_is_answered_within_a_deadline() {
-    let (system, events) = system_with_camera(ServerConfig {
-        max_body_bytes: 64 * 1024 * 1024,
-        ..test_config()
-    });
+    let (system, events) =
+        system_with_camera(ServerConfig { max_body_bytes: 64 * 1024 * 1024, ..test_config() });
     let mut body = String::from(r#"{"requestId":"REQUEST","logs":["#);
     for i in 0..1_000_000u32 {
         if i > 0 {
             body.push(',');
         }
         // Descending timestamps, so the server has to sort.
-        body.push_str(&format!(
-            r#"{{"timestamp":{},"description":"e"}}"#,
-            1_000_000 - i
-        ));
+        body.push_str(&format!(r#"{{"timestamp":{},"description":"e"}}"#, 1_000_000 - i));
     }
     body.push_str("]}");
     eprintln!("million-item body: {} bytes", body.len());
@@ -312,33 +254,23 @@ fn a_million_item_logs_array_is_answered_within_a_deadline() {
     let started = Instant::now();
     let resp = post_with(&agent, &send_url, body.as_bytes(), None);
     let took = started.elapsed();
-    eprintln!(
-        "million items, unknown requestId: HTTP {} in {took:?}",
-        resp.status
-    );
+    eprintln!("million items, unknown requestId: HTTP {} in {took:?}", resp.status);
     resp.assert_json_error(&[404], "a million items for an unknown request");
     assert!(took < PATIENCE, "took {took:?}");
 
     // The same answer to a real command: the caller gets exactly its own range of it.
-    let logs_url = format!(
-        "{}/logs?cameraId=big&startTimestamp=10&endTimestamp=12&timeout=60",
-        system.url
-    );
+    let logs_url =
+        format!("{}/logs?cameraId=big&startTimestamp=10&endTimestamp=12&timeout=60", system.url);
     let caller = {
         let agent = agent.clone();
         thread::spawn(move || get_with(&agent, &logs_url, None))
     };
-    let request_id = commands
-        .recv_timeout(PATIENCE)
-        .expect("a command for the fake camera");
+    let request_id = commands.recv_timeout(PATIENCE).expect("a command for the fake camera");
     let body = body.replacen("REQUEST", &request_id, 1);
     let started = Instant::now();
     let resp = post_with(&agent, &send_url, body.as_bytes(), None);
     let took = started.elapsed();
-    eprintln!(
-        "million items, matching requestId: HTTP {} in {took:?}",
-        resp.status
-    );
+    eprintln!("million items, matching requestId: HTTP {} in {took:?}", resp.status);
     assert_eq!(resp.status, 200, "{}", resp.text());
     let answer = caller.join().unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
@@ -407,9 +339,7 @@ fn an_absurd_content_length_is_413_and_the_server_survives() {
     let agent = agent(Duration::from_secs(10));
     let stats_url = format!("{}/stats", system.url);
     let parked = || {
-        get_with(&agent, &stats_url, None).json()["server"]["parkedConnections"]
-            .as_u64()
-            .unwrap()
+        get_with(&agent, &stats_url, None).json()["server"]["parkedConnections"].as_u64().unwrap()
     };
     let parked_before = parked();
 
@@ -442,11 +372,7 @@ fn an_absurd_content_length_is_413_and_the_server_survives() {
         held.push(stream);
     }
     assert_serving(&system, &events, "a 99999999999999-byte Content-Length");
-    assert_eq!(
-        parked(),
-        parked_before + 2,
-        "parked connections are counted"
-    );
+    assert_eq!(parked(), parked_before + 2, "parked connections are counted");
 
     // A Content-Length beyond u64: tiny_http ignores it, so the body is empty: 400.
     let request = "POST /send_logs?cameraId=cam HTTP/1.1\r\nHost: x\r\n\
@@ -468,12 +394,7 @@ fn an_absurd_content_length_is_413_and_the_server_survives() {
             );
         };
         let body = body.unwrap_or_else(|e| panic!("{context}: reading the body: {e}"));
-        Resp {
-            status,
-            headers,
-            body,
-        }
-        .assert_json_error(&[413], &context);
+        Resp { status, headers, body }.assert_json_error(&[413], &context);
     }
 }
 
@@ -580,11 +501,7 @@ const BODY_SPECIALS: &[&str] = &[
 fn mutate(rng: &mut Rng, base: &[u8], specials: &[&str]) -> Vec<u8> {
     let mut out = base.to_vec();
     for _ in 0..1 + rng.below(4) {
-        let at = if out.is_empty() {
-            0
-        } else {
-            rng.below(out.len() + 1)
-        };
+        let at = if out.is_empty() { 0 } else { rng.below(out.len() + 1) };
         match rng.below(7) {
             0 if !out.is_empty() => {
                 let i = rng.below(out.len());
@@ -661,10 +578,7 @@ fn thousands_of_generated_inputs_never_panic_the_parsers_and_errors_are_400() {
         };
         match parsed {
             Ok((camera, start, end, timeout)) => {
-                assert!(
-                    valid_camera_id(&camera),
-                    "query #{i} {raw:?}: id {camera:?}"
-                );
+                assert!(valid_camera_id(&camera), "query #{i} {raw:?}: id {camera:?}");
                 assert!(start.is_none_or(f64::is_finite), "query #{i} {raw:?}");
                 assert!(end.is_none_or(f64::is_finite), "query #{i} {raw:?}");
                 assert!(
@@ -704,14 +618,8 @@ fn thousands_of_generated_inputs_never_panic_the_parsers_and_errors_are_400() {
         body_errors += usize::from(status == 400);
     }
     eprintln!("4000 queries: {query_errors} refused; 4000 bodies: {body_errors} refused");
-    assert!(
-        query_errors > 400 && query_errors < 3600,
-        "mutations too tame or too wild"
-    );
-    assert!(
-        body_errors > 400 && body_errors < 4000,
-        "mutations too tame or too wild"
-    );
+    assert!(query_errors > 400 && query_errors < 3600, "mutations too tame or too wild");
+    assert!(body_errors > 400 && body_errors < 4000, "mutations too tame or too wild");
 }
 
 #[test]
@@ -743,11 +651,7 @@ fn hundreds_of_generated_requests_get_exactly_the_predicted_json_answer() {
             };
             let request =
                 format!("GET /logs?{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            (
-                request.into_bytes(),
-                predicted,
-                format!("GET /logs?{query}"),
-            )
+            (request.into_bytes(), predicted, format!("GET /logs?{query}"))
         } else {
             let base = rng.pick(BASE_BODIES).as_bytes();
             let body = mutate(&mut rng, base, BODY_SPECIALS);
@@ -776,9 +680,6 @@ fn hundreds_of_generated_requests_get_exactly_the_predicted_json_answer() {
     eprintln!("300 generated requests: {statuses:?}");
     let agent = agent(Duration::from_secs(10));
     let health = get_with(&agent, &format!("{}/health", system.url), None);
-    assert_eq!(
-        (health.status, health.json()),
-        (200, serde_json::json!({"status": "ok"}))
-    );
+    assert_eq!((health.status, health.json()), (200, serde_json::json!({"status": "ok"})));
     assert_serving(&system, &events, "generated requests");
 }

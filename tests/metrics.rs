@@ -18,10 +18,7 @@ fn parse(text: &str) -> HashMap<String, f64> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let name = rest.split(' ').next().unwrap().to_string();
-            assert!(
-                text.contains(&format!("# HELP {name} ")),
-                "{name} has no HELP"
-            );
+            assert!(text.contains(&format!("# HELP {name} ")), "{name} has no HELP");
             declared.push(name);
             continue;
         }
@@ -39,13 +36,8 @@ fn parse(text: &str) -> HashMap<String, f64> {
             "sample {line:?} outside its family {family}"
         );
         assert!(name.starts_with("camera_logs_"), "{line}");
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("value of {line:?}"));
-        assert!(
-            samples.insert(key.to_string(), value).is_none(),
-            "duplicate {key}"
-        );
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line:?}"));
+        assert!(samples.insert(key.to_string(), value).is_none(), "duplicate {key}");
     }
     samples
 }
@@ -54,17 +46,12 @@ fn scrape(base: &str) -> HashMap<String, f64> {
     let agent = agent(Duration::from_secs(30));
     let resp = get_with(&agent, &format!("{base}/metrics"), Some(TOKEN));
     assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!(
-        resp.header("content-type"),
-        Some("text/plain; version=0.0.4; charset=utf-8")
-    );
+    assert_eq!(resp.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     parse(&resp.text())
 }
 
 fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
-    *samples
-        .get(key)
-        .unwrap_or_else(|| panic!("no sample {key}; have {:#?}", sorted(samples)))
+    *samples.get(key).unwrap_or_else(|| panic!("no sample {key}; have {:#?}", sorted(samples)))
 }
 
 fn sorted(samples: &HashMap<String, f64>) -> Vec<(&String, &f64)> {
@@ -75,9 +62,7 @@ fn sorted(samples: &HashMap<String, f64>) -> Vec<(&String, &f64)> {
 
 fn requests(samples: &HashMap<String, f64>, route: &str, status: &str) -> f64 {
     samples
-        .get(&format!(
-            "camera_logs_http_requests_total{{route=\"{route}\",status=\"{status}\"}}"
-        ))
+        .get(&format!("camera_logs_http_requests_total{{route=\"{route}\",status=\"{status}\"}}"))
         .copied()
         .unwrap_or(0.0)
 }
@@ -104,11 +89,7 @@ fn a_scrape_counts_exactly_the_traffic_before_it() {
     // 401 without the token, on /metrics itself.
     assert_eq!(get(&format!("{base}/metrics")).status, 401);
     // Three calls one after another: three round trips of one call each.
-    for (start, end) in [
-        (None, None),
-        (Some(ts(3)), Some(ts(9))),
-        (Some(ts(15)), None),
-    ] {
+    for (start, end) in [(None, None), (Some(ts(3)), Some(ts(9))), (Some(ts(15)), None)] {
         let answer = with_token(&logs_url(&base, "cam", start, end, None)).expect_logs();
         assert_eq!(answer.logs, expected(&events, start, end));
     }
@@ -117,12 +98,7 @@ fn a_scrape_counts_exactly_the_traffic_before_it() {
         .map(|_| {
             let url = logs_url(&base, "cam", None, None, None);
             std::thread::spawn(move || {
-                get_with(
-                    &crate::common::agent(Duration::from_secs(60)),
-                    &url,
-                    Some(TOKEN),
-                )
-                .status
+                get_with(&crate::common::agent(Duration::from_secs(60)), &url, Some(TOKEN)).status
             })
         })
         .collect();
@@ -130,30 +106,16 @@ fn a_scrape_counts_exactly_the_traffic_before_it() {
         assert_eq!(call.join().unwrap(), 200);
     }
     // 400, 404 (not a rejection), an unknown path, 413.
-    assert_eq!(
-        with_token(&format!("{base}/logs?cameraId=cam&startTimestamp=NaN")).status,
-        400
-    );
-    assert_eq!(
-        with_token(&format!("{base}/logs?cameraId=nobody")).status,
-        404
-    );
+    assert_eq!(with_token(&format!("{base}/logs?cameraId=cam&startTimestamp=NaN")).status, 400);
+    assert_eq!(with_token(&format!("{base}/logs?cameraId=nobody")).status, 404);
     assert_eq!(with_token(&format!("{base}/no/such/path")).status, 404);
     assert_eq!(
-        post_answer(
-            &base,
-            "cam",
-            &serde_json::json!({"logs": [], "pad": "x".repeat(5000)})
-        )
-        .status,
+        post_answer(&base, "cam", &serde_json::json!({"logs": [], "pad": "x".repeat(5000)})).status,
         413
     );
     // 504 from a camera that takes the command and never answers: re-sent after the ack timeout.
     let started = std::time::Instant::now();
-    assert_eq!(
-        with_token(&logs_url(&base, "mute", None, None, Some(3.0))).status,
-        504
-    );
+    assert_eq!(with_token(&logs_url(&base, "mute", None, None, Some(3.0))).status, 504);
     assert!(started.elapsed() >= Duration::from_secs(3));
     // 503 once it stops polling.
     mute.stop_polling();
@@ -165,10 +127,7 @@ fn a_scrape_counts_exactly_the_traffic_before_it() {
             .iter()
             .any(|c| c.camera_id == "mute" && c.online)
     });
-    assert_eq!(
-        with_token(&logs_url(&base, "mute", None, None, None)).status,
-        503
-    );
+    assert_eq!(with_token(&logs_url(&base, "mute", None, None, None)).status, 503);
 
     let m = scrape(&base);
     assert_eq!(requests(&m, "/logs", "200"), 13.0);
@@ -179,31 +138,17 @@ fn a_scrape_counts_exactly_the_traffic_before_it() {
     assert_eq!(requests(&m, "other", "404"), 1.0);
     assert_eq!(requests(&m, "/send_logs", "413"), 1.0);
     assert_eq!(requests(&m, "/metrics", "401"), 1.0);
-    assert_eq!(
-        requests(&m, "/metrics", "200"),
-        0.0,
-        "a scrape does not count itself"
-    );
+    assert_eq!(requests(&m, "/metrics", "200"), 0.0, "a scrape does not count itself");
     // Every round trip was "cam"'s: 3 single calls, then the burst of 10 (in one to ten: a
     // camera on loopback answers faster than threads start). A re-sent command can be answered
     // twice, counted once.
     let round_trips = value(&m, "camera_logs_camera_round_trips_total");
     assert!((4.0..=13.0).contains(&round_trips), "{round_trips}");
-    assert!(
-        requests(&m, "/send_logs", "200") >= round_trips,
-        "{:#?}",
-        sorted(&m)
-    );
-    assert_eq!(
-        value(&m, "camera_logs_calls_per_round_trip_count"),
-        round_trips
-    );
+    assert!(requests(&m, "/send_logs", "200") >= round_trips, "{:#?}", sorted(&m));
+    assert_eq!(value(&m, "camera_logs_calls_per_round_trip_count"), round_trips);
     assert_eq!(value(&m, "camera_logs_calls_per_round_trip_sum"), 13.0);
     assert!(value(&m, "camera_logs_calls_per_round_trip_bucket{le=\"1\"}") >= 3.0);
-    assert_eq!(
-        value(&m, "camera_logs_calls_per_round_trip_bucket{le=\"+Inf\"}"),
-        round_trips
-    );
+    assert_eq!(value(&m, "camera_logs_calls_per_round_trip_bucket{le=\"+Inf\"}"), round_trips);
     assert!(value(&m, "camera_logs_command_resends_total") >= 1.0);
 
     for (reason, status, n) in [
@@ -225,10 +170,7 @@ fn a_scrape_counts_exactly_the_traffic_before_it() {
     assert_eq!(value(&m, &format!("{latency}_count")), 17.0);
     assert_eq!(value(&m, &format!("{latency}_bucket{{le=\"+Inf\"}}")), 17.0);
     assert_eq!(value(&m, &format!("{latency}_bucket{{le=\"60\"}}")), 17.0);
-    assert!(
-        value(&m, &format!("{latency}_bucket{{le=\"1\"}}")) <= 16.0,
-        "the 504 took 3 s"
-    );
+    assert!(value(&m, &format!("{latency}_bucket{{le=\"1\"}}")) <= 16.0, "the 504 took 3 s");
     assert!(value(&m, &format!("{latency}_sum")) >= 3.0);
     assert!(m.contains_key(&format!("{latency}_bucket{{le=\"0.0005\"}}")));
 
@@ -237,10 +179,7 @@ fn a_scrape_counts_exactly_the_traffic_before_it() {
     assert_eq!(value(&m, "camera_logs_waiting_calls"), 0.0);
     assert!(value(&m, "camera_logs_open_polls") <= 1.0);
     assert!(value(&m, "camera_logs_handler_threads") >= 4.0);
-    assert!(
-        value(&m, "camera_logs_open_connections") >= 1.0,
-        "the scrape's own"
-    );
+    assert!(value(&m, "camera_logs_open_connections") >= 1.0, "the scrape's own");
 
     // The next scrape shows the previous one.
     let again = scrape(&base);

@@ -18,10 +18,7 @@ fn exit_of(envs: &[(&str, &str)], program: &str) -> (Option<i32>, String) {
         .envs(envs.iter().copied())
         .output()
         .expect("run the binary");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 #[test]
@@ -29,10 +26,7 @@ fn start_up_says_which_tokens_are_on() {
     let open = start_api(&[]);
     let lines = open.proc.stderr_text();
     assert!(lines.contains("authentication: API_TOKEN off"), "{lines}");
-    assert!(
-        lines.contains("authentication: CAMERA_TOKEN/CAMERA_TOKENS_FILE off"),
-        "{lines}"
-    );
+    assert!(lines.contains("authentication: CAMERA_TOKEN/CAMERA_TOKENS_FILE off"), "{lines}");
 
     let guarded = start_api(&[
         ("API_TOKEN", "user-secret".to_string()),
@@ -71,20 +65,14 @@ fn a_taken_port_and_an_unresolvable_host_are_named() {
         Ok(_) => panic!("the api started on a port in use"),
         Err(stderr) => stderr,
     };
-    assert!(
-        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{stderr}");
     assert!(stderr.contains("PORT"), "says what to change: {stderr}");
 
     let stderr = match try_start_api(0, &[("HOST", "no-such-host.invalid".to_string())]) {
         Ok(_) => panic!("the api started on an unresolvable HOST"),
         Err(stderr) => stderr,
     };
-    assert!(
-        stderr.contains("HOST=\"no-such-host.invalid\" does not resolve"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("HOST=\"no-such-host.invalid\" does not resolve"), "{stderr}");
 }
 
 /// Polls `camera` in a loop as a client at `address` (the edge's X-Real-IP), until `stop`.
@@ -131,17 +119,11 @@ fn two_cameras_sharing_an_id_are_reported_once() {
         poll_as(&api.url, "twin", "192.0.2.2", &stop),
     ];
     let line = wait_for("the shared-id warning", PATIENCE, || {
-        warnings(&api)
-            .first()
-            .cloned()
-            .ok_or("none yet".to_string())
+        warnings(&api).first().cloned().ok_or("none yet".to_string())
     });
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("camera 'twin'"), "{line}");
-    assert!(
-        line.contains("192.0.2.1") && line.contains("192.0.2.2"),
-        "{line}"
-    );
+    assert!(line.contains("192.0.2.1") && line.contains("192.0.2.2"), "{line}");
     // Several more overlapping holds: still one line (rate-limited per id).
     let until = Instant::now() + Duration::from_secs(3);
     wait_until("several more holds", PATIENCE, || Instant::now() >= until);
@@ -176,17 +158,11 @@ fn curl_parallel_fires_one_burst_and_counts_its_round_trips() {
         .output()
         .expect("run curl_parallel.sh");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     for i in 1..=10 {
         let prefix = format!("#{i:<4} HTTP 200 in ");
         assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with(&prefix) && l.contains("\"cameraId\":\"front\"")),
+            stdout.lines().any(|l| l.starts_with(&prefix) && l.contains("\"cameraId\":\"front\"")),
             "call {i}: {stdout}"
         );
     }
@@ -209,8 +185,5 @@ fn curl_parallel_fires_one_burst_and_counts_its_round_trips() {
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert_eq!(stdout.matches(" HTTP 401 in ").count(), 3, "{stdout}");
     assert!(stdout.contains("0 of 3 succeeded"), "{stdout}");
-    assert!(
-        stdout.contains("round trips for the burst: unknown"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("round trips for the burst: unknown"), "{stdout}");
 }

@@ -30,10 +30,7 @@ fn bad_query_parameters_are_400_with_a_json_error() {
     ];
     let mut cases: Vec<(String, &str)> = Vec::new();
     for bad in not_numbers {
-        cases.push((
-            format!("cameraId=front&startTimestamp={bad}"),
-            "startTimestamp",
-        ));
+        cases.push((format!("cameraId=front&startTimestamp={bad}"), "startTimestamp"));
         cases.push((format!("cameraId=front&endTimestamp={bad}"), "endTimestamp"));
         cases.push((format!("cameraId=front&timeout={bad}"), "timeout"));
     }
@@ -41,11 +38,7 @@ fn bad_query_parameters_are_400_with_a_json_error() {
         cases.push((format!("cameraId=front&timeout={bad}"), "timeout"));
     }
     cases.push((
-        format!(
-            "cameraId=front&startTimestamp={}&endTimestamp={}",
-            ts(5),
-            ts(4)
-        ),
+        format!("cameraId=front&startTimestamp={}&endTimestamp={}", ts(5), ts(4)),
         "startTimestamp",
     ));
     for repeated in [
@@ -57,37 +50,19 @@ fn bad_query_parameters_are_400_with_a_json_error() {
         cases.push((repeated.to_string(), "more than once"));
     }
     let too_long = "x".repeat(65);
-    for bad_id in [
-        "",
-        "a%20b",
-        "..%2Fetc",
-        "caf%C3%A9",
-        "%FF%FE",
-        "a%00",
-        too_long.as_str(),
-    ] {
+    for bad_id in ["", "a%20b", "..%2Fetc", "caf%C3%A9", "%FF%FE", "a%00", too_long.as_str()] {
         cases.push((format!("cameraId={bad_id}"), "cameraId"));
     }
 
     for (query, named) in &cases {
         let response = get(&format!("{}/logs?{query}", server.url));
         let message = response.expect_error(400);
-        assert!(
-            message.contains(named),
-            "{query}: {message:?} should name {named}"
-        );
+        assert!(message.contains(named), "{query}: {message:?} should name {named}");
     }
     // The bounds of what is accepted.
     get(&format!("{}/logs?cameraId=front&timeout=300", server.url)).expect_logs();
     get(&format!("{}/logs?cameraId=front&timeout=0.5e1", server.url)).expect_logs();
-    get(&logs_url(
-        &server.url,
-        "front",
-        Some(ts(3)),
-        Some(ts(3)),
-        None,
-    ))
-    .expect_logs();
+    get(&logs_url(&server.url, "front", Some(ts(3)), Some(ts(3)), None)).expect_logs();
     get(&format!("{}/logs?cameraId={}", server.url, "x".repeat(64))).expect_error(404);
     assert_still_serves(&server.url, "front", &events);
 }
@@ -104,14 +79,7 @@ fn unknown_cameras_and_paths_are_404() {
     get(&format!("{}/logs", server.url)).expect_error(404); // "default" never polled
 
     // Unknown paths ("/" is the web page: tests/web.rs).
-    for path in [
-        "/nope",
-        "/logs/",
-        "/LOGS",
-        "/logs/front",
-        "/health/x",
-        "//logs",
-    ] {
+    for path in ["/nope", "/logs/", "/LOGS", "/logs/front", "/health/x", "//logs"] {
         get(&format!("{}{path}", server.url)).expect_error(404);
     }
     request("POST", &format!("{}/nope", server.url), Some(&b"{}"[..])).expect_error(404);
@@ -136,11 +104,7 @@ fn a_known_path_with_the_wrong_method_is_405_with_allow() {
         response.expect_error(405);
         assert_eq!(response.header("allow"), Some(allowed), "{method} {path}");
     }
-    assert_eq!(
-        server.stats().cameras,
-        0,
-        "a refused poll registers no camera"
-    );
+    assert_eq!(server.stats().cameras, 0, "a refused poll registers no camera");
 }
 
 #[test]
@@ -153,10 +117,7 @@ fn tokens_are_required_when_configured() {
 
     let poll = get(&format!("{}/poll_for_command?cameraId=front", server.url));
     let message = poll.expect_error(401);
-    assert!(
-        !message.contains("camera-secret"),
-        "tokens are never echoed"
-    );
+    assert!(!message.contains("camera-secret"), "tokens are never echoed");
     assert_eq!(poll.header("www-authenticate"), Some("Bearer"));
     let mut camera_config = camera_config(&server.url, "front");
     camera_config.camera_token = Some("camera-secret".into());
@@ -174,11 +135,7 @@ fn tokens_are_required_when_configured() {
             .unwrap();
         (response.status().as_u16(), response)
     };
-    assert_eq!(
-        with("camera-secret").0,
-        401,
-        "the camera's token is not the user's"
-    );
+    assert_eq!(with("camera-secret").0, 401, "the camera's token is not the user's");
     assert_eq!(with("user-secret-").0, 401);
     let (status, mut response) = with("user-secret");
     assert_eq!(status, 200);
@@ -227,18 +184,10 @@ fn send_logs_commands_carry_a_request_id_and_numeric_bounds() {
         let object = command.as_object().unwrap();
         let mut keys: Vec<&String> = object.keys().collect();
         keys.sort();
-        assert_eq!(
-            keys,
-            ["command", "endTimestamp", "requestId", "startTimestamp"]
-        );
-        let id = command["requestId"]
-            .as_str()
-            .expect("requestId is a string");
+        assert_eq!(keys, ["command", "endTimestamp", "requestId", "startTimestamp"]);
+        let id = command["requestId"].as_str().expect("requestId is a string");
         assert!(
-            id.len() == 32
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
             "requestId {id:?} is 32 lowercase hex digits"
         );
         assert!(ids.insert(id.to_string()), "request ids are distinct");
@@ -246,12 +195,7 @@ fn send_logs_commands_carry_a_request_id_and_numeric_bounds() {
         assert_eq!(command["startTimestamp"].as_f64(), Some(wire_start));
         assert_eq!(command["endTimestamp"].as_f64(), Some(wire_end));
 
-        post_answer(
-            &server.url,
-            "cam",
-            &json!({"requestId": id, "logs": events}),
-        )
-        .expect_json(200);
+        post_answer(&server.url, "cam", &json!({"requestId": id, "logs": events})).expect_json(200);
         let answer = call.join().unwrap().0.expect_logs();
         assert_eq!(answer.logs, expected(&events, start, end));
     }
@@ -266,32 +210,16 @@ fn duplicate_unknown_foreign_and_id_less_answers() {
     server.wait_for_camera("cam-a");
     server.wait_for_camera("cam-b");
 
-    let call_a = spawn_get(logs_url(
-        &server.url,
-        "cam-a",
-        Some(ts(1)),
-        Some(ts(4)),
-        Some(20.0),
-    ));
-    let call_b = spawn_get(logs_url(
-        &server.url,
-        "cam-b",
-        Some(ts(6)),
-        None,
-        Some(20.0),
-    ));
+    let call_a = spawn_get(logs_url(&server.url, "cam-a", Some(ts(1)), Some(ts(4)), Some(20.0)));
+    let call_b = spawn_get(logs_url(&server.url, "cam-b", Some(ts(6)), None, Some(20.0)));
     let id_a = a.next_command()["requestId"].clone();
     b.next_command();
     let answer = |id: &Value| json!({"requestId": id, "logs": events});
 
     // Another camera's request id, and ids nobody issued: 404, and nothing is consumed.
     post_answer(&server.url, "cam-b", &answer(&id_a)).expect_error(404);
-    post_answer(
-        &server.url,
-        "cam-a",
-        &answer(&json!("0123456789abcdef0123456789abcdef")),
-    )
-    .expect_error(404);
+    post_answer(&server.url, "cam-a", &answer(&json!("0123456789abcdef0123456789abcdef")))
+        .expect_error(404);
     post_answer(&server.url, "cam-a", &answer(&json!(""))).expect_error(404);
     post_answer(&server.url, "ghost", &answer(&id_a)).expect_error(404);
 
@@ -311,10 +239,7 @@ fn duplicate_unknown_foreign_and_id_less_answers() {
 
     // No requestId: it answers the camera's command in flight.
     post_answer(&server.url, "cam-b", &json!({"logs": events})).expect_json(200);
-    assert_eq!(
-        call_b.join().unwrap().0.expect_logs().logs,
-        expected(&events, Some(ts(6)), None)
-    );
+    assert_eq!(call_b.join().unwrap().0.expect_logs().logs, expected(&events, Some(ts(6)), None));
     // ...and with nothing in flight there is nothing to answer.
     post_answer(&server.url, "cam-b", &json!({"logs": events})).expect_error(404);
     let stats = server.stats();
@@ -334,22 +259,10 @@ fn an_id_less_answer_never_completes_a_command_the_camera_was_not_sent() {
     // A camera that predates request ids polls once and gets the first caller's command.
     let first_poll = spawn_get(poll_url.clone());
     server.wait_for_camera("legacy");
-    let first = spawn_get(logs_url(
-        &server.url,
-        "legacy",
-        Some(ts(1)),
-        Some(ts(2)),
-        Some(20.0),
-    ));
+    let first = spawn_get(logs_url(&server.url, "legacy", Some(ts(1)), Some(ts(2)), Some(20.0)));
     let command = first_poll.join().unwrap().0.expect_json(200);
     assert_eq!(command["command"], "send_logs");
-    let second = spawn_get(logs_url(
-        &server.url,
-        "legacy",
-        Some(ts(5)),
-        Some(ts(6)),
-        Some(20.0),
-    ));
+    let second = spawn_get(logs_url(&server.url, "legacy", Some(ts(5)), Some(ts(6)), Some(20.0)));
     server.wait_for_waiting(2);
 
     let answer = json!({"logs": [entry(ts(1), "a"), entry(ts(2), "b")]});
@@ -382,17 +295,8 @@ fn malformed_answers_are_400_and_leave_the_command_in_flight() {
     let server = TestServer::start(test_config());
     let fake = FakeCamera::silent(&server.url, "cam");
     server.wait_for_camera("cam");
-    let call = spawn_get(logs_url(
-        &server.url,
-        "cam",
-        Some(ts(3)),
-        Some(ts(7)),
-        Some(20.0),
-    ));
-    let id = fake.next_command()["requestId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let call = spawn_get(logs_url(&server.url, "cam", Some(ts(3)), Some(ts(7)), Some(20.0)));
+    let id = fake.next_command()["requestId"].as_str().unwrap().to_string();
 
     let bodies = [
         "".to_string(),
@@ -423,11 +327,7 @@ fn malformed_answers_are_400_and_leave_the_command_in_flight() {
         host_port(&server.url)
     );
     raw(&server.url, no_length.as_bytes()).expect_error(400);
-    assert_eq!(
-        server.stats().commands_in_flight,
-        1,
-        "bad answers consume nothing"
-    );
+    assert_eq!(server.stats().commands_in_flight, 1, "bad answers consume nothing");
 
     let good = json!({"requestId": id, "logs": events}).to_string();
     raw_post_answer(&server.url, "cam", good.as_bytes()).expect_json(200);
@@ -455,9 +355,7 @@ fn chunked_post(base: &str, camera: &str, body: &[u8]) -> Resp {
 
 /// A valid answer padded with spaces to exactly `size` bytes.
 fn answer_of_size(id: &str, logs: &[camera_logs::LogEntry], size: usize) -> Vec<u8> {
-    let mut body = json!({"requestId": id, "logs": logs})
-        .to_string()
-        .into_bytes();
+    let mut body = json!({"requestId": id, "logs": logs}).to_string().into_bytes();
     assert!(body.len() <= size, "{} > {size}", body.len());
     body.resize(size, b' ');
     body
@@ -472,10 +370,7 @@ fn bodies_over_max_body_bytes_are_413_by_length_and_chunked() {
     let fake = FakeCamera::silent(&server.url, "cam");
     server.wait_for_camera("cam");
     let call = spawn_get(logs_url(&server.url, "cam", None, None, Some(20.0)));
-    let id = fake.next_command()["requestId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = fake.next_command()["requestId"].as_str().unwrap().to_string();
 
     let over = answer_of_size(&id, &events, 1001);
     let message = raw_post_answer(&server.url, "cam", &over).expect_error(413);
@@ -491,19 +386,12 @@ fn bodies_over_max_body_bytes_are_413_by_length_and_chunked() {
     .into_bytes();
     enormous.extend_from_slice(&[b' '; 2000]);
     raw(&server.url, &enormous).expect_error(413);
-    assert_eq!(
-        server.stats().commands_in_flight,
-        1,
-        "a refused body consumes nothing"
-    );
+    assert_eq!(server.stats().commands_in_flight, 1, "a refused body consumes nothing");
 
     // At the limit, chunked: accepted.
     let at_limit = answer_of_size(&id, &events, 1000);
     chunked_post(&server.url, "cam", &at_limit).expect_json(200);
-    assert_eq!(
-        call.join().unwrap().0.expect_logs().logs,
-        expected(&events, None, None)
-    );
+    assert_eq!(call.join().unwrap().0.expect_logs().logs, expected(&events, None, None));
     // At the limit, by Content-Length: accepted (a duplicate now, so ignored).
     raw_post_answer(&server.url, "cam", &at_limit).expect_json(200);
 }
@@ -536,10 +424,7 @@ fn a_huge_declared_content_length_is_413_and_the_server_keeps_serving() {
     if response.header("content-length").is_some() {
         read_body(&mut reader, &mut response);
     } else {
-        reader
-            .get_ref()
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .unwrap();
+        reader.get_ref().set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let ended = reader.read_to_end(&mut response.body);
         assert!(
             ended.is_ok(),
@@ -562,10 +447,8 @@ fn a_malformed_request_line_is_refused_and_the_server_keeps_serving() {
     // Answered by the HTTP engine itself (tiny_http), before any route runs.
     let response = raw(&server.url, b"GARBAGE\r\n\r\n");
     assert!((400..500).contains(&response.status), "{response:?}");
-    let response = raw(
-        &server.url,
-        b"GET /health HTTP/1.1\r\nExpect: nonsense\r\nConnection: close\r\n\r\n",
-    );
+    let response =
+        raw(&server.url, b"GET /health HTTP/1.1\r\nExpect: nonsense\r\nConnection: close\r\n\r\n");
     assert!((400..500).contains(&response.status), "{response:?}");
     assert_still_serves(&server.url, "front", &events);
 }

@@ -129,37 +129,23 @@ impl Browser {
     }
 
     fn element(&self, css: &str) -> String {
-        let found = self.post(
-            &self.session_path("/element"),
-            json!({"using": "css selector", "value": css}),
-        );
-        found[ELEMENT]
-            .as_str()
-            .unwrap_or_else(|| panic!("no element {css}: {found}"))
-            .to_string()
+        let found = self
+            .post(&self.session_path("/element"), json!({"using": "css selector", "value": css}));
+        found[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {found}")).to_string()
     }
 
     fn click(&self, css: &str) {
         let id = self.element(css);
-        self.post(
-            &self.session_path(&format!("/element/{id}/click")),
-            json!({}),
-        );
+        self.post(&self.session_path(&format!("/element/{id}/click")), json!({}));
     }
 
     fn type_into(&self, css: &str, text: &str) {
         let id = self.element(css);
-        self.post(
-            &self.session_path(&format!("/element/{id}/value")),
-            json!({ "text": text }),
-        );
+        self.post(&self.session_path(&format!("/element/{id}/value")), json!({ "text": text }));
     }
 
     fn script(&self, script: &str, args: Value) -> Value {
-        self.post(
-            &self.session_path("/execute/sync"),
-            json!({"script": script, "args": args}),
-        )
+        self.post(&self.session_path("/execute/sync"), json!({"script": script, "args": args}))
     }
 
     fn text(&self, css: &str) -> String {
@@ -193,10 +179,7 @@ impl Drop for Browser {
     fn drop(&mut self) {
         if !self.session.is_empty() {
             // Quits chromium; errors are moot while tearing down.
-            let _ = self
-                .agent
-                .delete(&format!("{}/session/{}", self.url, self.session))
-                .call();
+            let _ = self.agent.delete(&format!("{}/session/{}", self.url, self.session)).call();
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
@@ -212,27 +195,19 @@ fn base64_decode(text: &str) -> Vec<u8> {
         b'/' => 63,
         other => panic!("not base64: {other}"),
     };
-    let digits: Vec<u8> = text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-        .map(value)
-        .collect();
+    let digits: Vec<u8> =
+        text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=').map(value).collect();
     let mut out = Vec::with_capacity(digits.len() * 3 / 4);
     for chunk in digits.chunks(4) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, d)| n | (u32::from(*d) << (18 - 6 * i)));
+        let n =
+            chunk.iter().enumerate().fold(0u32, |n, (i, d)| n | (u32::from(*d) << (18 - 6 * i)));
         out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
     }
     out
 }
 
 fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
 /// What the page must show for an event, computed here: UTC (the browser's zone in this test)
@@ -278,28 +253,23 @@ fn show(browser: &Browser, range: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
-    let Some(chromedriver) = find(
-        &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"],
-        "CHROMEDRIVER",
-    ) else {
+    let Some(chromedriver) =
+        find(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"], "CHROMEDRIVER")
+    else {
         println!(
             "skipped: chromedriver is not installed (apt-get install chromium chromium-driver)"
         );
         return;
     };
-    let Some(chromium) = find(
-        &["/usr/bin/chromium", "/usr/lib/chromium/chromium"],
-        "CHROMIUM",
-    ) else {
+    let Some(chromium) = find(&["/usr/bin/chromium", "/usr/lib/chromium/chromium"], "CHROMIUM")
+    else {
         println!("skipped: chromium is not installed (apt-get install chromium chromium-driver)");
         return;
     };
 
     let t = now().floor();
     // Ages in seconds, none near a range edge (5 min, 1 h), all exact in an f64 with .25.
-    let ages = [
-        4, 40, 120, 250, 420, 900, 1800, 2900, 3500, 4000, 7300, 90_000,
-    ];
+    let ages = [4, 40, 120, 250, 420, 900, 1800, 2900, 3500, 4000, 7300, 90_000];
     let front: Vec<LogEntry> = ages
         .iter()
         .enumerate()
@@ -311,18 +281,11 @@ fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
                 _ => "user stopped viewing live video".to_string(),
             };
             // The oldest one carries markup, which must be shown as text.
-            let what = if *age == 90_000 {
-                "<b>not bold</b>".to_string()
-            } else {
-                what
-            };
+            let what = if *age == 90_000 { "<b>not bold</b>".to_string() } else { what };
             entry(t - f64::from(*age) + 0.25, &what)
         })
         .collect();
-    let config = ServerConfig {
-        api_token: Some(TOKEN.to_string()),
-        ..test_config()
-    };
+    let config = ServerConfig { api_token: Some(TOKEN.to_string()), ..test_config() };
     let server = TestServer::start(config);
     let base = server.url.clone();
     let _front = Camera::start(&base, "front", &front);
@@ -331,16 +294,12 @@ fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
     server.wait_for_camera("back");
     let api = agent(Duration::from_secs(60));
     let logs = |query: &str| -> Vec<Vec<String>> {
-        get_with(
-            &api,
-            &format!("{base}/logs?cameraId=front{query}"),
-            Some(TOKEN),
-        )
-        .expect_logs()
-        .logs
-        .iter()
-        .map(row_of)
-        .collect()
+        get_with(&api, &format!("{base}/logs?cameraId=front{query}"), Some(TOKEN))
+            .expect_logs()
+            .logs
+            .iter()
+            .map(row_of)
+            .collect()
     };
 
     let browser = Browser::start(&chromedriver, &chromium);
@@ -362,9 +321,7 @@ fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
             Err(format!("rows {rows:?}"))
         }
     });
-    wait_until("the token error is gone", PATIENCE, || {
-        browser.text("#cameras-error").is_empty()
-    });
+    wait_until("the token error is gone", PATIENCE, || browser.text("#cameras-error").is_empty());
     assert_eq!(cameras[0][0], "back", "sorted by id: {cameras:?}");
     assert_eq!(cameras[1][0], "front");
     for row in &cameras {
@@ -373,37 +330,25 @@ fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
         assert_eq!(row[3], "0", "waiting calls: {row:?}");
     }
     assert_eq!(
-        browser.script(
-            "return sessionStorage.getItem('camera-logs-api-token');",
-            json!([])
-        ),
+        browser.script("return sessionStorage.getItem('camera-logs-api-token');", json!([])),
         TOKEN,
         "the token is kept for the tab"
     );
 
     browser.click("#cameras tr[data-camera-id=\"front\"]");
     let last_hour = show(&browser, "1h");
-    assert_eq!(
-        last_hour,
-        logs(&format!("&startTimestamp={}", now() - 3600.0))
-    );
+    assert_eq!(last_hour, logs(&format!("&startTimestamp={}", now() - 3600.0)));
     assert_eq!(last_hour.len(), 9, "{last_hour:?}");
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-page.png");
     browser.screenshot(&shot);
     println!("screenshot: {}", shot.display());
     let last_5_min = show(&browser, "5m");
-    assert_eq!(
-        last_5_min,
-        logs(&format!("&startTimestamp={}", now() - 300.0))
-    );
+    assert_eq!(last_5_min, logs(&format!("&startTimestamp={}", now() - 300.0)));
     assert_eq!(last_5_min.len(), 4);
     let all = show(&browser, "all");
     assert_eq!(all, logs(""));
     assert_eq!(all.len(), front.len());
-    assert_eq!(
-        all[0][2], "<b>not bold</b>",
-        "descriptions are text, not HTML"
-    );
+    assert_eq!(all[0][2], "<b>not bold</b>", "descriptions are text, not HTML");
 
     // Custom dates, typed as local time (UTC here), whole seconds.
     let (from, to) = (t - 3000.0, t - 100.0);
@@ -413,10 +358,7 @@ fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
         json!([datetime_local(from), datetime_local(to)]),
     );
     let custom = show(&browser, "custom");
-    assert_eq!(
-        custom,
-        logs(&format!("&startTimestamp={from}&endTimestamp={to}"))
-    );
+    assert_eq!(custom, logs(&format!("&startTimestamp={from}&endTimestamp={to}")));
     assert_eq!(custom.len(), 6, "{custom:?}");
 
     // Backwards: explained, and no request made.
@@ -453,17 +395,11 @@ fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
 
 #[test]
 fn the_page_and_the_contract_are_served_without_a_token() {
-    let config = ServerConfig {
-        api_token: Some(TOKEN.to_string()),
-        ..test_config()
-    };
+    let config = ServerConfig { api_token: Some(TOKEN.to_string()), ..test_config() };
     let server = TestServer::start(config);
     let page = get(&format!("{}/", server.url));
     assert_eq!(page.status, 200);
-    assert_eq!(
-        page.header("content-type"),
-        Some("text/html; charset=utf-8")
-    );
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
     assert!(page
         .header("content-security-policy")
         .is_some_and(|p| p.contains("default-src 'none'") && p.contains("connect-src 'self'")));
@@ -490,11 +426,8 @@ fn the_page_and_the_contract_are_served_without_a_token() {
         .collect();
     let mut documented: Vec<String> = documented.iter().map(|p| format!("/{p}")).collect();
     documented.sort();
-    let mut routes: Vec<String> = camera_logs::ROUTES
-        .iter()
-        .filter(|r| **r != "other")
-        .map(|r| r.to_string())
-        .collect();
+    let mut routes: Vec<String> =
+        camera_logs::ROUTES.iter().filter(|r| **r != "other").map(|r| r.to_string()).collect();
     routes.sort();
     assert_eq!(documented, routes);
     for route in &routes {

@@ -2,24 +2,18 @@
 
 use std::process::ExitCode;
 
-use camera_logs::ApiServer;
-use camera_logs::{from_args_and_env, ServerConfig, SERVER_SETTINGS};
+use camera_logs::{from_args_and_env, ApiServer, ServerConfig};
 
 fn main() -> ExitCode {
-    let config = match from_args_and_env(
-        "api",
-        "the camera-logs API server",
-        SERVER_SETTINGS,
-        ServerConfig::from_env,
-        |c| c.log_level,
-    ) {
+    let config: ServerConfig = match from_args_and_env() {
         Ok(config) => config,
         Err(exit) => return exit,
     };
-    match ApiServer::start(config) {
-        Ok(server) => {
-            server.wait();
-            ExitCode::SUCCESS
+    match ApiServer::start(config).map(ApiServer::wait) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("api: stopped: {e}");
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("api: cannot start: {e}");

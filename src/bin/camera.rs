@@ -3,24 +3,18 @@
 
 use std::process::ExitCode;
 
-use camera_logs::CameraHandle;
-use camera_logs::{from_args_and_env, CameraConfig, CAMERA_SETTINGS};
+use camera_logs::{from_args_and_env, CameraConfig, CameraHandle};
 
 fn main() -> ExitCode {
-    let config = match from_args_and_env(
-        "camera",
-        "a camera-logs camera client",
-        CAMERA_SETTINGS,
-        CameraConfig::from_env,
-        |c| c.log_level,
-    ) {
+    let config: CameraConfig = match from_args_and_env() {
         Ok(config) => config,
         Err(exit) => return exit,
     };
-    match CameraHandle::start(config) {
-        Ok(camera) => {
-            camera.wait();
-            ExitCode::SUCCESS
+    match CameraHandle::start(config).map(CameraHandle::wait) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("camera: stopped: {e}");
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("camera: cannot start: {e}");

@@ -25,11 +25,7 @@ pub fn nginx_binary() -> Option<PathBuf> {
         .into_iter()
         .map(PathBuf::from);
     let on_path: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("nginx"))
-                .collect::<Vec<_>>()
-        })
+        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join("nginx")).collect::<Vec<_>>())
         .unwrap_or_default();
     system.chain(on_path).find(|path| path.is_file())
 }
@@ -73,10 +69,7 @@ pub struct EdgeOptions {
 pub const DEFAULT_SERVER_PARAMS: &str = "max_fails=1 fail_timeout=2s";
 
 fn servers(upstreams: &[String], params: &str) -> String {
-    upstreams
-        .iter()
-        .map(|u| format!("server {u} {params};\n"))
-        .collect()
+    upstreams.iter().map(|u| format!("server {u} {params};\n")).collect()
 }
 
 impl Edge {
@@ -89,15 +82,10 @@ impl Edge {
         let dir = TempDir::new("edge");
         std::fs::copy(shipped_config(), dir.0.join("nginx.conf")).expect("copy deploy/nginx.conf");
         std::fs::create_dir_all(dir.0.join("temp")).expect("temp dir");
-        let server_params = options
-            .server_params
-            .clone()
-            .unwrap_or_else(|| DEFAULT_SERVER_PARAMS.to_string());
-        std::fs::write(
-            dir.0.join("upstreams.conf"),
-            servers(upstreams, &server_params),
-        )
-        .expect("write upstreams.conf");
+        let server_params =
+            options.server_params.clone().unwrap_or_else(|| DEFAULT_SERVER_PARAMS.to_string());
+        std::fs::write(dir.0.join("upstreams.conf"), servers(upstreams, &server_params))
+            .expect("write upstreams.conf");
         // A port that was free a moment ago can be taken by the time nginx binds it: try again.
         let mut last_error = String::new();
         for _ in 0..5 {
@@ -106,11 +94,7 @@ impl Edge {
             match launch(nginx, &dir.0, port) {
                 Ok(proc) => {
                     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                    let scheme = if options.tls.is_some() {
-                        "https"
-                    } else {
-                        "http"
-                    };
+                    let scheme = if options.tls.is_some() { "https" } else { "http" };
                     return Edge {
                         url: format!("{scheme}://127.0.0.1:{port}"),
                         addr,
@@ -161,10 +145,7 @@ fn launch(nginx: &Path, dir: &Path, port: u16) -> Result<Proc, String> {
             return Ok(proc);
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "not listening within {PATIENCE:?}:\n{}",
-                proc.stderr_text()
-            ));
+            return Err(format!("not listening within {PATIENCE:?}:\n{}", proc.stderr_text()));
         }
         std::thread::sleep(POLL_EVERY);
     }
@@ -188,9 +169,7 @@ pub struct Usage {
 
 impl Usage {
     pub fn of(pid: u32) -> Usage {
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.count())
-            .unwrap_or(0);
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let field = |name: &str| -> usize {
             status
@@ -200,11 +179,7 @@ impl Usage {
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0)
         };
-        Usage {
-            fds,
-            threads: field("Threads:"),
-            rss_kib: field("VmRSS:"),
-        }
+        Usage { fds, threads: field("Threads:"), rss_kib: field("VmRSS:") }
     }
 }
 

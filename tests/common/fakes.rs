@@ -60,9 +60,7 @@ impl FakeCamera {
 
     /// The next command, within the test's patience.
     pub fn next_command(&self) -> Value {
-        self.commands
-            .recv_timeout(PATIENCE)
-            .expect("the fake camera received a command")
+        self.commands.recv_timeout(PATIENCE).expect("the fake camera received a command")
     }
 
     /// Stops after the poll in progress.
@@ -128,9 +126,7 @@ impl Relay {
     }
 
     pub fn next_post(&self) -> Value {
-        self.posts
-            .recv_timeout(PATIENCE)
-            .expect("the camera posted an answer")
+        self.posts.recv_timeout(PATIENCE).expect("the camera posted an answer")
     }
 }
 
@@ -160,10 +156,7 @@ fn relay_one(
     let agent = agent(Duration::from_secs(60));
     let url = format!("{upstream}{target}");
     let result = if method == "POST" {
-        agent
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .send(&body[..])
+        agent.post(&url).header("Content-Type", "application/json").send(&body[..])
     } else {
         agent.get(&url).call()
     };
@@ -172,10 +165,7 @@ fn relay_one(
             let response = from_ureq(response);
             (response.status, response.body)
         }
-        Err(e) => (
-            502,
-            json!({"error": e.to_string()}).to_string().into_bytes(),
-        ),
+        Err(e) => (502, json!({"error": e.to_string()}).to_string().into_bytes()),
     };
     let head = format!(
         "HTTP/1.1 {status} Relayed\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

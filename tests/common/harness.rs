@@ -36,12 +36,7 @@ impl TestServer {
         let server = ApiServer::start(config).expect("the API server starts");
         let url = server.url();
         let addr = host_port(&url).parse().expect("a socket address");
-        TestServer {
-            server: Some(server),
-            cameras: Vec::new(),
-            url,
-            addr,
-        }
+        TestServer { server: Some(server), cameras: Vec::new(), url, addr }
     }
 
     pub fn server(&self) -> &ApiServer {
@@ -166,10 +161,7 @@ impl Camera {
         }
         let handle =
             CameraHandle::start_with_log(config, Arc::clone(&log)).expect("the camera starts");
-        Camera {
-            handle: Some(handle),
-            log,
-        }
+        Camera { handle: Some(handle), log }
     }
 
     pub fn round_trips(&self) -> u64 {
@@ -192,10 +184,7 @@ pub fn system_with_camera(config: ServerConfig) -> (TestServer, Vec<LogEntry>) {
     let mut system = TestServer::start(config);
     let events = fixture(20);
     system.add_camera(
-        CameraConfig {
-            poll_timeout: Duration::from_secs(20),
-            ..camera_config(&system.url, "cam")
-        },
+        CameraConfig { poll_timeout: Duration::from_secs(20), ..camera_config(&system.url, "cam") },
         &events,
         None,
     );
@@ -205,15 +194,7 @@ pub fn system_with_camera(config: ServerConfig) -> (TestServer, Vec<LogEntry>) {
 /// A normal `/logs` call still gets every event: the server survived whatever came before.
 pub fn assert_serving(system: &TestServer, events: &[LogEntry], after: &str) {
     let agent = agent(Duration::from_secs(30));
-    let resp = get_with(
-        &agent,
-        &format!("{}/logs?cameraId=cam&timeout=20", system.url),
-        None,
-    );
+    let resp = get_with(&agent, &format!("{}/logs?cameraId=cam&timeout=20", system.url), None);
     assert_eq!(resp.status, 200, "after {after}: {}", resp.text());
-    assert_eq!(
-        logs_of(&resp.json()),
-        expected(events, None, None),
-        "after {after}"
-    );
+    assert_eq!(logs_of(&resp.json()), expected(events, None, None), "after {after}");
 }

@@ -19,10 +19,7 @@ pub struct Resp {
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -32,11 +29,7 @@ impl Resp {
     /// Asserts `Content-Type: application/json` and a JSON body, and returns it.
     pub fn json(&self) -> Value {
         let content_type = self.header("content-type").unwrap_or_else(|| {
-            panic!(
-                "HTTP {} without a Content-Type; body {:?}",
-                self.status,
-                self.text()
-            )
+            panic!("HTTP {} without a Content-Type; body {:?}", self.status, self.text())
         });
         assert_eq!(
             content_type.split(';').next().unwrap().trim(),
@@ -46,22 +39,13 @@ impl Resp {
             self.text()
         );
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "HTTP {}: body is not JSON ({e}): {:?}",
-                self.status,
-                self.text()
-            )
+            panic!("HTTP {}: body is not JSON ({e}): {:?}", self.status, self.text())
         })
     }
 
     /// Asserts the status and a JSON body, and returns the body.
     pub fn expect_json(&self, status: u16) -> Value {
-        assert_eq!(
-            self.status,
-            status,
-            "unexpected status; body {:?}",
-            self.text()
-        );
+        assert_eq!(self.status, status, "unexpected status; body {:?}", self.text());
         self.json()
     }
 
@@ -69,21 +53,16 @@ impl Resp {
     /// returns the sentence.
     pub fn expect_error(&self, status: u16) -> String {
         let body = self.expect_json(status);
-        let object = body
-            .as_object()
-            .unwrap_or_else(|| panic!("error body is not an object: {body}"));
+        let object =
+            body.as_object().unwrap_or_else(|| panic!("error body is not an object: {body}"));
         assert_eq!(
             object.keys().collect::<Vec<_>>(),
             vec!["error"],
             "error body has exactly one key, \"error\": {body}"
         );
-        let message = object["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("\"error\" is not a string: {body}"));
-        assert!(
-            message.trim().len() > 3,
-            "the error is a sentence: {message:?}"
-        );
+        let message =
+            object["error"].as_str().unwrap_or_else(|| panic!("\"error\" is not a string: {body}"));
+        assert!(message.trim().len() > 3, "the error is a sentence: {message:?}");
         message.to_string()
     }
 
@@ -148,17 +127,10 @@ fn from_ureq_head(response: &ureq::http::Response<ureq::Body>) -> Resp {
         .headers()
         .iter()
         .map(|(n, v)| {
-            (
-                n.as_str().to_ascii_lowercase(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
+            (n.as_str().to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned())
         })
         .collect();
-    Resp {
-        status: response.status().as_u16(),
-        headers,
-        body: Vec::new(),
-    }
+    Resp { status: response.status().as_u16(), headers, body: Vec::new() }
 }
 
 pub fn from_ureq(mut response: ureq::http::Response<ureq::Body>) -> Resp {
@@ -183,10 +155,7 @@ pub fn request(method: &str, url: &str, body: Option<&[u8]>) -> Resp {
             .header("Connection", "close")
             .header("Content-Type", "application/json")
             .send(body.unwrap_or(b"")),
-        ("PUT", body) => agent
-            .put(url)
-            .header("Connection", "close")
-            .send(body.unwrap_or(b"")),
+        ("PUT", body) => agent.put(url).header("Connection", "close").send(body.unwrap_or(b"")),
         other => panic!("request() does not do {other:?}"),
     };
     from_ureq(result.unwrap_or_else(|e| panic!("{method} {url} failed: {e}")))
@@ -244,11 +213,7 @@ pub fn post_with(agent: &ureq::Agent, url: &str, body: &[u8], token: Option<&str
     if let Some(token) = token {
         request = request.header("Authorization", format!("Bearer {token}"));
     }
-    from_ureq(
-        request
-            .send(body)
-            .unwrap_or_else(|e| panic!("POST {url}: {e}")),
-    )
+    from_ureq(request.send(body).unwrap_or_else(|e| panic!("POST {url}: {e}")))
 }
 
 /// `/logs` URL with the given optional parameters.
@@ -286,11 +251,7 @@ pub fn read_response(stream: &mut TcpStream) -> Resp {
 pub fn read_head(reader: &mut impl BufRead) -> Resp {
     let (status, headers) =
         read_raw_head(reader).expect("a status line and headers within the read timeout");
-    Resp {
-        status,
-        headers,
-        body: Vec::new(),
-    }
+    Resp { status, headers, body: Vec::new() }
 }
 
 /// Reads the body of `resp`: Content-Length bytes, or up to EOF without a Content-Length.
@@ -350,11 +311,7 @@ pub fn read_raw_response(stream: &mut TcpStream) -> Option<Resp> {
     let mut reader = BufReader::new(stream);
     let (status, headers) = read_raw_head(&mut reader)?;
     let body = read_raw_body(&mut reader, &headers)?;
-    Some(Resp {
-        status,
-        headers,
-        body,
-    })
+    Some(Resp { status, headers, body })
 }
 
 /// A body after `headers`: Content-Length bytes, or up to EOF without one; `None` if a declared

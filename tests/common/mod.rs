@@ -63,18 +63,13 @@ pub fn quiet() {
 }
 
 pub fn entry(timestamp: f64, description: &str) -> LogEntry {
-    LogEntry {
-        timestamp,
-        description: description.to_string(),
-    }
+    LogEntry { timestamp, description: description.to_string() }
 }
 
 /// `n` events at `ts(0) .. ts(n-1)`, in a fixed scrambled order (a camera's log need not be
 /// sorted, and the server must sort).
 pub fn fixture(n: usize) -> Vec<LogEntry> {
-    let mut events: Vec<LogEntry> = (0..n)
-        .map(|k| entry(ts(k), &format!("event {k}")))
-        .collect();
+    let mut events: Vec<LogEntry> = (0..n).map(|k| entry(ts(k), &format!("event {k}"))).collect();
     // Fisher-Yates with a fixed xorshift seed: the same order on every run.
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     for i in (1..events.len()).rev() {
@@ -112,10 +107,7 @@ pub fn logs_of(body: &Value) -> Vec<LogEntry> {
 pub fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting until {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting until {what}");
         thread::sleep(POLL_EVERY);
     }
 }

@@ -56,9 +56,7 @@ impl Proc {
         for (k, v) in envs {
             command.env(k, v);
         }
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {program}: {e}"));
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("start {program}: {e}"));
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
@@ -76,13 +74,7 @@ impl Proc {
                 }
             }
         });
-        Proc {
-            child,
-            lines,
-            drain: Some(drain),
-            reaped: false,
-            group,
-        }
+        Proc { child, lines, drain: Some(drain), reaped: false, group }
     }
 
     pub fn pid(&self) -> u32 {
@@ -179,18 +171,14 @@ pub struct ApiProc {
 /// Starts the `api` binary with `HOST=127.0.0.1`, `PORT=port` and `envs`, and waits for its
 /// "listening" line. `Err` (with its stderr) if it exits first, e.g. when the port is taken.
 pub fn try_start_api(port: u16, envs: &[(&str, String)]) -> Result<ApiProc, String> {
-    let mut all: Vec<(&str, String)> = vec![
-        ("HOST", "127.0.0.1".to_string()),
-        ("PORT", port.to_string()),
-    ];
+    let mut all: Vec<(&str, String)> =
+        vec![("HOST", "127.0.0.1".to_string()), ("PORT", port.to_string())];
     all.extend(envs.iter().cloned());
     let mut proc = Proc::spawn("api", env!("CARGO_BIN_EXE_api"), &all);
     let deadline = Instant::now() + PATIENCE;
     loop {
         let found = proc.stderr_lines().iter().find_map(|line| {
-            line.split("API server listening on http://")
-                .nth(1)
-                .map(|addr| addr.trim().to_string())
+            line.split("API server listening on http://").nth(1).map(|addr| addr.trim().to_string())
         });
         if let Some(addr) = found {
             let port = addr
@@ -198,11 +186,7 @@ pub fn try_start_api(port: u16, envs: &[(&str, String)]) -> Result<ApiProc, Stri
                 .next()
                 .and_then(|p| p.parse().ok())
                 .expect("port in the listening line");
-            return Ok(ApiProc {
-                url: format!("http://{addr}"),
-                port,
-                proc,
-            });
+            return Ok(ApiProc { url: format!("http://{addr}"), port, proc });
         }
         if proc.exited() {
             return Err(proc.stderr_text());

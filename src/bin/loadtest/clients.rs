@@ -57,12 +57,8 @@ fn logs_url(
     extra: &str,
 ) -> String {
     // `{}` of an f64 is the shortest text that parses back to the same number.
-    let start = start
-        .map(|s| format!("&startTimestamp={s}"))
-        .unwrap_or_default();
-    let end = end
-        .map(|e| format!("&endTimestamp={e}"))
-        .unwrap_or_default();
+    let start = start.map(|s| format!("&startTimestamp={s}")).unwrap_or_default();
+    let end = end.map(|e| format!("&endTimestamp={e}")).unwrap_or_default();
     format!("{base}/logs?cameraId={camera}{start}{end}{extra}")
 }
 
@@ -82,12 +78,7 @@ pub(crate) fn call_logs(
         Err(e) => return CallResult::Transport(format!("GET {url}: {e}")),
     };
     let status = response.status().as_u16();
-    let body = match response
-        .body_mut()
-        .with_config()
-        .limit(MAX_BODY as u64)
-        .read_to_vec()
-    {
+    let body = match response.body_mut().with_config().limit(MAX_BODY as u64).read_to_vec() {
         Ok(body) => body,
         Err(e) => return CallResult::Transport(format!("GET {url}: reading the body: {e}")),
     };
@@ -122,10 +113,7 @@ fn check_answer(
         Err(e) => return CallResult::Wrong(format!("GET {url}: unreadable 200 body: {e}")),
     };
     if answer.camera_id != id {
-        return CallResult::Wrong(format!(
-            "GET {url}: answer names camera {:?}",
-            answer.camera_id
-        ));
+        return CallResult::Wrong(format!("GET {url}: answer names camera {:?}", answer.camera_id));
     }
     let expected = events.within(start, end);
     if answer.logs == expected {
@@ -218,10 +206,7 @@ fn run_client(plan: &ClientPlan, seed: u64) -> ClientTally {
     let mut rng = Rng::seeded(seed);
     let mut tally = ClientTally::default();
     while Instant::now() < plan.deadline {
-        let events = EventSet {
-            camera: rng.below(plan.cameras),
-            count: plan.events,
-        };
+        let events = EventSet { camera: rng.below(plan.cameras), count: plan.events };
         let range = random_range(&mut rng, &events);
         let started = Instant::now();
         let result = call_logs(&agent, &plan.base, &plan.prefix, &events, range, "");
@@ -260,10 +245,7 @@ mod tests {
     const ID: &str = "lt1-2";
     const URL: &str = "http://127.0.0.1:1/logs?cameraId=lt1-2";
     /// Camera 2's ten events; the range asked is events 3 to 6, bounds on both.
-    const EVENTS: EventSet = EventSet {
-        camera: 2,
-        count: 10,
-    };
+    const EVENTS: EventSet = EventSet { camera: 2, count: 10 };
 
     fn all() -> Vec<LogEntry> {
         EVENTS.within(None, None)
@@ -280,10 +262,7 @@ mod tests {
     }
 
     fn body(camera_id: &str, logs: Vec<LogEntry>) -> Vec<u8> {
-        let answer = LogsResponse {
-            camera_id: camera_id.to_string(),
-            logs,
-        };
+        let answer = LogsResponse { camera_id: camera_id.to_string(), logs };
         serde_json::to_vec(&answer).expect("a LogsResponse encodes")
     }
 
@@ -321,15 +300,9 @@ mod tests {
         let mut logs = expected();
         logs.remove(1);
         let why = wrong(check(logs));
-        assert!(
-            why.ends_with("expected 4 event(s), got 3; first difference at index 1"),
-            "{why}"
-        );
+        assert!(why.ends_with("expected 4 event(s), got 3; first difference at index 1"), "{why}");
         let why = wrong(check(expected()[..3].to_vec()));
-        assert!(
-            why.ends_with("expected 4 event(s), got 3; first difference at index 3"),
-            "{why}"
-        );
+        assert!(why.ends_with("expected 4 event(s), got 3; first difference at index 3"), "{why}");
         let why = wrong(check(Vec::new()));
         assert!(why.contains("expected 4 event(s), got 0"), "{why}");
     }
@@ -356,10 +329,7 @@ mod tests {
         let mut swapped = expected();
         swapped.swap(1, 2);
         let why = wrong(check(swapped));
-        assert!(
-            why.ends_with("expected 4 event(s), got 4; first difference at index 1"),
-            "{why}"
-        );
+        assert!(why.ends_with("expected 4 event(s), got 4; first difference at index 1"), "{why}");
         let mut reversed = expected();
         reversed.reverse();
         let why = wrong(check(reversed));
@@ -368,10 +338,7 @@ mod tests {
 
     #[test]
     fn another_cameras_event_is_a_wrong_answer() {
-        let other = EventSet {
-            camera: 3,
-            count: 10,
-        };
+        let other = EventSet { camera: 3, count: 10 };
         // Camera 3's event 4 in place of camera 2's: timestamp 0.001 s off, other description.
         let mut logs = expected();
         logs[1] = other.within(None, None)[4].clone();
@@ -441,13 +408,7 @@ mod tests {
         assert_eq!(tally.latencies_us, [1000, 2000, 3000]);
         assert_eq!(
             tally.problems,
-            [
-                "wrong answer: w",
-                "HTTP 503: s",
-                "HTTP 503: s",
-                "HTTP 404: n",
-                "transport error: t"
-            ]
+            ["wrong answer: w", "HTTP 503: s", "HTTP 503: s", "HTTP 404: n", "transport error: t"]
         );
     }
 
@@ -457,10 +418,7 @@ mod tests {
         let mut second = ClientTally::default();
         for n in 0..4 {
             first.add(CallResult::Wrong(format!("first {n}")), Duration::ZERO);
-            second.add(
-                CallResult::Status(500, format!("second {n}")),
-                Duration::ZERO,
-            );
+            second.add(CallResult::Status(500, format!("second {n}")), Duration::ZERO);
         }
         second.add(CallResult::Correct, Duration::ZERO);
         first.merge(second);
@@ -476,10 +434,7 @@ mod tests {
     #[test]
     fn logs_urls_carry_bounds_that_parse_back_exactly() {
         let base = "http://h:1";
-        assert_eq!(
-            logs_url(base, ID, (None, None), ""),
-            "http://h:1/logs?cameraId=lt1-2"
-        );
+        assert_eq!(logs_url(base, ID, (None, None), ""), "http://h:1/logs?cameraId=lt1-2");
         assert_eq!(
             logs_url(base, ID, (Some(1.5), None), "&timeout=10"),
             "http://h:1/logs?cameraId=lt1-2&startTimestamp=1.5&timeout=10"

@@ -30,27 +30,17 @@ impl Endpoint {
                 "--target must be the server's root, like http://127.0.0.1:8080; got {raw:?}"
             ));
         }
-        let host = url
-            .host_str()
-            .ok_or_else(|| format!("--target {raw:?} has no host"))?;
+        let host = url.host_str().ok_or_else(|| format!("--target {raw:?} has no host"))?;
         let port = url.port_or_known_default().unwrap_or(80);
         let addr = (host, port)
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve {host}:{port}: {e}"))?
             .next()
             .ok_or_else(|| format!("{host}:{port} resolves to no address"))?;
-        Ok(Endpoint {
-            base: format!("http://{host}:{port}"),
-            addr,
-            host: format!("{host}:{port}"),
-        })
+        Ok(Endpoint { base: format!("http://{host}:{port}"), addr, host: format!("{host}:{port}") })
     }
 
     pub(crate) fn from_addr(addr: SocketAddr) -> Endpoint {
-        Endpoint {
-            base: format!("http://{addr}"),
-            addr,
-            host: addr.to_string(),
-        }
+        Endpoint { base: format!("http://{addr}"), addr, host: addr.to_string() }
     }
 }

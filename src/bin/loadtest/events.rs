@@ -112,10 +112,7 @@ mod tests {
     use super::*;
 
     /// Camera 3's five events: at `t(0) < t(1) < ... < t(4)`, 10 s apart.
-    const SET: EventSet = EventSet {
-        camera: 3,
-        count: 5,
-    };
+    const SET: EventSet = EventSet { camera: 3, count: 5 };
 
     fn t(i: usize) -> f64 {
         SET.timestamp(i)
@@ -129,28 +126,19 @@ mod tests {
     fn a_closed_range_holds_exactly_the_events_between_its_bounds() {
         let between_1_and_2 = t(1) + EVENT_SPACING / 2.0;
         let between_3_and_4 = t(3) + EVENT_SPACING / 2.0;
-        assert_eq!(
-            SET.within(Some(between_1_and_2), Some(between_3_and_4)),
-            entries(&[2, 3])
-        );
+        assert_eq!(SET.within(Some(between_1_and_2), Some(between_3_and_4)), entries(&[2, 3]));
     }
 
     #[test]
     fn bounds_exactly_on_an_event_include_it() {
         assert_eq!(SET.within(Some(t(1)), Some(t(3))), entries(&[1, 2, 3]));
         assert_eq!(SET.within(Some(t(2)), Some(t(2))), entries(&[2]));
-        assert_eq!(
-            SET.within(Some(t(0)), Some(t(4))),
-            entries(&[0, 1, 2, 3, 4])
-        );
+        assert_eq!(SET.within(Some(t(0)), Some(t(4))), entries(&[0, 1, 2, 3, 4]));
     }
 
     #[test]
     fn bounds_one_step_past_an_event_exclude_it() {
-        assert_eq!(
-            SET.within(Some(t(1).next_up()), Some(t(3).next_down())),
-            entries(&[2])
-        );
+        assert_eq!(SET.within(Some(t(1).next_up()), Some(t(3).next_down())), entries(&[2]));
         assert_eq!(SET.within(Some(t(2).next_up()), Some(t(3).next_down())), []);
     }
 
@@ -182,10 +170,8 @@ mod tests {
 
     #[test]
     fn per_camera_offsets_keep_cameras_events_distinct() {
-        let cameras: Vec<EventSet> = [0, 1, 2, 999]
-            .iter()
-            .map(|&camera| EventSet { camera, count: 200 })
-            .collect();
+        let cameras: Vec<EventSet> =
+            [0, 1, 2, 999].iter().map(|&camera| EventSet { camera, count: 200 }).collect();
         for a in &cameras {
             for b in &cameras {
                 if a.camera == b.camera {
@@ -207,10 +193,7 @@ mod tests {
     fn camera_ids_join_the_prefix_and_the_index() {
         assert_eq!(camera_id("lt42-", 7), "lt42-7");
         let prefix = camera_prefix();
-        assert!(
-            prefix.starts_with("lt") && prefix.ends_with('-'),
-            "{prefix}"
-        );
+        assert!(prefix.starts_with("lt") && prefix.ends_with('-'), "{prefix}");
         assert!(prefix.contains(&std::process::id().to_string()), "{prefix}");
     }
 

@@ -146,9 +146,8 @@ impl Fleet {
     fn spawn_camera(self: &Arc<Self>, index: usize) -> Result<(), String> {
         let camera = SimCamera::new(Arc::clone(self), index);
         self.running.fetch_add(1, Ordering::SeqCst);
-        let spawned = std::thread::Builder::new()
-            .stack_size(CAMERA_STACK)
-            .spawn(move || camera.run());
+        let spawned =
+            std::thread::Builder::new().stack_size(CAMERA_STACK).spawn(move || camera.run());
         match spawned {
             Ok(handle) => {
                 drop::<JoinHandle<()>>(handle);
@@ -198,10 +197,7 @@ impl SimCamera {
             "POST /send_logs?cameraId={id} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nConnection: close\r\n"
         );
         SimCamera {
-            events: EventSet {
-                camera: index,
-                count: fleet.events,
-            },
+            events: EventSet { camera: index, count: fleet.events },
             fleet,
             poll_request,
             send_head,
@@ -256,28 +252,18 @@ impl SimCamera {
             )));
         }
         serde_json::from_slice::<Command>(&response.body).map_err(|e| {
-            CameraError::Poll(format!(
-                "unreadable command ({e}): {}",
-                body_excerpt(&response.body)
-            ))
+            CameraError::Poll(format!("unreadable command ({e}): {}", body_excerpt(&response.body)))
         })
     }
 
     fn obey(&self, command: Command) -> Result<(), CameraError> {
-        let Command::SendLogs {
-            request_id,
-            start_timestamp,
-            end_timestamp,
-        } = command
-        else {
+        let Command::SendLogs { request_id, start_timestamp, end_timestamp } = command else {
             return Ok(());
         };
         self.fleet.commands.fetch_add(1, Ordering::Relaxed);
         let body = SendLogsBody {
             request_id: Some(request_id),
-            logs: self
-                .events
-                .within(Some(start_timestamp), Some(end_timestamp)),
+            logs: self.events.within(Some(start_timestamp), Some(end_timestamp)),
         };
         let json = serde_json::to_vec(&body)
             .map_err(|e| CameraError::Post(format!("cannot encode the answer: {e}")))?;

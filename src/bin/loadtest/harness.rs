@@ -121,11 +121,7 @@ pub(crate) fn wait_online(
     server: &mut Option<ServerProcess>,
 ) -> Result<(), String> {
     let count = || monitor.online(&fleet.prefix);
-    let awaited = Awaited {
-        what: "cameras online",
-        want,
-        count: &count,
-    };
+    let awaited = Awaited { what: "cameras online", want, count: &count };
     wait_for(&awaited, fleet, server)
 }
 
@@ -144,11 +140,7 @@ pub(crate) fn wait_open_polls(
             .map(|polls| polls as usize)
             .ok_or_else(|| "no registry.openPolls on /stats".to_string())
     };
-    let awaited = Awaited {
-        what: "polls held open",
-        want: cameras - cameras / 200,
-        count: &count,
-    };
+    let awaited = Awaited { what: "polls held open", want: cameras - cameras / 200, count: &count };
     wait_for(&awaited, fleet, server)
 }
 
@@ -233,24 +225,16 @@ impl Harness {
         let started_pid = server.as_ref().map(|s| s.pid);
         let monitor = Monitor::new(&endpoint.base, &options.instances);
         // The server must answer before cameras are thrown at it.
-        let _: serde_json::Value = monitor
-            .get("/health")
-            .map_err(|e| format!("the server is not answering: {e}"))?;
-        Ok(Harness {
-            endpoint,
-            server,
-            started_pid,
-            sampler,
-            monitor,
-        })
+        let _: serde_json::Value =
+            monitor.get("/health").map_err(|e| format!("the server is not answering: {e}"))?;
+        Ok(Harness { endpoint, server, started_pid, sampler, monitor })
     }
 
     pub(crate) fn describe(&self) -> String {
         match &self.server {
-            Some(server) => format!(
-                "{} (api started by loadtest, pid {})",
-                self.endpoint.base, server.pid
-            ),
+            Some(server) => {
+                format!("{} (api started by loadtest, pid {})", self.endpoint.base, server.pid)
+            }
             None => format!("{} (--target)", self.endpoint.base),
         }
     }
@@ -287,14 +271,12 @@ pub(crate) fn progress(message: &str) {
 
 /// Warns when the cameras and clients cannot all have a socket under `ulimit -n`.
 fn warn_about_open_files(options: &Options) {
-    let limit = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("Max open files"))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|soft| soft.parse::<usize>().ok())
-        });
+    let limit = std::fs::read_to_string("/proc/self/limits").ok().and_then(|text| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("Max open files"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|soft| soft.parse::<usize>().ok())
+    });
     let needed = options.cameras + options.clients + 64;
     if let Some(limit) = limit {
         if needed > limit {

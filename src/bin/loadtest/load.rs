@@ -40,13 +40,7 @@ fn latency_ms(latencies_us: &mut [u64]) -> Option<LatencyMs> {
         let rank = ((p / 100.0) * latencies_us.len() as f64).ceil() as usize;
         latencies_us[rank.clamp(1, latencies_us.len()) - 1] as f64 / 1000.0
     };
-    Some(LatencyMs {
-        min: at(0.0),
-        p50: at(50.0),
-        p90: at(90.0),
-        p99: at(99.0),
-        max: at(100.0),
-    })
+    Some(LatencyMs { min: at(0.0), p50: at(50.0), p90: at(90.0), p99: at(99.0), max: at(100.0) })
 }
 
 #[derive(Debug, Serialize)]
@@ -143,42 +137,19 @@ pub(crate) fn run_load(options: &Options) -> Result<bool, String> {
     let logs = harness.stop_server();
     fleet.stop(CAMERA_STOP_GRACE);
     let (tally, online_after, elapsed, with_cameras, cpu) = outcome?;
-    let figures = match (
-        harness.started_pid,
-        before,
-        with_cameras,
-        final_sample,
-        logs,
-    ) {
-        (Some(pid), Some(before), Some(with), Some(end), Some(logs)) => Some(server_figures(
-            pid,
-            options.cameras,
-            [before, with, end],
-            logs,
-        )),
+    let figures = match (harness.started_pid, before, with_cameras, final_sample, logs) {
+        (Some(pid), Some(before), Some(with), Some(end), Some(logs)) => {
+            Some(server_figures(pid, options.cameras, [before, with, end], logs))
+        }
         _ => None,
     };
-    let summary = load_summary(
-        options,
-        &harness,
-        &fleet,
-        tally,
-        online_after,
-        elapsed,
-        figures,
-    );
+    let summary = load_summary(options, &harness, &fleet, tally, online_after, elapsed, figures);
     let summary = LoadSummary { cpu, ..summary };
     print_load_summary(&summary, options.json)?;
     Ok(summary.passed)
 }
 
-type LoadOutcome = (
-    ClientTally,
-    Duration,
-    Duration,
-    Option<SampledFigures>,
-    Option<CpuSplit>,
-);
+type LoadOutcome = (ClientTally, Duration, Duration, Option<SampledFigures>, Option<CpuSplit>);
 
 /// Connects the cameras, waits for them, measures, then runs the clients for the duration.
 fn load_phase(
@@ -188,12 +159,7 @@ fn load_phase(
 ) -> Result<LoadOutcome, String> {
     let connecting = Instant::now();
     fleet.spawn_cameras(0..options.cameras)?;
-    wait_online(
-        &harness.monitor,
-        fleet,
-        options.cameras,
-        &mut harness.server,
-    )?;
+    wait_online(&harness.monitor, fleet, options.cameras, &mut harness.server)?;
     let online_after = connecting.elapsed();
     std::thread::sleep(SETTLE);
     let with_cameras = harness.sample();
@@ -253,11 +219,8 @@ fn load_summary(
     server: Option<ServerFigures>,
 ) -> LoadSummary {
     let camera = fleet.counts();
-    let errors_by_status: BTreeMap<String, u64> = tally
-        .statuses
-        .iter()
-        .map(|(status, n)| (status.to_string(), *n))
-        .collect();
+    let errors_by_status: BTreeMap<String, u64> =
+        tally.statuses.iter().map(|(status, n)| (status.to_string(), *n)).collect();
     let camera_errors = camera.poll_errors + camera.post_errors;
     let mut problems = std::mem::take(&mut tally.problems);
     if camera_errors > 0 {
@@ -308,10 +271,7 @@ fn print_load_summary(summary: &LoadSummary, json: bool) -> Result<(), String> {
                 summary.cameras, summary.events_per_camera, summary.clients, summary.duration_secs
             ),
         ),
-        (
-            "cameras online after",
-            format!("{:.2} s", summary.cameras_online_after_secs),
-        ),
+        ("cameras online after", format!("{:.2} s", summary.cameras_online_after_secs)),
         ("calls", summary.calls.to_string()),
         ("calls/s", format!("{:.1}", summary.calls_per_sec)),
         ("correct answers", summary.correct.to_string()),
@@ -340,10 +300,7 @@ fn print_load_summary(summary: &LoadSummary, json: bool) -> Result<(), String> {
         ),
         (
             "round trips per call",
-            summary
-                .round_trips_per_call
-                .map(|r| format!("{r:.3}"))
-                .unwrap_or_else(|| "-".into()),
+            summary.round_trips_per_call.map(|r| format!("{r:.3}")).unwrap_or_else(|| "-".into()),
         ),
         (
             "camera errors",
@@ -361,10 +318,7 @@ fn print_load_summary(summary: &LoadSummary, json: bool) -> Result<(), String> {
     if let Some(server) = &summary.server {
         rows.extend(server_rows(server));
     }
-    rows.push((
-        "result",
-        if summary.passed { "PASS" } else { "FAIL" }.to_string(),
-    ));
+    rows.push(("result", if summary.passed { "PASS" } else { "FAIL" }.to_string()));
     print_table("loadtest summary", &rows);
     print_problems(&summary.problems);
     Ok(())
@@ -381,10 +335,7 @@ fn server_rows(server: &ServerFigures) -> Vec<(&'static str, String)> {
                 kib(server.rss_at_end_kib)
             ),
         ),
-        (
-            "server RSS per camera",
-            format!("{:.1} KiB", server.rss_per_camera_kib),
-        ),
+        ("server RSS per camera", format!("{:.1} KiB", server.rss_per_camera_kib)),
         ("server peak RSS (VmHWM)", kib(server.peak_rss_kib)),
         (
             "server threads",
@@ -393,19 +344,16 @@ fn server_rows(server: &ServerFigures) -> Vec<(&'static str, String)> {
                 server.threads_with_cameras, server.threads_at_end, server.peak_threads
             ),
         ),
-        (
-            "server log",
-            format!("{} WARN, {} ERROR", server.warnings, server.errors),
-        ),
+        ("server log", format!("{} WARN, {} ERROR", server.warnings, server.errors)),
     ]
 }
 
 fn cpu_row(cpu: CpuSplit) -> String {
     let available = cpu.wall_secs * cpu.cores as f64;
     let share = |secs: f64| 100.0 * secs / available.max(1e-9);
-    let server = cpu.server_secs.map_or("server -".to_string(), |secs| {
-        format!("server {secs:.1} ({:.0} %)", share(secs))
-    });
+    let server = cpu
+        .server_secs
+        .map_or("server -".to_string(), |secs| format!("server {secs:.1} ({:.0} %)", share(secs)));
     format!(
         "loadtest {:.1} ({:.0} %), {server}, of {available:.1} ({} cores x {:.1} s)",
         cpu.loadtest_secs,
@@ -419,11 +367,7 @@ fn status_list(statuses: &BTreeMap<String, u64>) -> String {
     if statuses.is_empty() {
         return "none".into();
     }
-    statuses
-        .iter()
-        .map(|(status, n)| format!("{status}: {n}"))
-        .collect::<Vec<String>>()
-        .join(", ")
+    statuses.iter().map(|(status, n)| format!("{status}: {n}")).collect::<Vec<String>>().join(", ")
 }
 
 fn print_table(title: &str, rows: &[(&str, String)]) {
@@ -444,10 +388,7 @@ mod tests {
         // 1..=100 ms, shuffled.
         let mut us: Vec<u64> = (1..=100).map(|ms| (ms * 37 % 101) * 1000).collect();
         let l = latency_ms(&mut us).unwrap_or_else(|| panic!("no latencies"));
-        assert_eq!(
-            (l.min, l.p50, l.p90, l.p99, l.max),
-            (1.0, 50.0, 90.0, 99.0, 100.0)
-        );
+        assert_eq!((l.min, l.p50, l.p90, l.p99, l.max), (1.0, 50.0, 90.0, 99.0, 100.0));
         let l = latency_ms(&mut [2500]).unwrap_or_else(|| panic!("no latencies"));
         assert_eq!((l.min, l.p50, l.max), (2.5, 2.5, 2.5));
     }

@@ -61,11 +61,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let outcome = if options.idle_ramp {
-        ramp::run_idle_ramp(&options)
-    } else {
-        load::run_load(&options)
-    };
+    let outcome =
+        if options.idle_ramp { ramp::run_idle_ramp(&options) } else { load::run_load(&options) };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

@@ -87,10 +87,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Parsed, String> {
         let mut value = || -> Result<String, String> {
             match inline {
                 Some(v) => Ok(v.to_string()),
-                None => rest
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| format!("{flag} needs a value")),
+                None => rest.next().cloned().ok_or_else(|| format!("{flag} needs a value")),
             }
         };
         match flag {
@@ -125,7 +122,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Parsed, String> {
     }
     if options.target.is_none() && !options.instances.is_empty() {
         return Err(
-            "--instances names the servers behind a --target edge; give --target too".into(),
+            "--instances names the servers behind a --target edge; give --target too".into()
         );
     }
     if options.target.is_some() && options.hold.is_some() {
@@ -137,9 +134,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Parsed, String> {
 fn parse_count(flag: &str, raw: &str) -> Result<usize, String> {
     match raw.trim().parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!(
-            "{flag} must be a whole number greater than 0; got {raw:?}"
-        )),
+        _ => Err(format!("{flag} must be a whole number greater than 0; got {raw:?}")),
     }
 }
 
@@ -182,13 +177,7 @@ mod tests {
         assert_eq!((o.cameras, o.clients, o.events, o.step), (1, 1, 100, 500));
         assert_eq!(o.duration, Duration::from_secs(10));
         assert!(o.target.is_none() && o.hold.is_none() && !o.json && !o.idle_ramp);
-        for default in [
-            "default 1;",
-            "default 1)",
-            "default 10)",
-            "default 100)",
-            "default 500)",
-        ] {
+        for default in ["default 1;", "default 1)", "default 10)", "default 100)", "default 500)"] {
             assert!(USAGE.contains(default), "--help no longer says {default:?}");
         }
     }
@@ -228,10 +217,7 @@ mod tests {
         for flag in ["--cameras", "--clients", "--events", "--step"] {
             for bad in ["0", "-1", "1.5", "many", ""] {
                 let e = error(&[flag, bad]);
-                assert!(
-                    e.starts_with(&format!("{flag} must be")),
-                    "{flag} {bad:?}: {e}"
-                );
+                assert!(e.starts_with(&format!("{flag} must be")), "{flag} {bad:?}: {e}");
                 assert!(e.ends_with(&format!("got {bad:?}")), "{flag} {bad:?}: {e}");
             }
         }
@@ -242,10 +228,7 @@ mod tests {
         for flag in ["--duration", "--hold"] {
             for bad in ["0", "-2", "86401", "NaN", "inf", "soon"] {
                 let e = error(&[flag, bad]);
-                assert!(
-                    e.starts_with(&format!("{flag} must be")),
-                    "{flag} {bad:?}: {e}"
-                );
+                assert!(e.starts_with(&format!("{flag} must be")), "{flag} {bad:?}: {e}");
                 assert!(e.ends_with(&format!("got {bad:?}")), "{flag} {bad:?}: {e}");
             }
         }
@@ -254,15 +237,9 @@ mod tests {
 
     #[test]
     fn a_missing_value_is_an_error_naming_the_flag() {
-        for flag in [
-            "--cameras",
-            "--clients",
-            "--duration",
-            "--events",
-            "--target",
-            "--hold",
-            "--step",
-        ] {
+        for flag in
+            ["--cameras", "--clients", "--duration", "--events", "--target", "--hold", "--step"]
+        {
             assert_eq!(error(&[flag]), format!("{flag} needs a value"));
         }
     }
@@ -272,10 +249,7 @@ mod tests {
         assert_eq!(error(&["--camera", "3"]), "unknown option \"--camera\"");
         assert_eq!(error(&["-c"]), "unknown option \"-c\"");
         assert_eq!(error(&["5"]), "unknown option \"5\"");
-        assert_eq!(
-            error(&["--json", "--bogus=1"]),
-            "unknown option \"--bogus\""
-        );
+        assert_eq!(error(&["--json", "--bogus=1"]), "unknown option \"--bogus\"");
     }
 
     #[test]
@@ -301,9 +275,6 @@ mod tests {
     #[test]
     fn hold_cannot_go_with_target() {
         let e = error(&["--target", "http://127.0.0.1:8080", "--hold", "5"]);
-        assert!(
-            e.starts_with("--hold sets the hold of the api this tool starts"),
-            "{e}"
-        );
+        assert!(e.starts_with("--hold sets the hold of the api this tool starts"), "{e}");
     }
 }

@@ -165,10 +165,7 @@ fn probe(
     events: usize,
     rng: &mut Rng,
 ) -> Result<f64, String> {
-    let events = EventSet {
-        camera: rng.below(held),
-        count: events,
-    };
+    let events = EventSet { camera: rng.below(held), count: events };
     let range = random_range(rng, &events);
     let started = Instant::now();
     let result = call_logs(
@@ -195,9 +192,7 @@ fn print_ramp_row(step: &RampStep) {
         step.cameras,
         format!("{:.1} s", step.online_after_secs),
         step.rss_kib.map(kib).unwrap_or_else(dash),
-        step.rss_per_camera_kib
-            .map(|r| format!("{r:.1} KiB"))
-            .unwrap_or_else(dash),
+        step.rss_per_camera_kib.map(|r| format!("{r:.1} KiB")).unwrap_or_else(dash),
         step.threads.map(|t| t.to_string()).unwrap_or_else(dash),
         step.open_polls.map(|p| p.to_string()).unwrap_or_else(dash),
         format!("{:.1} ms", step.probe_ms),

@@ -51,14 +51,12 @@ fn read_response(reader: &mut BufReader<TcpStream>) -> Result<RawResponse, Strin
         if line.is_empty() {
             break;
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("malformed header line {line:?}"))?;
+        let (name, value) =
+            line.split_once(':').ok_or_else(|| format!("malformed header line {line:?}"))?;
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
-            let length = value
-                .parse::<usize>()
-                .map_err(|_| format!("bad Content-Length {value:?}"))?;
+            let length =
+                value.parse::<usize>().map_err(|_| format!("bad Content-Length {value:?}"))?;
             content_length = Some(length);
         } else if name.eq_ignore_ascii_case("transfer-encoding")
             && !value.eq_ignore_ascii_case("identity")
@@ -157,26 +155,14 @@ mod tests {
     #[test]
     fn status_lines_of_http_1_give_their_status() {
         assert_eq!(parse_status_line("HTTP/1.1 200 OK"), Ok(200));
-        assert_eq!(
-            parse_status_line("HTTP/1.0 503 Service Unavailable"),
-            Ok(503)
-        );
+        assert_eq!(parse_status_line("HTTP/1.0 503 Service Unavailable"), Ok(503));
         assert_eq!(parse_status_line("HTTP/1.1 204"), Ok(204));
     }
 
     #[test]
     fn other_status_lines_are_errors_quoting_them() {
-        for bad in [
-            "",
-            "HTTP/1.1",
-            "HTTP/1.1 OK 200",
-            "HTTP/2 200 OK",
-            "SSH-2.0 200",
-        ] {
-            assert_eq!(
-                parse_status_line(bad),
-                Err(format!("malformed status line {bad:?}"))
-            );
+        for bad in ["", "HTTP/1.1", "HTTP/1.1 OK 200", "HTTP/2 200 OK", "SSH-2.0 200"] {
+            assert_eq!(parse_status_line(bad), Err(format!("malformed status line {bad:?}")));
         }
     }
 

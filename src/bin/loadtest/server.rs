@@ -52,11 +52,7 @@ impl ServerLog {
             _ => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        push_bounded(
-            &mut self.recent_problems.lock(),
-            line.to_string(),
-            KEPT_PROBLEMS,
-        );
+        push_bounded(&mut self.recent_problems.lock(), line.to_string(), KEPT_PROBLEMS);
     }
 }
 
@@ -100,18 +96,12 @@ impl ServerProcess {
         if let Some(max) = max_connections {
             command.env("MAX_CONNECTIONS", max.to_string());
         }
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", api.display()))?;
+        let mut child =
+            command.spawn().map_err(|e| format!("cannot start {}: {e}", api.display()))?;
         let pid = child.id();
         let stderr = child.stderr.take();
         let log = Arc::new(ServerLog::default());
-        let mut process = ServerProcess {
-            child,
-            pid,
-            log: Arc::clone(&log),
-            max_connections,
-        };
+        let mut process = ServerProcess { child, pid, log: Arc::clone(&log), max_connections };
         let stderr = stderr.ok_or("the api's stderr was not captured")?;
         let (addr_tx, addr_rx) = bounded::<SocketAddr>(1);
         std::thread::Builder::new()
@@ -148,9 +138,7 @@ impl ServerProcess {
 pub(crate) fn api_binary() -> Result<std::path::PathBuf, String> {
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find this executable's path: {e}"))?;
-    let dir = exe
-        .parent()
-        .ok_or_else(|| format!("{} has no parent directory", exe.display()))?;
+    let dir = exe.parent().ok_or_else(|| format!("{} has no parent directory", exe.display()))?;
     let api = dir.join(format!("api{}", std::env::consts::EXE_SUFFIX));
     if api.is_file() {
         Ok(api)
@@ -190,9 +178,8 @@ fn drain_stderr(stderr: ChildStderr, log: &ServerLog, addr_tx: Sender<SocketAddr
         if found {
             continue;
         }
-        let addr = line
-            .split_once(MARKER)
-            .and_then(|(_, rest)| rest.trim().parse::<SocketAddr>().ok());
+        let addr =
+            line.split_once(MARKER).and_then(|(_, rest)| rest.trim().parse::<SocketAddr>().ok());
         if let Some(addr) = addr {
             found = true;
             let _ = addr_tx.send(addr);
@@ -239,10 +226,7 @@ pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
 fn cpu_secs_of_stat(text: &str) -> Option<f64> {
     // The command name (field 2) is in parentheses and may hold spaces: count from after it.
     // utime and stime are fields 14 and 15, so the 12th and 13th after the name.
-    let mut fields = text
-        .get(text.rfind(')')? + 1..)?
-        .split_whitespace()
-        .skip(11);
+    let mut fields = text.get(text.rfind(')')? + 1..)?.split_whitespace().skip(11);
     let user: u64 = fields.next()?.parse().ok()?;
     let system: u64 = fields.next()?.parse().ok()?;
     Some((user + system) as f64 / TICKS_PER_SEC)
@@ -271,11 +255,7 @@ impl Sampler {
             .stack_size(HELPER_STACK)
             .spawn(move || sample_until_stopped(pid, &shared, &stop_rx))
             .map_err(|e| format!("cannot start the /proc sampler: {e}"))?;
-        Ok(Sampler {
-            pid,
-            figures,
-            _stop: stop_tx,
-        })
+        Ok(Sampler { pid, figures, _stop: stop_tx })
     }
 
     /// A fresh reading (and the peaks so far).
@@ -330,10 +310,7 @@ mod tests {
         assert_eq!(recent[4], "2026-12-01T09:00:02Z ERROR registry: full");
         let tail = log.tail.lock();
         assert_eq!(tail.len(), 10);
-        assert_eq!(
-            tail.back().map(String::as_str),
-            Some("2026-12-01T09:00:03Z INFO step 2")
-        );
+        assert_eq!(tail.back().map(String::as_str), Some("2026-12-01T09:00:03Z INFO step 2"));
     }
 
     #[cfg(target_os = "linux")]
@@ -341,10 +318,7 @@ mod tests {
     fn proc_status_reads_this_process() {
         let sample = read_proc_status(std::process::id());
         let sample = sample.unwrap_or_else(|| panic!("no /proc status for this process"));
-        assert!(
-            sample.rss_kib > 0 && sample.hwm_kib >= sample.rss_kib,
-            "{sample:?}"
-        );
+        assert!(sample.rss_kib > 0 && sample.hwm_kib >= sample.rss_kib, "{sample:?}");
         assert!(sample.threads >= 1, "{sample:?}");
         assert!(read_proc_status(u32::MAX).is_none());
     }
@@ -362,11 +336,7 @@ mod tests {
     fn the_sampler_keeps_the_peak_thread_count() {
         let mut figures = SampledFigures::default();
         for threads in [3, 9, 4] {
-            let sample = ProcSample {
-                rss_kib: threads * 100,
-                hwm_kib: 900,
-                threads,
-            };
+            let sample = ProcSample { rss_kib: threads * 100, hwm_kib: 900, threads };
             record_sample(&mut figures, sample);
         }
         assert_eq!(figures.latest.threads, 4);

@@ -6,44 +6,22 @@
 //! every request; the registry records round trips and re-sends, the routes the rest. Gauges
 //! (cameras, polls, waiting calls, threads, connections) are not stored here: they are read
 //! from their owners at scrape time, so they cannot drift.
-//! It must not decide anything: no status, no routing, no limits; it only counts and renders.
+//! Its labels come from the tables that own them: routes from [`Route::ALL`], statuses and
+//! rejection reasons from [`ApiError`]. It decides nothing (no status, no routing, no limits).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::error::ApiError;
+use super::error::ApiError;
+use crate::protocol::Route;
 
 /// The `Content-Type` of a scrape, as the 0.0.4 text format asks.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Route labels. Anything else is `other`, so a scanner trying paths cannot grow the series.
-pub const ROUTES: &[&str] = &[
-    "/",
-    "/openapi.yaml",
-    "/logs",
-    "/cameras",
-    "/health",
-    "/stats",
-    "/metrics",
-    "/poll_for_command",
-    "/send_logs",
-    "other",
-];
-
-/// Every status the server answers with; `0` collects anything unforeseen (rendered as `other`).
-const STATUSES: &[u16] = &[200, 400, 401, 404, 405, 413, 429, 500, 503, 504, 0];
-
-/// Why a request was refused, with the status it got: every [`ApiError`] that is a rejection.
-pub const REJECTIONS: &[(&str, u16)] = &[
-    ("bad_request", 400),
-    ("unauthorized", 401),
-    ("body_too_large", 413),
-    ("too_many_waiting", 429),
-    ("camera_offline", 503),
-    ("too_many_cameras", 503),
-    ("shutting_down", 503),
-];
+/// The label of a request whose path is no route, so a scanner trying paths cannot grow the
+/// series.
+const OTHER: &str = "other";
 
 /// Upper bounds of the `/logs` latency buckets, in seconds (`+Inf` is implied).
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -75,14 +53,10 @@ impl Histogram {
     }
 
     fn observe(&self, value: f64) {
-        let bucket = self
-            .bounds
-            .iter()
-            .position(|bound| value <= *bound)
-            .unwrap_or(self.bounds.len());
+        let bucket =
+            self.bounds.iter().position(|bound| value <= *bound).unwrap_or(self.bounds.len());
         self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add((value.max(0.0) * 1e6).round() as u64, Ordering::Relaxed);
+        self.sum_micros.fetch_add((value.max(0.0) * 1e6).round() as u64, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -91,10 +65,7 @@ impl Histogram {
         let mut cumulative = 0;
         for (i, count) in self.counts.iter().enumerate() {
             cumulative += count.load(Ordering::Relaxed);
-            let le = self
-                .bounds
-                .get(i)
-                .map_or("+Inf".to_string(), |b| b.to_string());
+            let le = self.bounds.get(i).map_or("+Inf".to_string(), |b| b.to_string());
             let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
         }
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
@@ -116,7 +87,11 @@ pub struct Gauges {
 
 /// Counters of one server.
 pub struct Metrics {
-    /// `ROUTES.len() * STATUSES.len()` cells, route-major.
+    /// Every status an [`ApiError`] has, and 200; a status not among them is rendered `other`.
+    statuses: Vec<u16>,
+    /// `(reason, status)` of every refusal an [`ApiError`] can be.
+    rejections: Vec<(&'static str, u16)>,
+    /// One cell per route (and `other`) and status (and `other`), route-major.
     requests: Vec<AtomicU64>,
     rejected: Vec<AtomicU64>,
     logs_latency: Histogram,
@@ -134,9 +109,22 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+        let mut statuses = vec![200];
+        let mut rejections = Vec::new();
+        for error in ApiError::every_kind() {
+            let (status, rejection) = error.status_and_rejection();
+            if !statuses.contains(&status) {
+                statuses.push(status);
+            }
+            if let Some(reason) = rejection.filter(|r| !rejections.iter().any(|(x, _)| x == r)) {
+                rejections.push((reason, status));
+            }
+        }
         Metrics {
-            requests: zeros(ROUTES.len() * STATUSES.len()),
-            rejected: zeros(REJECTIONS.len()),
+            requests: zeros((Route::ALL.len() + 1) * (statuses.len() + 1)),
+            rejected: zeros(rejections.len()),
+            statuses,
+            rejections,
             logs_latency: Histogram::new(LATENCY_BUCKETS),
             round_trips: AtomicU64::new(0),
             calls_per_round_trip: Histogram::new(CALLS_BUCKETS),
@@ -144,23 +132,23 @@ impl Metrics {
         }
     }
 
-    /// Counts one answered request; `path` is the raw path (mapped to a route label here).
-    pub fn request(&self, path: &str, status: u16, error: Option<&ApiError>, took: Duration) {
-        let route = ROUTES
-            .iter()
-            .position(|r| *r == path)
-            .unwrap_or(ROUTES.len() - 1);
-        let status_index = STATUSES
-            .iter()
-            .position(|s| *s == status)
-            .unwrap_or(STATUSES.len() - 1);
-        self.requests[route * STATUSES.len() + status_index].fetch_add(1, Ordering::Relaxed);
-        if let Some(reason) = error.and_then(rejection_reason) {
-            if let Some(i) = REJECTIONS.iter().position(|(r, _)| *r == reason) {
-                self.rejected[i].fetch_add(1, Ordering::Relaxed);
-            }
+    /// Counts one answered request (`route` is `None` for a path that is no route).
+    pub fn request(
+        &self,
+        route: Option<Route>,
+        status: u16,
+        error: Option<&ApiError>,
+        took: Duration,
+    ) {
+        let row = route.map_or(Route::ALL.len(), |r| r as usize);
+        let column = self.statuses.iter().position(|s| *s == status);
+        let column = column.unwrap_or(self.statuses.len());
+        self.requests[row * (self.statuses.len() + 1) + column].fetch_add(1, Ordering::Relaxed);
+        let rejection = error.and_then(|e| e.status_and_rejection().1);
+        if let Some(i) = self.rejections.iter().position(|(r, _)| Some(*r) == rejection) {
+            self.rejected[i].fetch_add(1, Ordering::Relaxed);
         }
-        if path == "/logs" {
+        if route == Some(Route::Logs) {
             self.logs_latency.observe(took.as_secs_f64());
         }
     }
@@ -191,29 +179,23 @@ impl Metrics {
             "counter",
             "HTTP requests answered, by route (unknown paths are 'other') and status.",
         );
-        for (r, route) in ROUTES.iter().enumerate() {
-            for (s, status) in STATUSES.iter().enumerate() {
-                let n = self.requests[r * STATUSES.len() + s].load(Ordering::Relaxed);
-                // Only series that happened: 110 mostly-zero lines would bury the useful ones.
+        let labels = Route::ALL.iter().map(|r| r.path()).chain([OTHER]);
+        let columns = self.statuses.len() + 1;
+        for (r, route) in labels.enumerate() {
+            for (c, status) in
+                self.statuses.iter().map(u16::to_string).chain([OTHER.into()]).enumerate()
+            {
+                let n = self.requests[r * columns + c].load(Ordering::Relaxed);
+                // Only series that happened: a hundred mostly-zero lines would bury the rest.
                 if n > 0 {
-                    let status = if *status == 0 {
-                        "other".to_string()
-                    } else {
-                        status.to_string()
-                    };
                     let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{status}\"}} {n}");
                 }
             }
         }
 
         let name = "camera_logs_rejected_requests_total";
-        header(
-            &mut out,
-            name,
-            "counter",
-            "Requests refused, by reason and the status they got.",
-        );
-        for (i, (reason, status)) in REJECTIONS.iter().enumerate() {
+        header(&mut out, name, "counter", "Requests refused, by reason and the status they got.");
+        for (i, (reason, status)) in self.rejections.iter().enumerate() {
             let n = self.rejected[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}{{reason=\"{reason}\",status=\"{status}\"}} {n}");
         }
@@ -253,11 +235,7 @@ impl Metrics {
                 "Cameras with an open poll, or one that ended within CAMERA_GRACE_SECS.",
                 gauges.cameras_online,
             ),
-            (
-                "camera_logs_open_polls",
-                "Camera polls held open right now.",
-                gauges.open_polls,
-            ),
+            ("camera_logs_open_polls", "Camera polls held open right now.", gauges.open_polls),
             (
                 "camera_logs_waiting_calls",
                 "GET /logs calls waiting for a camera's answer right now.",
@@ -278,26 +256,6 @@ impl Metrics {
             let _ = writeln!(out, "{name} {value}");
         }
         out
-    }
-}
-
-/// The rejection label of an error, or `None` when the error is not a refusal (404, 405, 500,
-/// and 504, which is a camera that did not answer in time).
-pub fn rejection_reason(error: &ApiError) -> Option<&'static str> {
-    match error {
-        ApiError::BadRequest(_) => Some("bad_request"),
-        ApiError::Unauthorized => Some("unauthorized"),
-        ApiError::PayloadTooLarge { .. } => Some("body_too_large"),
-        ApiError::TooManyWaiting { .. } => Some("too_many_waiting"),
-        ApiError::CameraOffline { .. } => Some("camera_offline"),
-        ApiError::TooManyCameras { .. } => Some("too_many_cameras"),
-        ApiError::ShuttingDown => Some("shutting_down"),
-        ApiError::NoSuchPath(_)
-        | ApiError::MethodNotAllowed { .. }
-        | ApiError::UnknownCamera(_)
-        | ApiError::UnknownRequest(_)
-        | ApiError::CameraTimeout { .. }
-        | ApiError::Internal(_) => None,
     }
 }
 
@@ -325,7 +283,7 @@ mod tests {
     fn histogram_buckets_are_cumulative_with_sum_and_count() {
         let m = Metrics::new();
         for ms in [0.1, 3.0, 3.0, 70_000.0] {
-            m.request("/logs", 200, None, Duration::from_secs_f64(ms / 1000.0));
+            m.request(Some(Route::Logs), 200, None, Duration::from_secs_f64(ms / 1000.0));
         }
         let text = m.render(&Gauges::default());
         let name = "camera_logs_logs_request_duration_seconds";
@@ -344,23 +302,12 @@ mod tests {
     #[test]
     fn requests_and_rejections_are_labelled() {
         let m = Metrics::new();
-        let offline = ApiError::CameraOffline {
-            camera_id: "c".into(),
-            seconds_since_seen: 1.0,
-        };
-        m.request("/logs", 503, Some(&offline), Duration::ZERO);
-        m.request(
-            "/wp-admin",
-            404,
-            Some(&ApiError::NoSuchPath("/wp-admin".into())),
-            Duration::ZERO,
-        );
-        m.request("/stats", 299, None, Duration::ZERO);
+        let offline = ApiError::CameraOffline { camera_id: "c".into(), seconds_since_seen: 1.0 };
+        m.request(Some(Route::Logs), 503, Some(&offline), Duration::ZERO);
+        m.request(None, 404, Some(&ApiError::NoSuchPath("/wp-admin".into())), Duration::ZERO);
+        m.request(Some(Route::Stats), 299, None, Duration::ZERO);
         m.round_trip(7);
-        let text = m.render(&Gauges {
-            open_polls: 3,
-            ..Gauges::default()
-        });
+        let text = m.render(&Gauges { open_polls: 3, ..Gauges::default() });
         assert!(
             text.contains("camera_logs_http_requests_total{route=\"/logs\",status=\"503\"} 1\n")
         );
@@ -390,9 +337,7 @@ mod tests {
             let name = sample.split(['{', ' ']).next().unwrap();
             assert!(
                 families.iter().any(|f| name == *f
-                    || ["_bucket", "_sum", "_count"]
-                        .iter()
-                        .any(|s| name == format!("{f}{s}"))),
+                    || ["_bucket", "_sum", "_count"].iter().any(|s| name == format!("{f}{s}"))),
                 "{sample}"
             );
         }
@@ -402,26 +347,15 @@ mod tests {
     }
 
     #[test]
-    fn every_rejection_status_matches_the_error() {
-        let errors = [
-            ApiError::BadRequest("x".into()),
-            ApiError::Unauthorized,
-            ApiError::PayloadTooLarge { limit: 1 },
-            ApiError::TooManyWaiting {
-                camera_id: "c".into(),
-                limit: 1,
-            },
-            ApiError::CameraOffline {
-                camera_id: "c".into(),
-                seconds_since_seen: 1.0,
-            },
-            ApiError::TooManyCameras { limit: 1 },
-            ApiError::ShuttingDown,
-        ];
-        for error in errors {
-            let reason = rejection_reason(&error).unwrap();
-            let (_, status) = REJECTIONS.iter().find(|(r, _)| *r == reason).unwrap();
-            assert_eq!(*status, error.status(), "{reason}");
+    fn every_refusal_is_listed_with_its_errors_status() {
+        let text = Metrics::new().render(&Gauges::default());
+        for error in ApiError::every_kind() {
+            if let (status, Some(reason)) = error.status_and_rejection() {
+                let row = format!(
+                    "rejected_requests_total{{reason=\"{reason}\",status=\"{status}\"}} 0\n"
+                );
+                assert!(text.contains(&row), "{row} in\n{text}");
+            }
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The one error type of the API server, and the one place where an error becomes an HTTP
-//! status, headers and a JSON body `{"error": "..."}`.
+//! status, a rejection label for `/metrics`, headers and a JSON body `{"error": "..."}`.
 //!
 //! Messages are sentences a person can act on; they never echo secrets (tokens) back.
 
 use std::fmt;
 use std::time::Duration;
+
+use crate::protocol::ErrorBody;
 
 /// Everything a request to the API server can fail with.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,8 +19,11 @@ pub enum ApiError {
     NoSuchPath(String),
     /// The route exists but not for this method.
     MethodNotAllowed { allowed: &'static str },
-    /// No camera with this id has ever polled this server.
-    UnknownCamera(String),
+    /// No camera with this id has polled this server; `since_start` is set while the server
+    /// waits for cameras to arrive after its start (`CAMERA_ARRIVAL_SECS`).
+    UnknownCamera { camera_id: String, since_start: Option<Duration> },
+    /// A second camera process polls or answers for an id another running process holds.
+    Conflict { camera_id: String },
     /// A `send_logs` answer names a command that is not (or no longer) in flight for this camera.
     UnknownRequest(String),
     /// A request body larger than the configured limit.
@@ -26,10 +31,7 @@ pub enum ApiError {
     /// Too many `/logs` calls are already waiting for this camera.
     TooManyWaiting { camera_id: String, limit: usize },
     /// The camera is known but has no open poll and has not polled recently.
-    CameraOffline {
-        camera_id: String,
-        seconds_since_seen: f64,
-    },
+    CameraOffline { camera_id: String, seconds_since_seen: f64 },
     /// The camera did not answer within the caller's timeout.
     CameraTimeout { camera_id: String, after: Duration },
     /// A poll for a new camera id while `MAX_CAMERAS` are known.
@@ -41,22 +43,30 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn status(&self) -> u16 {
+    /// The status, and the reason a refusal is counted under on `/metrics` (`None` for what is
+    /// not a refusal: 404, 405, 500, and 504, a camera that did not answer in time). The one
+    /// place that knows either.
+    pub fn status_and_rejection(&self) -> (u16, Option<&'static str>) {
         match self {
-            ApiError::BadRequest(_) => 400,
-            ApiError::Unauthorized => 401,
-            ApiError::NoSuchPath(_) | ApiError::UnknownCamera(_) | ApiError::UnknownRequest(_) => {
-                404
-            }
-            ApiError::MethodNotAllowed { .. } => 405,
-            ApiError::PayloadTooLarge { .. } => 413,
-            ApiError::TooManyWaiting { .. } => 429,
-            ApiError::Internal(_) => 500,
-            ApiError::CameraOffline { .. }
-            | ApiError::TooManyCameras { .. }
-            | ApiError::ShuttingDown => 503,
-            ApiError::CameraTimeout { .. } => 504,
+            ApiError::BadRequest(_) => (400, Some("bad_request")),
+            ApiError::Unauthorized => (401, Some("unauthorized")),
+            ApiError::NoSuchPath(_)
+            | ApiError::UnknownCamera { .. }
+            | ApiError::UnknownRequest(_) => (404, None),
+            ApiError::MethodNotAllowed { .. } => (405, None),
+            ApiError::Conflict { .. } => (409, Some("instance_conflict")),
+            ApiError::PayloadTooLarge { .. } => (413, Some("body_too_large")),
+            ApiError::TooManyWaiting { .. } => (429, Some("too_many_waiting")),
+            ApiError::Internal(_) => (500, None),
+            ApiError::CameraOffline { .. } => (503, Some("camera_offline")),
+            ApiError::TooManyCameras { .. } => (503, Some("too_many_cameras")),
+            ApiError::ShuttingDown => (503, Some("shutting_down")),
+            ApiError::CameraTimeout { .. } => (504, None),
         }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status_and_rejection().0
     }
 
     /// Extra headers the status calls for (RFC 9110: `Allow` on 405, `Retry-After` on 429/503).
@@ -76,9 +86,7 @@ impl ApiError {
 
     /// The JSON body: `{"error": "<message>"}`.
     pub fn body(&self) -> Vec<u8> {
-        let body = crate::protocol::ErrorBody {
-            error: self.to_string(),
-        };
+        let body = ErrorBody { error: self.to_string() };
         serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":"internal error"}"#.to_vec())
     }
 }
@@ -92,12 +100,25 @@ impl fmt::Display for ApiError {
             ApiError::MethodNotAllowed { allowed } => {
                 write!(f, "method not allowed here; use {allowed}")
             }
-            ApiError::UnknownCamera(id) => {
-                write!(
-                    f,
-                    "camera '{id}' is unknown: it has never polled this server"
-                )
-            }
+            ApiError::UnknownCamera {
+                camera_id,
+                since_start: None,
+            } => write!(
+                f,
+                "camera '{camera_id}' is unknown: it has never polled this server"
+            ),
+            ApiError::UnknownCamera {
+                camera_id,
+                since_start: Some(since),
+            } => write!(
+                f,
+                "camera '{camera_id}' has not polled this instance since it started {:.0} s ago (cameras that were backing off may still arrive; CAMERA_ARRIVAL_SECS)",
+                since.as_secs_f64()
+            ),
+            ApiError::Conflict { camera_id } => write!(
+                f,
+                "camera '{camera_id}' is already polling from another running process: two cameras share this id; give each camera its own CAMERA_ID"
+            ),
             ApiError::UnknownRequest(why) => write!(f, "{why}"),
             ApiError::PayloadTooLarge { limit } => {
                 write!(f, "request body is larger than the limit of {limit} bytes")
@@ -130,46 +151,41 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+impl ApiError {
+    /// One error of every kind: the rows `/metrics` lists even at zero, and the tests' cases.
+    pub fn every_kind() -> Vec<ApiError> {
+        let camera_id = || "c".to_string();
+        vec![
+            ApiError::BadRequest("bad".into()),
+            ApiError::Unauthorized,
+            ApiError::NoSuchPath("/x".into()),
+            ApiError::MethodNotAllowed { allowed: "GET" },
+            ApiError::UnknownCamera { camera_id: camera_id(), since_start: None },
+            ApiError::Conflict { camera_id: camera_id() },
+            ApiError::UnknownRequest("r".into()),
+            ApiError::PayloadTooLarge { limit: 10 },
+            ApiError::TooManyWaiting { camera_id: camera_id(), limit: 1 },
+            ApiError::CameraOffline { camera_id: camera_id(), seconds_since_seen: 9.0 },
+            ApiError::CameraTimeout { camera_id: camera_id(), after: Duration::from_secs(1) },
+            ApiError::TooManyCameras { limit: 2 },
+            ApiError::ShuttingDown,
+            ApiError::Internal("x".into()),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_error_is_json_with_its_status() {
-        let errors = [
-            (ApiError::BadRequest("bad".into()), 400),
-            (ApiError::Unauthorized, 401),
-            (ApiError::NoSuchPath("/x".into()), 404),
-            (ApiError::UnknownCamera("c".into()), 404),
-            (ApiError::UnknownRequest("r".into()), 404),
-            (ApiError::MethodNotAllowed { allowed: "GET" }, 405),
-            (ApiError::PayloadTooLarge { limit: 10 }, 413),
-            (
-                ApiError::TooManyWaiting {
-                    camera_id: "c".into(),
-                    limit: 1,
-                },
-                429,
-            ),
-            (ApiError::Internal("x".into()), 500),
-            (ApiError::TooManyCameras { limit: 2 }, 503),
-            (
-                ApiError::CameraOffline {
-                    camera_id: "c".into(),
-                    seconds_since_seen: 9.0,
-                },
-                503,
-            ),
-            (
-                ApiError::CameraTimeout {
-                    camera_id: "c".into(),
-                    after: Duration::from_secs(1),
-                },
-                504,
-            ),
-        ];
-        for (error, status) in errors {
-            assert_eq!(error.status(), status, "{error:?}");
+        let statuses: Vec<u16> = ApiError::every_kind().iter().map(ApiError::status).collect();
+        assert_eq!(
+            statuses,
+            [400, 401, 404, 405, 404, 409, 404, 413, 429, 503, 504, 503, 503, 500]
+        );
+        for error in ApiError::every_kind() {
             let body: serde_json::Value = serde_json::from_slice(&error.body()).unwrap();
             assert_eq!(body["error"].as_str(), Some(error.to_string().as_str()));
         }
@@ -181,10 +197,7 @@ mod tests {
             ApiError::MethodNotAllowed { allowed: "POST" }.headers(),
             vec![("Allow", "POST".to_string())]
         );
-        let too_many = ApiError::TooManyWaiting {
-            camera_id: "c".into(),
-            limit: 1,
-        };
+        let too_many = ApiError::TooManyWaiting { camera_id: "c".into(), limit: 1 };
         assert_eq!(too_many.headers()[0].0, "Retry-After");
     }
 }

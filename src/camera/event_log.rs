@@ -75,13 +75,7 @@ impl EventLog {
         } else {
             rewrite(path, &events)?
         };
-        let log = EventLog {
-            inner: Mutex::new(Inner {
-                events,
-                max_events,
-                file: Some(file),
-            }),
-        };
+        let log = EventLog { inner: Mutex::new(Inner { events, max_events, file: Some(file) }) };
         Ok((log, report))
     }
 
@@ -104,12 +98,7 @@ impl EventLog {
     /// The events within `range` (inclusive), in log order.
     pub fn in_range(&self, range: TimeRange) -> Vec<LogEntry> {
         let inner = self.inner.lock();
-        inner
-            .events
-            .iter()
-            .filter(|e| range.contains(e.timestamp))
-            .cloned()
-            .collect()
+        inner.events.iter().filter(|e| range.contains(e.timestamp)).cloned().collect()
     }
 
     pub fn snapshot(&self) -> Vec<LogEntry> {
@@ -201,11 +190,7 @@ fn rewrite(path: &Path, events: &VecDeque<LogEntry>) -> io::Result<Persisted> {
     }
     fs::rename(&tmp, path)?;
     let file = OpenOptions::new().append(true).open(path)?;
-    Ok(Persisted {
-        path: path.to_path_buf(),
-        file,
-        lines: events.len(),
-    })
+    Ok(Persisted { path: path.to_path_buf(), file, lines: events.len() })
 }
 
 #[cfg(test)]
@@ -213,10 +198,7 @@ mod tests {
     use super::*;
 
     fn entry(timestamp: f64) -> LogEntry {
-        LogEntry {
-            timestamp,
-            description: format!("event {timestamp}"),
-        }
+        LogEntry { timestamp, description: format!("event {timestamp}") }
     }
 
     fn temp_path(name: &str) -> PathBuf {
@@ -234,10 +216,7 @@ mod tests {
             log.push(entry(t as f64)).unwrap();
         }
         assert_eq!(log.snapshot(), vec![entry(3.0), entry(4.0), entry(5.0)]);
-        assert_eq!(
-            log.in_range(TimeRange::new(Some(4.0), Some(4.0))),
-            vec![entry(4.0)]
-        );
+        assert_eq!(log.in_range(TimeRange::new(Some(4.0), Some(4.0))), vec![entry(4.0)]);
     }
 
     #[test]
@@ -254,21 +233,11 @@ mod tests {
         drop(file);
 
         let (log, report) = EventLog::open(&path, 100).unwrap();
-        assert_eq!(
-            report,
-            LoadReport {
-                loaded: 2,
-                skipped_lines: 1,
-                dropped_oldest: 0
-            }
-        );
+        assert_eq!(report, LoadReport { loaded: 2, skipped_lines: 1, dropped_oldest: 0 });
         log.push(entry(4.0)).unwrap();
         drop(log);
         let (log, report) = EventLog::open(&path, 100).unwrap();
-        assert_eq!(
-            report.skipped_lines, 0,
-            "the torn line was rewritten away, not appended to"
-        );
+        assert_eq!(report.skipped_lines, 0, "the torn line was rewritten away, not appended to");
         assert_eq!(log.snapshot(), vec![entry(1.0), entry(2.0), entry(4.0)]);
     }
 
@@ -279,11 +248,7 @@ mod tests {
         for t in 0..21 {
             log.push(entry(t as f64)).unwrap();
         }
-        assert_eq!(
-            log.file_lines(),
-            10,
-            "21 lines > 2 x 10: rewritten with the 10 kept"
-        );
+        assert_eq!(log.file_lines(), 10, "21 lines > 2 x 10: rewritten with the 10 kept");
         assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 10);
         let (reopened, report) = EventLog::open(&path, 10).unwrap();
         assert_eq!(report.loaded, 10);

@@ -4,6 +4,14 @@
 use super::*;
 use std::collections::HashMap;
 
+fn server(pairs: &[(&'static str, &str)]) -> Result<ServerConfig, ConfigError> {
+    ServerConfig::from_lookup(&lookup_from(pairs))
+}
+
+fn camera(pairs: &[(&'static str, &str)]) -> Result<CameraConfig, ConfigError> {
+    CameraConfig::from_lookup(&lookup_from(pairs))
+}
+
 fn lookup_from(
     pairs: &[(&'static str, &str)],
 ) -> impl Fn(&'static str) -> Result<Option<String>, ConfigError> {
@@ -14,22 +22,21 @@ fn lookup_from(
 
 #[test]
 fn defaults_match_the_help_table() {
-    let config = ServerConfig::from_lookup(lookup_from(&[])).unwrap();
-    assert_eq!(config, ServerConfig::default());
-    for s in SERVER_SETTINGS
-        .iter()
-        .filter(|s| !s.default.starts_with('('))
-    {
-        let from_default = ServerConfig::from_lookup(lookup_from(&[(s.name, s.default)])).unwrap();
-        assert_eq!(from_default, ServerConfig::default(), "{}", s.name);
+    // Each default, given as a value, parses to what Default (built from the same table) holds.
+    assert_eq!(server(&[]).unwrap(), ServerConfig::default());
+    for s in SERVER_SETTINGS {
+        if let Some(default) = s.default {
+            assert_eq!(server(&[(s.name, default)]).unwrap(), ServerConfig::default(), "{}", s.name);
+        }
     }
-    for s in CAMERA_SETTINGS
-        .iter()
-        .filter(|s| !s.default.starts_with('('))
-    {
-        let from_default = CameraConfig::from_lookup(lookup_from(&[(s.name, s.default)])).unwrap();
-        assert_eq!(from_default, CameraConfig::default(), "{}", s.name);
+    for s in CAMERA_SETTINGS {
+        if let Some(default) = s.default {
+            assert_eq!(camera(&[(s.name, default)]).unwrap(), CameraConfig::default(), "{}", s.name);
+        }
     }
+    let defaults = ServerConfig::default();
+    assert_eq!((defaults.port, defaults.poll_hold), (8080, Duration::from_secs(30)));
+    assert_eq!(CameraConfig::default().event_interval, Some(Duration::from_secs(10)));
 }
 
 #[test]
@@ -47,8 +54,9 @@ fn malformed_values_name_the_variable() {
         ("API_TOKEN", ""),
         ("CAMERA_TOKEN", ""),
         ("CAMERA_TOKENS_FILE", ""),
+        ("HOST", " "),
     ] {
-        let err = ServerConfig::from_lookup(lookup_from(&[(name, value)])).unwrap_err();
+        let err = server(&[(name, value)]).unwrap_err();
         assert_eq!(err.variable, name);
         assert!(err.to_string().contains(name));
     }
@@ -60,28 +68,42 @@ fn malformed_values_name_the_variable() {
         ("POLL_TIMEOUT_SECS", ""),
         ("MAX_EVENTS", "-3"),
         ("CAMERA_TOKEN", ""),
+        ("LOG_FILE", ""),
+        ("CA_CERT_FILE", ""),
     ] {
-        let err = CameraConfig::from_lookup(lookup_from(&[(name, value)])).unwrap_err();
+        let err = camera(&[(name, value)]).unwrap_err();
         assert_eq!(err.variable, name);
     }
 }
 
 #[test]
+fn an_event_interval_of_zero_turns_events_off_and_token_files_are_exclusive() {
+    assert_eq!(camera(&[("EVENT_INTERVAL_SECS", "0")]).unwrap().event_interval, None);
+    let tokens = temp_file("tokens", "# cameras\nfront s3cret\nback other\n");
+    let path = tokens.to_string_lossy().into_owned();
+    let c = server(&[("CAMERA_TOKENS_FILE", &path)]).unwrap();
+    assert_eq!(c.camera_tokens.unwrap().get("front").map(String::as_str), Some("s3cret"));
+    let err = server(&[("CAMERA_TOKENS_FILE", &path), ("CAMERA_TOKEN", "x")]).unwrap_err();
+    assert_eq!(err.variable, "CAMERA_TOKENS_FILE");
+    for bad in ["", "front\n", "front a b\n", "bad/id tok\n", "front a\nfront b\n"] {
+        assert!(parse_tokens(bad).is_err(), "{bad:?}");
+    }
+    let _ = std::fs::remove_file(tokens);
+}
+
+#[test]
 fn fractions_and_tokens_parse() {
-    let c = CameraConfig::from_lookup(lookup_from(&[
+    let c = camera(&[
         ("EVENT_INTERVAL_SECS", "0.25"),
         ("CAMERA_TOKEN", "s3cret"),
         ("API_BASE_URL", "http://api:8080/"),
-    ]))
+    ])
     .unwrap();
     assert_eq!(c.event_interval, Some(Duration::from_millis(250)));
     assert_eq!(c.camera_token.as_deref(), Some("s3cret"));
     assert_eq!(c.api_base_url, "http://api:8080");
-    let err = ServerConfig::from_lookup(lookup_from(&[("API_TOKEN", "has space")])).unwrap_err();
-    assert!(
-        !err.to_string().contains("has space"),
-        "tokens are never echoed"
-    );
+    let err = server(&[("API_TOKEN", "has space")]).unwrap_err();
+    assert!(!err.to_string().contains("has space"), "tokens are never echoed");
 }
 
 #[test]
@@ -107,19 +129,12 @@ fn the_variables_read_are_exactly_the_help_table() {
     let server = names_read(|lookup| {
         ServerConfig::from_lookup(lookup).unwrap();
     });
-    assert_eq!(
-        server,
-        table(SERVER_SETTINGS),
-        "what the api reads vs its --help table"
-    );
+
+    assert_eq!(server, table(SERVER_SETTINGS), "what the api reads vs its --help table");
     let camera = names_read(|lookup| {
         CameraConfig::from_lookup(lookup).unwrap();
     });
-    assert_eq!(
-        camera,
-        table(CAMERA_SETTINGS),
-        "what the camera reads vs its --help table"
-    );
+    assert_eq!(camera, table(CAMERA_SETTINGS), "what the camera reads vs its --help table");
 }
 
 /// A self-signed test CA (its key was thrown away): test data, trusted nowhere.
@@ -147,28 +162,24 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
 
 #[test]
 fn https_base_urls_are_accepted() {
-    let c = CameraConfig::from_lookup(lookup_from(&[(
-        "API_BASE_URL",
-        "https://edge.example:8443/",
-    )]))
-    .unwrap();
+    let c =
+        camera(&[("API_BASE_URL", "https://edge.example:8443/")])
+            .unwrap();
     assert_eq!(c.api_base_url, "https://edge.example:8443");
     let err =
-        CameraConfig::from_lookup(lookup_from(&[("API_BASE_URL", "ftp://edge")])).unwrap_err();
+        camera(&[("API_BASE_URL", "ftp://edge")]).unwrap_err();
     assert!(err.to_string().contains("https://"), "{err}");
 }
 
 #[test]
 fn ca_cert_file_reads_every_certificate() {
     const FAKE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
-    let two = temp_file(
-        "two.pem",
-        &format!("# the edge's CA\n{TEST_CA_PEM}{TEST_CA_PEM}{FAKE_KEY}"),
-    );
-    let c = CameraConfig::from_lookup(lookup_from(&[
+    let two =
+        temp_file("two.pem", &format!("# the edge's CA\n{TEST_CA_PEM}{TEST_CA_PEM}{FAKE_KEY}"));
+    let c = camera(&[
         ("API_BASE_URL", "https://edge.example"),
         ("CA_CERT_FILE", &two.to_string_lossy()),
-    ]))
+    ])
     .unwrap();
     let _ = std::fs::remove_file(&two);
     let ca = c.ca_certs.unwrap();
@@ -176,10 +187,6 @@ fn ca_cert_file_reads_every_certificate() {
     assert_eq!(ca.der.len(), 2, "both certificates, and not the key");
     assert_eq!(ca.der[0].first(), Some(&0x30));
     assert!(!format!("{ca:?}").contains("48,"), "Debug is short: {ca:?}");
-
-    // Empty means unset: the bundled roots.
-    let c = CameraConfig::from_lookup(lookup_from(&[("CA_CERT_FILE", "")])).unwrap();
-    assert_eq!(c.ca_certs, None);
 }
 
 #[test]
@@ -196,28 +203,16 @@ fn an_unusable_ca_cert_file_names_the_variable() {
         "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
     );
     let truncated = temp_file("truncated.pem", &TEST_CA_PEM[..200]);
-    let key_only = temp_file(
-        "key-only.pem",
-        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-    );
-    for path in [
-        &missing,
-        &garbage,
-        &bad_base64,
-        &not_der,
-        &truncated,
-        &key_only,
-    ] {
+    let key_only =
+        temp_file("key-only.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+    for path in [&missing, &garbage, &bad_base64, &not_der, &truncated, &key_only] {
         let value = path.to_string_lossy().into_owned();
         // With an http:// URL too: a set variable is checked even where it is unused.
-        let err = CameraConfig::from_lookup(lookup_from(&[("CA_CERT_FILE", &value)])).unwrap_err();
+        let err = camera(&[("CA_CERT_FILE", &value)]).unwrap_err();
         assert_eq!(err.variable, "CA_CERT_FILE", "{value}");
         assert_eq!(err.value, value);
         assert!(err.to_string().contains("CA_CERT_FILE"), "{err}");
-        assert!(
-            !err.to_string().contains("AAAA"),
-            "the file is never quoted"
-        );
+        assert!(!err.to_string().contains("AAAA"), "the file is never quoted");
         let _ = std::fs::remove_file(path);
     }
 }
@@ -236,9 +231,9 @@ fn der_shape_check() {
 
 #[test]
 fn camera_help_lists_ca_cert_file() {
-    let help = help_text("camera", "about", CAMERA_SETTINGS);
+    let help = help_text::<CameraConfig>();
     for s in CAMERA_SETTINGS {
-        assert!(help.contains(s.name) && help.contains(s.default));
+        assert!(help.contains(s.name) && help.contains(s.default.unwrap_or("(unset)")));
     }
     assert!(help.contains("CA_CERT_FILE") && help.contains("https://"));
 }

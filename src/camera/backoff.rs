@@ -1,0 +1,138 @@
+//! Exponential backoff with jitter, logged once per failure streak, and the cheap randomness
+//! it and the simulated events use (std's randomly keyed SipHash: no random-number crate).
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::client::CallError;
+use crate::log::{log_error, log_info, log_warn};
+
+/// First retry delay after a failure; doubles per failure up to the cap.
+const BACKOFF_START: Duration = Duration::from_millis(500);
+
+/// A failure streak: logged when it starts, again if it turns into a TLS failure (which a retry
+/// alone will not fix), and when it ends.
+pub struct Backoff {
+    what: &'static str,
+    max: Duration,
+    failures: u32,
+    started: Option<Instant>,
+    logged_tls: bool,
+    jitter: Jitter,
+}
+
+impl Backoff {
+    pub fn new(max: Duration, what: &'static str) -> Backoff {
+        Backoff { what, max, failures: 0, started: None, logged_tls: false, jitter: Jitter::new() }
+    }
+
+    /// The delay before retry number `failures` (1-based): doubling from 0.5 s up to the cap,
+    /// then a random point in its upper half so that many cameras do not retry in lockstep.
+    fn delay(&mut self) -> Duration {
+        let doublings = self.failures.saturating_sub(1).min(16);
+        let full = BACKOFF_START.saturating_mul(1 << doublings).min(self.max);
+        full / 2 + full.mul_f64(self.jitter.unit() / 2.0)
+    }
+
+    /// Records a failure and sleeps; returns false if the camera is stopping (`stop` disconnected).
+    pub fn failed(&mut self, why: &CallError, stop: &Receiver<()>) -> bool {
+        self.failures += 1;
+        let tls = why.is_tls();
+        if self.failures == 1 || (tls && !self.logged_tls) {
+            if self.failures == 1 {
+                self.started = Some(Instant::now());
+            }
+            self.logged_tls |= tls;
+            let (what, max) = (self.what, self.max.as_secs_f64());
+            // Another process holding this camera's id is a mistake to fix, not a network fault.
+            if matches!(why, CallError::Status { status: 409, .. }) {
+                log_error!("could not {what}: {why}; retrying with backoff (up to {max:.0} s)");
+            } else {
+                log_warn!("could not {what}: {why}; retrying with backoff (up to {max:.0} s)");
+            }
+        }
+        let delay = self.delay();
+        !matches!(stop.recv_timeout(delay), Err(RecvTimeoutError::Disconnected))
+    }
+
+    pub fn succeeded(&mut self) {
+        if self.failures > 0 {
+            let down = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+            let (what, failures) = (self.what, self.failures);
+            log_info!("could {what} again after {failures} failed attempt(s) over {down:.1} s");
+        }
+        self.failures = 0;
+        self.started = None;
+        self.logged_tls = false;
+    }
+}
+
+/// Cheap, unpredictable numbers: SipHash keyed by `RandomState`, whose keys std draws from the
+/// operating system's random source, applied to a counter.
+pub struct Jitter {
+    keys: RandomState,
+    n: u64,
+}
+
+impl Jitter {
+    pub fn new() -> Jitter {
+        Jitter { keys: RandomState::new(), n: 0 }
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.n += 1;
+        self.keys.hash_one(self.n)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::camera::client::describe_call_error;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_in_the_upper_half() {
+        let mut backoff = Backoff::new(Duration::from_secs(30), "test");
+        let mut previous_full = Duration::ZERO;
+        for failure in 1..=12u32 {
+            backoff.failures = failure;
+            let full = BACKOFF_START
+                .saturating_mul(1 << (failure - 1).min(16))
+                .min(Duration::from_secs(30));
+            let delay = backoff.delay();
+            assert!(delay >= full / 2 && delay <= full, "failure {failure}: {delay:?} vs {full:?}");
+            assert!(full >= previous_full);
+            previous_full = full;
+        }
+        assert_eq!(previous_full, Duration::from_secs(30));
+        assert!(backoff.delay() >= Duration::from_millis(250), "never a busy loop");
+        let u = Jitter::new().unit();
+        assert!((0.0..1.0).contains(&u));
+    }
+
+    #[test]
+    fn a_streak_that_turns_into_a_tls_failure_is_logged_once_more() {
+        // A dropped sender: `failed` returns at once instead of sleeping.
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        drop(stop_tx);
+        let mut backoff = Backoff::new(Duration::from_secs(1), "test");
+        let refused = CallError::Unreachable("io: Connection refused".to_string());
+        assert!(!backoff.failed(&refused, &stop_rx));
+        assert!(!backoff.logged_tls);
+        let tls =
+            describe_call_error("https://edge", "io: invalid peer certificate: UnknownIssuer");
+        assert!(!backoff.failed(&tls, &stop_rx));
+        assert!(backoff.logged_tls);
+        assert_eq!(backoff.failures, 2);
+        backoff.succeeded();
+        assert!(!backoff.logged_tls && backoff.failures == 0);
+    }
+}

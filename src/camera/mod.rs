@@ -1,0 +1,342 @@
+//! The camera: it only ever makes outgoing requests, from two threads. One holds a long poll
+//! open and hands each command to the other, which posts the matching events, so the camera is
+//! back on a poll at once while a large answer is still uploading. The posting thread also
+//! records an event every `EVENT_INTERVAL_SECS`, stamped with the time it was due: while it is
+//! busy with an upload the due events wait, and they are recorded before the next command is
+//! answered, so an answer never misses an event that was due before it.
+//!
+//! Each process picks a random instance id at start and sends it with every poll and answer,
+//! so the server can tell two processes with one `CAMERA_ID` apart (it refuses the second with
+//! 409, which is logged as an error and retried with the backoff).
+//!
+//! When the server is unreachable or answers with an error, both threads back off exponentially
+//! with jitter and log once per failure streak, never spinning. This module knows the server
+//! only through the wire protocol.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+
+mod backoff;
+mod client;
+mod event_log;
+
+pub use event_log::EventLog;
+
+use crate::log::{epoch_secs, log_error, log_info};
+use crate::protocol::{Command, LogEntry, SendLogsBody, TimeRange};
+use crate::settings::CameraConfig;
+use backoff::{Backoff, Jitter};
+use client::{describe_trust, Client, Delivery};
+
+/// Attempts to deliver one answer before leaving it to the server's re-send.
+const POST_ATTEMPTS: u32 = 4;
+
+/// A running camera. [`CameraHandle::stop`] ends it.
+pub struct CameraHandle {
+    log: Arc<EventLog>,
+    answers: Arc<AtomicU64>,
+    /// Never sent on; dropped on stop, which wakes every thread waiting on its receiver.
+    stop: Option<Sender<()>>,
+    /// Disconnected once both threads have ended: each holds a sender it never uses.
+    done: Receiver<()>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl CameraHandle {
+    /// Opens the event log (reloading `LOG_FILE` if set) and starts the camera's threads.
+    pub fn start(config: CameraConfig) -> std::io::Result<CameraHandle> {
+        let log = match &config.log_file {
+            Some(path) => {
+                let (log, report) = EventLog::open(path, config.max_events)?;
+                let skipped = match report.skipped_lines {
+                    0 => String::new(),
+                    n => format!("; skipped {n} damaged line(s) (a torn last write)"),
+                };
+                log_info!("reloaded {} event(s) from {}{skipped}", report.loaded, path.display());
+                log
+            }
+            None => EventLog::in_memory(config.max_events),
+        };
+        CameraHandle::start_with_log(config, Arc::new(log))
+    }
+
+    /// Starts a camera serving an existing log (for example one filled with known events).
+    pub fn start_with_log(
+        config: CameraConfig,
+        log: Arc<EventLog>,
+    ) -> std::io::Result<CameraHandle> {
+        let instance = format!("{:016x}{:016x}", Jitter::new().next(), Jitter::new().next());
+        let client = Client::new(&config, &instance)?;
+        let token =
+            if config.camera_token.is_some() { "on (sent as a bearer token)" } else { "off" };
+        log_info!(
+            "camera '{}' (process {instance}) starting; API server at {}{}; authentication: CAMERA_TOKEN {token}",
+            config.camera_id,
+            config.api_base_url,
+            describe_trust(&config),
+        );
+        let (stop, stop_rx) = bounded::<()>(0);
+        let (done_tx, done) = bounded::<()>(0);
+        // One command at a time: the server sends the next only once this one is answered (or
+        // again, same id, after its ack timeout), so a slot of one bounds the hand-off.
+        let (commands_tx, commands) = bounded(1);
+        let answers = Arc::new(AtomicU64::new(0));
+        let poller = Poller {
+            client: client.clone(),
+            commands: commands_tx,
+            stop: stop_rx.clone(),
+            backoff_max: config.backoff_max,
+        };
+        let poster = Poster {
+            client,
+            log: Arc::clone(&log),
+            commands,
+            answers: Arc::clone(&answers),
+            stop: stop_rx,
+            backoff_max: config.backoff_max,
+            events: config.event_interval.map(EventClock::new),
+        };
+        let threads = vec![
+            spawn("camera-poller", &done_tx, move || poller.run())?,
+            spawn("camera-poster", &done_tx, move || poster.run())?,
+        ];
+        Ok(CameraHandle { log, answers, stop: Some(stop), done, threads })
+    }
+
+    pub fn log(&self) -> &Arc<EventLog> {
+        &self.log
+    }
+
+    /// Answers the server accepted so far: the camera's round trips.
+    pub fn round_trips(&self) -> u64 {
+        self.answers.load(Ordering::SeqCst)
+    }
+
+    /// Blocks while the camera runs (the `camera` binary's main thread). An error means one of
+    /// its threads panicked.
+    pub fn wait(mut self) -> std::io::Result<()> {
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                return Err(std::io::Error::other("a camera thread panicked"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops polling and posting. A poll already open ends when the server answers it; threads
+    /// still busy after `grace` are left to finish on their own.
+    pub fn stop(mut self, grace: Duration) {
+        self.stop.take();
+        let _ = self.done.recv_timeout(grace);
+        for thread in self.threads.drain(..).filter(|t| t.is_finished()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts a camera thread holding a clone of `done` until it ends.
+fn spawn(
+    name: &str,
+    done: &Sender<()>,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let done = done.clone();
+    std::thread::Builder::new().name(name.to_string()).spawn(move || {
+        let _alive = done;
+        f();
+    })
+}
+
+fn stopping(stop: &Receiver<()>) -> bool {
+    matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected))
+}
+
+struct Poller {
+    client: Client,
+    commands: Sender<Command>,
+    stop: Receiver<()>,
+    backoff_max: Duration,
+}
+
+impl Poller {
+    fn run(self) {
+        let mut backoff = Backoff::new(self.backoff_max, "poll the API server");
+        while !stopping(&self.stop) {
+            match self.client.poll() {
+                Ok(command @ Command::SendLogs { .. }) => {
+                    backoff.succeeded();
+                    if self.commands.send(command).is_err() {
+                        return;
+                    }
+                }
+                Ok(Command::Noop) => backoff.succeeded(),
+                Err(why) => {
+                    if !backoff.failed(&why, &self.stop) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Poster {
+    client: Client,
+    log: Arc<EventLog>,
+    commands: Receiver<Command>,
+    answers: Arc<AtomicU64>,
+    stop: Receiver<()>,
+    backoff_max: Duration,
+    /// Records an event every interval, when set (see the module comment).
+    events: Option<EventClock>,
+}
+
+impl Poster {
+    fn run(mut self) {
+        loop {
+            let wait = self.events.as_ref().map_or(Duration::MAX, EventClock::until_due);
+            select! {
+                recv(self.commands) -> command => match command {
+                    Ok(command) => {
+                        self.record_due_events();
+                        self.answer(command);
+                    }
+                    Err(_) => return,
+                },
+                recv(self.stop) -> _ => return,
+                default(wait) => {}
+            }
+            self.record_due_events();
+        }
+    }
+
+    fn record_due_events(&mut self) {
+        if let Some(clock) = &mut self.events {
+            clock.record_due(&self.log);
+        }
+    }
+
+    fn answer(&self, command: Command) {
+        let Command::SendLogs { request_id, start_timestamp, end_timestamp } = command else {
+            return;
+        };
+        let range = TimeRange::new(Some(start_timestamp), Some(end_timestamp));
+        let body =
+            SendLogsBody { request_id: Some(request_id.clone()), logs: self.log.in_range(range) };
+        let mut backoff = Backoff::new(self.backoff_max, "send logs to the API server");
+        for _ in 0..POST_ATTEMPTS {
+            match self.client.send(&body) {
+                Ok(Delivery::Accepted) => {
+                    self.answers.fetch_add(1, Ordering::SeqCst);
+                    let count = body.logs.len();
+                    log_info!("sent {count} event(s) for command {request_id}");
+                    return;
+                }
+                Ok(Delivery::Refused) => return,
+                Err(why) => {
+                    if !backoff.failed(&why, &self.stop) {
+                        return;
+                    }
+                }
+            }
+        }
+        log_error!("gave up sending logs for command {request_id}; the server will ask again if it still needs them");
+    }
+}
+
+/// When the next simulated event is due, and the state of recording them.
+struct EventClock {
+    interval: Duration,
+    next_due: SystemTime,
+    jitter: Jitter,
+    /// Whether the last write to `LOG_FILE` failed (logged once per streak).
+    failing: bool,
+}
+
+impl EventClock {
+    fn new(interval: Duration) -> EventClock {
+        EventClock {
+            interval,
+            next_due: SystemTime::now() + interval,
+            jitter: Jitter::new(),
+            failing: false,
+        }
+    }
+
+    fn until_due(&self) -> Duration {
+        self.next_due.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+    }
+
+    /// Records every event due by now, each stamped with the time it was due.
+    fn record_due(&mut self, log: &EventLog) {
+        while self.next_due <= SystemTime::now() {
+            let entry = LogEntry {
+                timestamp: epoch_secs(self.next_due),
+                description: describe_event(self.jitter.next()),
+            };
+            self.next_due += self.interval;
+            match log.push(entry) {
+                Ok(()) if self.failing => {
+                    self.failing = false;
+                    log_info!("the event log file is writable again");
+                }
+                Ok(()) => {}
+                Err(e) if !self.failing => {
+                    self.failing = true;
+                    log_error!("could not persist an event (kept in memory): {e}");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Events of the kinds a real camera logs, from a random number `n`.
+fn describe_event(n: u64) -> String {
+    match n % 6 {
+        0 | 1 => format!("motion detected at ({}, {})", (n >> 8) % 1920, (n >> 20) % 1080),
+        2 => "user started viewing live video".to_string(),
+        3 => "user stopped viewing live video".to_string(),
+        4 => {
+            let sign = if (n >> 16).is_multiple_of(2) { '+' } else { '-' };
+            format!("brightness adjusted {sign}{}", (n >> 8) % 10 + 1)
+        }
+        _ => format!("person detected with confidence 0.{:02}", (n >> 8) % 100),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_events_are_recorded_at_the_times_they_were_due() {
+        let log = EventLog::in_memory(100);
+        let mut clock = EventClock::new(Duration::from_secs(1));
+        let first_due = SystemTime::now() - Duration::from_millis(2500);
+        clock.next_due = first_due;
+        clock.record_due(&log);
+        let stamps: Vec<f64> = log.snapshot().iter().map(|e| e.timestamp).collect();
+        let expected: Vec<f64> =
+            (0..3).map(|k| epoch_secs(first_due + Duration::from_secs(k))).collect();
+        assert_eq!(stamps, expected, "the three events due by now, each at its due time");
+        assert!(clock.until_due() > Duration::ZERO, "the next one is still ahead");
+        clock.record_due(&log);
+        assert_eq!(log.len(), 3, "nothing new is due");
+    }
+
+    #[test]
+    fn events_read_like_a_camera() {
+        let mut jitter = Jitter::new();
+        for _ in 0..100 {
+            let text = describe_event(jitter.next());
+            let kinds =
+                ["motion detected at (", "user st", "brightness adjusted ", "person detected"];
+            assert!(kinds.iter().any(|p| text.starts_with(p)), "{text}");
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! The listening socket, the tiny_http server accepting on it, and the kernel's view of its
+//! connections. Every line that exists because of a tiny_http 0.12 gap is here, named with the
+//! test that fails without it (docs/reliability.md says why each is kept):
+//!
+//! - no timeouts: SO_RCVTIMEO/SO_SNDTIMEO on the listening socket, which accepted sockets
+//!   inherit (`connections::idle_connections_are_closed_after_the_header_timeout`);
+//! - an accept loop that ends for good on any `accept()` error: a new tiny_http server on a
+//!   duplicate of the socket, the old one drained (`connections::the_server_accepts_again_after_running_out_of_descriptors`);
+//! - `accept()` itself times out through the same SO_RCVTIMEO, and a lost wake-up in its
+//!   connection pool can leave a connection queued: an empty loopback connection now and then
+//!   (`connections::an_idle_server_keeps_its_accept_loop`, `connections::a_burst_of_polls_is_taken_at_once`);
+//! - an unread body is discarded by allocating its declared length: a body declared beyond
+//!   memory is answered and its connection parked (`protocol_errors::a_huge_declared_content_length_is_413_and_the_server_keeps_serving`);
+//! - a panic per connection reset: counted and logged once a minute, not printed each
+//!   (`connections::connection_resets_are_counted_not_printed`).
+//!
+//! It knows nothing of routes; it answers no request of its own choosing.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tiny_http::{Header, Request, Response};
+
+use crate::log::{log_error, log_warn};
+
+/// While `/logs` calls wait, the pool is nudged this often: a lost wake-up may have queued the
+/// very connection they wait for.
+pub const TICK: Duration = Duration::from_millis(100);
+/// When quiet, nudge only this often: enough to keep `accept()` from timing out, rare enough
+/// that tiny_http's idle pool threads (each wake restarts their 5 s exit clock) can retire.
+const QUIET_NUDGE_MAX: Duration = Duration::from_secs(4);
+/// Longest wait between attempts to restart an accept loop that ended.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A declared body up to this size is discarded as tiny_http does (lazily, bounded by the read
+/// timeout); beyond it, its allocation could abort the process.
+const SAFE_TO_DISCARD: usize = 64 * 1024 * 1024;
+
+/// Counters of what the listener did, for `/stats`.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub accept_loop_restarts: AtomicUsize,
+    pub parked_connections: AtomicUsize,
+}
+
+/// One tiny_http server on the socket; older ones are drained while their connections last.
+pub struct Listener {
+    addr: SocketAddr,
+    socket: TcpListener,
+    header_timeout: Duration,
+    current: tiny_http::Server,
+    /// Servers whose accept loop ended, with when each last delivered a request.
+    draining: Vec<(tiny_http::Server, Instant)>,
+    last_nudge: Instant,
+    restart: Option<(Instant, Duration)>,
+    pub stats: std::sync::Arc<ListenerStats>,
+}
+
+impl Listener {
+    /// Binds `host:port` with errors that name what to change, and starts accepting.
+    pub fn bind(host: &str, port: u16, header_timeout: Duration) -> std::io::Result<Listener> {
+        let socket = bind(host, port)?;
+        // Inherited by every accepted socket on Linux: a connection silent for the header
+        // timeout is closed, and a client that stops reading cannot pin a thread. TCP_NODELAY:
+        // tiny_http writes head and body separately, and Nagle would hold the body for the
+        // client's delayed ACK (40 ms on every keep-alive answer over 1 KiB).
+        with_socket(&socket, |s| {
+            s.set_read_timeout(Some(header_timeout))?;
+            s.set_write_timeout(Some(header_timeout))?;
+            s.set_nodelay(true)
+        })?;
+        Ok(Listener {
+            addr: socket.local_addr()?,
+            current: serve_on(&socket)?,
+            socket,
+            header_timeout,
+            draining: Vec::new(),
+            last_nudge: Instant::now(),
+            restart: None,
+            stats: Default::default(),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The next request, within about `wait`. While `callers_waiting`, the pool is nudged every
+    /// call (the caller calls every [`TICK`]).
+    pub fn next(&mut self, wait: Duration, callers_waiting: bool) -> Option<Request> {
+        let now = Instant::now();
+        let quiet_every = (self.header_timeout / 2).clamp(TICK, QUIET_NUDGE_MAX);
+        if callers_waiting || now >= self.last_nudge + quiet_every {
+            self.last_nudge = now;
+            let _ = TcpStream::connect_timeout(&loopback(self.addr), Duration::from_secs(1));
+        }
+        if self.restart.is_some_and(|(at, _)| now >= at) {
+            self.start_another();
+        }
+        let quiet_for = self.header_timeout * 2;
+        self.draining.retain(|(_, last)| now.saturating_duration_since(*last) < quiet_for);
+        for (server, last) in &mut self.draining {
+            if let Ok(Some(request)) = server.try_recv() {
+                *last = now;
+                return Some(request);
+            }
+        }
+        let wait =
+            if self.draining.is_empty() { wait } else { wait.min(Duration::from_millis(10)) };
+        match self.current.recv_timeout(wait) {
+            Ok(request) => request,
+            Err(e) => {
+                // Reported once, by the accept thread as it ends. A timeout of accept() itself
+                // is the quiet nudge coming late: not worth a warning.
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    log_warn!("the accept loop ended ({e}); starting another");
+                }
+                self.restart = Some((now, TICK));
+                self.start_another();
+                None
+            }
+        }
+    }
+
+    /// A new tiny_http server on a duplicate of the socket; the old one is drained.
+    fn start_another(&mut self) {
+        let Some((_, backoff)) = self.restart else {
+            return;
+        };
+        match serve_on(&self.socket) {
+            Ok(server) => {
+                let old = std::mem::replace(&mut self.current, server);
+                self.draining.push((old, Instant::now()));
+                self.restart = None;
+                self.stats.accept_loop_restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // EMFILE and friends: retry, slower each time, never in a hot loop.
+                let ms = backoff.as_millis();
+                log_error!("cannot restart the accept loop: {e}; retrying in {ms} ms");
+                self.restart =
+                    Some((Instant::now() + backoff, (backoff * 2).min(RESTART_BACKOFF_MAX)));
+            }
+        }
+    }
+}
+
+/// Writes `response` to `request`; a request whose declared body is too large to discard (and
+/// was not read, being over `max_body`) is answered and its connection parked instead.
+pub fn respond(
+    request: Request,
+    response: Response<std::io::Cursor<Vec<u8>>>,
+    stats: &ListenerStats,
+    max_body: usize,
+) -> std::io::Result<()> {
+    if request.body_length().is_some_and(|len| len > SAFE_TO_DISCARD.max(max_body)) {
+        park(request, response);
+        stats.parked_connections.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    request.respond(response)
+}
+
+/// A tiny_http server accepting on a duplicate of `socket`.
+fn serve_on(socket: &TcpListener) -> std::io::Result<tiny_http::Server> {
+    tiny_http::Server::from_listener(socket.try_clone()?, None)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// Answers without ever dropping the request's body reader (dropping it allocates the declared
+/// length): `upgrade` hands over the raw stream, the answer is written whole, and the stream is
+/// leaked. tiny_http's upgrade path writes no framing headers and forbids setting them, so
+/// `Content-Length` and `Connection: close` ride in one header value of our own (fixed text,
+/// never client input). Cost per parked connection: one idle thread and one socket.
+fn park(request: Request, response: Response<std::io::Cursor<Vec<u8>>>) {
+    let mut head = Response::empty(response.status_code());
+    for header in response.headers() {
+        head.add_header(header.clone());
+    }
+    let mut body = Vec::new();
+    let _ = std::io::copy(&mut response.into_reader(), &mut body);
+    let framing = format!("1\r\nContent-Length: {}\r\nConnection: close", body.len());
+    if let Ok(header) = Header::from_bytes(&b"X-Parked"[..], framing.as_bytes()) {
+        head.add_header(header);
+    }
+    let mut stream = request.upgrade("none", head);
+    let _ = stream.write_all(&body).and_then(|()| stream.flush());
+    std::mem::forget(stream);
+}
+
+/// Binds `host:port`, with errors that name what to change: `HOST` when it does not resolve, the
+/// address (and `PORT`) when it cannot be bound.
+fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    use std::io::{Error, ErrorKind};
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = match (host, port).to_socket_addrs() {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("HOST={host:?} does not resolve to an address ({e}); use an IP address such as 127.0.0.1 or 0.0.0.0, or a resolvable name"),
+            ))
+        }
+    };
+    let mut last = None;
+    for addr in &addrs {
+        match TcpListener::bind(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some((*addr, e)),
+        }
+    }
+    let Some((addr, e)) = last else {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("HOST={host:?} resolves to no address"),
+        ));
+    };
+    let hint = match e.kind() {
+        ErrorKind::AddrInUse => "; another process listens there: stop it, or choose another PORT (and the cameras' API_BASE_URL with it)",
+        ErrorKind::AddrNotAvailable => "; HOST is not an address of this machine",
+        ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose a PORT of 1024 or more",
+        _ => "",
+    };
+    Err(Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}")))
+}
+
+/// Runs socket options std only offers on `TcpStream` against the listening socket, through a
+/// duplicate descriptor (std's safe conversions): options act on the socket, not the descriptor.
+fn with_socket<T>(
+    listener: &TcpListener,
+    f: impl FnOnce(&TcpStream) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    f(&TcpStream::from(OwnedFd::from(listener.try_clone()?)))
+}
+
+/// The address that reaches a server bound to `addr`: loopback in place of an unspecified one.
+pub fn loopback(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
+}
+
+/// The connections to one local port, from the kernel's tables (Linux's /proc/net/tcp{,6}).
+#[derive(Debug, Default)]
+pub struct Connections {
+    /// Peers of the connections the kernel still counts as established.
+    pub established: HashSet<SocketAddr>,
+    /// Connections whose client closed that this process still holds (CLOSE_WAIT): a moment's
+    /// worth is normal; a count that stays is a class tiny_http never releases.
+    pub client_left: usize,
+}
+
+const ESTABLISHED: &str = "01";
+const CLOSE_WAIT: &str = "08";
+
+impl Connections {
+    /// `None` where the tables cannot be read (not Linux).
+    pub fn of_port(port: u16) -> Option<Connections> {
+        let mut found = Connections::default();
+        let mut read_any = false;
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            if let Ok(text) = std::fs::read_to_string(table) {
+                read_any = true;
+                found.add_table(&text, port);
+            }
+        }
+        read_any.then_some(found)
+    }
+
+    fn add_table(&mut self, text: &str, port: u16) {
+        for line in text.lines().skip(1) {
+            let mut fields = line.split_whitespace().skip(1);
+            let (Some(local), Some(remote), Some(state)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            if parse_address(local).map(|a| a.port()) != Some(port) {
+                continue;
+            }
+            match (state, parse_address(remote)) {
+                (ESTABLISHED, Some(peer)) => {
+                    self.established.insert(peer);
+                }
+                (CLOSE_WAIT, _) => self.client_left += 1,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6), each 32-bit word in host order as
+/// the kernel prints it; an IPv4-mapped IPv6 address comes back as IPv4, as std reports peers.
+fn parse_address(field: &str) -> Option<SocketAddr> {
+    let (ip, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..ip.len() / 8)
+        .map(|i| ip.get(i * 8..i * 8 + 8).and_then(|w| u32::from_str_radix(w, 16).ok()))
+        .collect::<Option<_>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let ip = match bytes.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => {
+            let v6 = Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Panics raised inside tiny_http's threads since start (see [`count_tiny_http_panics`]).
+pub static TINY_HTTP_PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// tiny_http panics in a connection thread when a client resets its connection before it reads
+/// the peer address (client.rs: `remote_addr.as_ref().unwrap()`), one backtrace per reset. This
+/// hook counts those and logs one line a minute; every other panic is reported as before.
+pub fn count_tiny_http_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let default_report = std::panic::take_hook();
+        let last_report: Mutex<Option<Instant>> = Mutex::new(None);
+        std::panic::set_hook(Box::new(move |info| {
+            let file = info.location().map_or("", |at| at.file());
+            if !file.split(['/', '\\']).any(|part| part.starts_with("tiny_http-")) {
+                return default_report(info);
+            }
+            let total = TINY_HTTP_PANICS.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut last = last_report.lock();
+            if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                *last = Some(Instant::now());
+                log_warn!("tiny_http panicked in a connection thread at {file} (a client reset its connection; the server keeps serving); {total} so far, next line in a minute at the earliest");
+            }
+        }));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_tables_are_read_as_addresses_and_states() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+   2: 0100007F:1F90 0100007F:D2F2 08 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
+   3: 0100007F:1F90 0100007F:D2F4 06 00000000:00000000 00:00000000 00000000     0        0 0 1 0 20 4 30 10 -1
+   4: 0100007F:D2F0 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4 1 0 20 4 30 10 -1";
+        let mut found = Connections::default();
+        found.add_table(table, 8080);
+        let peer: SocketAddr = "127.0.0.1:54000".parse().unwrap();
+        assert_eq!(found.established, HashSet::from([peer]));
+        assert_eq!(found.client_left, 1);
+        let mapped = "0000000000000000FFFF00000100007F:1F90";
+        assert_eq!(parse_address(mapped), Some("127.0.0.1:8080".parse().unwrap()));
+        let v6 = "00000000000000000000000001000000:1F90";
+        assert_eq!(parse_address(v6), Some("[::1]:8080".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_live_connection_is_seen_and_a_closed_one_is_not() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_server_side, peer) = listener.accept().unwrap();
+        assert!(Connections::of_port(port).unwrap().established.contains(&peer));
+        drop(client);
+        let left = Connections::of_port(port).unwrap();
+        assert!(!left.established.contains(&peer));
+        assert_eq!(left.client_left, 1);
+    }
+}

@@ -1,0 +1,158 @@
+//! The API server: start-up and shutdown. It binds the [`Listener`], starts the dispatcher and
+//! its handler pool, and one upkeep thread (the registry's ticker, and the watcher that ends
+//! held polls whose client has left). Everything stops when [`ApiServer`]'s stop sender is
+//! dropped, by a call to [`ApiServer::shutdown`] or by a start that fails half-way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+
+mod error;
+mod listener;
+mod metrics;
+mod pool;
+mod query;
+mod registry;
+mod routes;
+
+use crate::log::{announce, log_info};
+use crate::settings::ServerConfig;
+use listener::{loopback, Connections, Listener};
+use metrics::Metrics;
+use registry::Registry;
+use routes::{App, CameraAuth};
+
+/// How long shutdown waits for handler threads busy with a request.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+/// How often the watcher looks for held polls whose client has left (they end within twice this).
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// A running API server. Dropping it does not stop it; call [`ApiServer::shutdown`].
+pub struct ApiServer {
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    /// Never sent on: dropping it stops the dispatcher, the upkeep thread and every handler.
+    stop: Option<Sender<()>>,
+    /// Disconnected once every thread of the server has ended (each holds a sender).
+    done: Receiver<()>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Binds `HOST:PORT` and starts serving on background threads.
+    pub fn start(config: ServerConfig) -> std::io::Result<ApiServer> {
+        listener::count_tiny_http_panics();
+        let listener = Listener::bind(&config.host, config.port, config.header_timeout)?;
+        let addr = listener.addr();
+        let port = addr.port();
+        let metrics = Arc::new(Metrics::new());
+        // A peer the kernel's table does not list as connected has left; where the table cannot
+        // be read, every peer counts as connected.
+        let alive = Box::new(move |peer| {
+            Connections::of_port(port).is_none_or(|c| c.established.contains(&peer))
+        });
+        let registry = Arc::new(Registry::new(&config, Arc::clone(&metrics), alive));
+        let (stop, stopped) = bounded::<()>(0);
+        let (done_tx, done) = bounded::<()>(0);
+        let pool_stats = Arc::new(pool::PoolStats::default());
+        let app = Arc::new(App {
+            auth: CameraAuth::of(&config),
+            registry: Arc::clone(&registry),
+            metrics,
+            pool: Arc::clone(&pool_stats),
+            listener: Arc::clone(&listener.stats),
+            port,
+            config,
+        });
+        let (max, idle) = (app.config.max_handlers, app.config.worker_idle);
+        let waiting = Arc::clone(&registry);
+        let handler_app = Arc::clone(&app);
+        let dispatcher = pool::start(
+            listener,
+            Arc::new(move |request| routes::handle(&handler_app, request)),
+            pool_stats,
+            (max, idle),
+            move || waiting.callers_waiting() > 0,
+            (stopped.clone(), done_tx.clone()),
+        )?;
+        let upkeep_registry = Arc::clone(&registry);
+        let upkeep = std::thread::Builder::new()
+            .name("upkeep".into())
+            .spawn(move || upkeep(&upkeep_registry, port, &stopped, done_tx))?;
+        announce(format_args!("API server listening on http://{addr}"));
+        announce(format_args!("{}", exposure(addr)));
+        // At every level but off: who may call is part of how the server is exposed.
+        announce(format_args!(
+            "authentication: {}",
+            if app.config.api_token.is_some() {
+                "API_TOKEN on: /logs, /cameras, /stats and /metrics need it"
+            } else {
+                "API_TOKEN off: /logs, /cameras, /stats and /metrics are open to anyone who reaches this port"
+            }
+        ));
+        announce(format_args!("authentication: {}", app.auth.describe()));
+        Ok(ApiServer { addr, registry, stop: Some(stop), done, threads: vec![dispatcher, upkeep] })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://IP:PORT`, with 127.0.0.1 in place of an unspecified bind address.
+    pub fn url(&self) -> String {
+        format!("http://{}", loopback(self.addr))
+    }
+
+    /// Blocks while the server runs (the `api` binary's main thread). An error means one of its
+    /// threads panicked: the process should exit and be restarted.
+    pub fn wait(mut self) -> std::io::Result<()> {
+        for thread in self.threads.drain(..) {
+            let name = thread.thread().name().unwrap_or("server").to_string();
+            if thread.join().is_err() {
+                return Err(std::io::Error::other(format!("the {name} thread panicked")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers held polls and waiting calls at once, stops the threads and closes the listening
+    /// socket. Returns when every thread has ended, or after 10 s.
+    pub fn shutdown(mut self) {
+        self.registry.shutdown();
+        self.stop.take();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        let _ = self.done.recv_timeout(SHUTDOWN_WAIT);
+        log_info!("API server on {} stopped", self.addr);
+    }
+}
+
+/// The registry's ticker and the watcher of held polls, until `stopped` disconnects.
+fn upkeep(registry: &Registry, port: u16, stopped: &Receiver<()>, done: Sender<()>) {
+    let _alive = done;
+    let mut next_watch = Instant::now() + WATCH_EVERY;
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(registry.tick_interval()) {
+        registry.tick();
+        if Instant::now() >= next_watch {
+            next_watch = Instant::now() + WATCH_EVERY;
+            let taken = Instant::now();
+            if let Some(connections) = Connections::of_port(port) {
+                registry.release_polls(|peer| connections.established.contains(peer), taken);
+            }
+        }
+    }
+}
+
+/// How the server is exposed, for the start-up log.
+fn exposure(addr: SocketAddr) -> String {
+    let ip = addr.ip();
+    if ip.is_loopback() {
+        format!("exposure: loopback only ({ip}): reachable from this machine alone; to serve other machines, put the nginx edge (deploy/nginx.conf) in front and let it reach this port")
+    } else {
+        format!("exposure: bound to {ip}: reachable from the network; this port must be reachable only by the nginx edge (deploy/nginx.conf) and trusted hosts, never by untrusted clients directly")
+    }
+}

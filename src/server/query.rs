@@ -1,0 +1,203 @@
+//! A request's query string, checked against the parameters its endpoint accepts
+//! ([`Route::params`]): a parameter the endpoint does not know, or one given twice, is a 400
+//! that names it, so a typo never silently changes the answer. Values are checked here too.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::error::ApiError;
+use super::registry::DEFAULT_PAGE;
+use crate::log::clean;
+use crate::protocol::{valid_camera_id, Route, CAMERA_ID, INSTANCE_ID, MAX_CAMERA_ID_LEN};
+use crate::settings::MAX_LOGS_TIMEOUT;
+
+/// Epoch seconds beyond this (the year 5138) can only be milliseconds.
+const LATEST_PLAUSIBLE_SECONDS: f64 = 1e11;
+
+#[derive(Debug, Default)]
+pub struct Query {
+    params: HashMap<String, String>,
+}
+
+impl Query {
+    pub fn parse(raw: &str, route: Route) -> Result<Query, ApiError> {
+        let mut params = HashMap::new();
+        for (key, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+            if !route.params().contains(&key.as_ref()) {
+                let accepted = match route.params() {
+                    [] => "it takes none".to_string(),
+                    names => format!("it accepts {}", names.join(", ")),
+                };
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter '{}' for {}: {accepted}",
+                    clean(&key, 64),
+                    route.path()
+                )));
+            }
+            if params.insert(key.to_string(), value.into_owned()).is_some() {
+                return Err(ApiError::BadRequest(format!(
+                    "query parameter '{}' is given more than once",
+                    clean(&key, 64)
+                )));
+            }
+        }
+        Ok(Query { params })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// `cameraId`, defaulting to `default`.
+    pub fn camera_id(&self) -> Result<String, ApiError> {
+        Ok(self.id(CAMERA_ID)?.unwrap_or_else(|| "default".to_string()))
+    }
+
+    /// `instanceId`: which camera process polls or answers, when it says.
+    pub fn instance(&self) -> Result<Option<String>, ApiError> {
+        self.id(INSTANCE_ID)
+    }
+
+    /// `after` of `/cameras`: a camera id, when given.
+    pub fn after(&self) -> Result<Option<String>, ApiError> {
+        self.id("after")
+    }
+
+    /// An id parameter: 1 to 64 of `[A-Za-z0-9._-]`.
+    fn id(&self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(id) if valid_camera_id(id) => Ok(Some(id.to_string())),
+            Some(id) => Err(ApiError::BadRequest(format!(
+                "{name} must be 1 to {MAX_CAMERA_ID_LEN} letters, digits, '.', '_' or '-'; got '{}'",
+                clean(id, 64)
+            ))),
+        }
+    }
+
+    /// `limit` of `/cameras`: 1 to `DEFAULT_PAGE` (the default).
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        let Some(raw) = self.get("limit") else {
+            return Ok(DEFAULT_PAGE);
+        };
+        match raw.parse::<usize>() {
+            Ok(n) if (1..=DEFAULT_PAGE).contains(&n) => Ok(n),
+            _ => Err(ApiError::BadRequest(format!(
+                "limit must be a whole number from 1 to {DEFAULT_PAGE}; got '{}'",
+                clean(raw, 64)
+            ))),
+        }
+    }
+
+    /// An optional timestamp in epoch seconds: a plain finite number, and not milliseconds.
+    pub fn timestamp(&self, name: &str) -> Result<Option<f64>, ApiError> {
+        let Some(seconds) = self.number(name)? else {
+            return Ok(None);
+        };
+        if seconds.abs() > LATEST_PLAUSIBLE_SECONDS {
+            return Err(ApiError::BadRequest(format!(
+                "{name}={seconds} is after the year 5000: it looks like milliseconds; send seconds since the epoch (e.g. {})",
+                seconds / 1000.0
+            )));
+        }
+        Ok(Some(seconds))
+    }
+
+    /// `timeout` in seconds, in (0, 300]; `default` when absent.
+    pub fn timeout(&self, default: Duration) -> Result<Duration, ApiError> {
+        match self.number("timeout")? {
+            None => Ok(default),
+            Some(secs) if secs > 0.0 && secs <= MAX_LOGS_TIMEOUT.as_secs_f64() => {
+                Ok(Duration::from_secs_f64(secs))
+            }
+            Some(secs) => Err(ApiError::BadRequest(format!(
+                "timeout must be greater than 0 and at most {} seconds; got {secs}",
+                MAX_LOGS_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// An optional finite number; anything else (NaN, inf, 1e400, 0x10, empty) is a 400.
+    fn number(&self, name: &str) -> Result<Option<f64>, ApiError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(None);
+        };
+        // Plain decimal only: Rust's parser also takes "inf" and "NaN".
+        let plain = raw
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
+        match raw.parse::<f64>().ok().filter(|v| plain && v.is_finite()) {
+            Some(value) => Ok(Some(value)),
+            None => Err(ApiError::BadRequest(format!(
+                "{name} must be a finite number of seconds; got '{}'",
+                clean(raw, 64)
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logs(raw: &str) -> Result<Query, ApiError> {
+        Query::parse(raw, Route::Logs)
+    }
+
+    #[test]
+    fn unknown_and_repeated_parameters_are_named() {
+        let err = logs("camera_id=front").unwrap_err().to_string();
+        assert!(err.contains("'camera_id'") && err.contains("cameraId, startTimestamp"), "{err}");
+        let err = Query::parse("x=1", Route::Health).unwrap_err().to_string();
+        assert_eq!(err, "unknown query parameter 'x' for /health: it takes none");
+        assert!(logs("cameraId=a&cameraId=b").is_err());
+        let q = logs("cameraId=front-door&startTimestamp=1.5").unwrap();
+        assert_eq!(q.camera_id().unwrap(), "front-door");
+        assert_eq!(q.timestamp("startTimestamp").unwrap(), Some(1.5));
+        assert_eq!(logs("").unwrap().camera_id().unwrap(), "default");
+    }
+
+    #[test]
+    fn numbers_must_be_plain_finite_seconds() {
+        for bad in
+            ["NaN", "nan", "inf", "-Infinity", "1e400", "0x10", "", " 1", "1,5", "abc", "%FF"]
+        {
+            let q = logs(&format!("startTimestamp={bad}")).unwrap();
+            assert_eq!(q.timestamp("startTimestamp").unwrap_err().status(), 400, "{bad:?}");
+        }
+        for (good, value) in [
+            ("-0", 0.0),
+            ("1e3", 1000.0),
+            ("%2B2.5", 2.5),
+            (".5", 0.5),
+            ("1732300000.25", 1_732_300_000.25),
+        ] {
+            let q = logs(&format!("startTimestamp={good}")).unwrap();
+            assert_eq!(q.timestamp("startTimestamp").unwrap(), Some(value), "{good}");
+        }
+        let q = logs("startTimestamp=1796167040139").unwrap();
+        let err = q.timestamp("startTimestamp").unwrap_err().to_string();
+        assert!(err.contains("milliseconds") && err.contains("1796167040.139"), "{err}");
+    }
+
+    #[test]
+    fn timeouts_are_bounded() {
+        let d = Duration::from_secs(30);
+        assert_eq!(logs("").unwrap().timeout(d).unwrap(), d);
+        assert_eq!(logs("timeout=0.5").unwrap().timeout(d).unwrap(), Duration::from_millis(500));
+        for bad in ["0", "-1", "301", "NaN"] {
+            assert!(logs(&format!("timeout={bad}")).unwrap().timeout(d).is_err(), "{bad}");
+        }
+        assert!(logs("timeout=300").unwrap().timeout(d).is_ok());
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        for bad in ["", "a b", "../etc", "é", &"x".repeat(65), "%FF%FE"] {
+            let q = logs(&format!("cameraId={bad}")).unwrap();
+            assert_eq!(q.camera_id().unwrap_err().status(), 400, "{bad:?}");
+        }
+        let q = Query::parse("cameraId=cam&instanceId=0123abcd", Route::Poll).unwrap();
+        assert_eq!(q.instance().unwrap().as_deref(), Some("0123abcd"));
+    }
+}

@@ -1,0 +1,206 @@
+//! One camera's state: its held polls, its one command in flight with the calls waiting on it,
+//! the next batch, which process holds its id, and the answers it gave. Read and changed only
+//! under the camera's own lock; deciding what happens to a call (the races) is the registry's.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+
+use super::Reply;
+use crate::log::log_info;
+use crate::protocol::{Command, TimeRange};
+use crate::server::error::ApiError;
+
+/// A `/logs` call waiting for an answer, with its own `bounded(1)` reply channel.
+pub(super) struct Waiter {
+    pub(super) id: u64,
+    pub(super) range: TimeRange,
+    pub(super) reply: Sender<Reply>,
+}
+
+/// The camera's one command: sent to a poll, or waiting for one (`sent_at` is `None`).
+pub(super) struct InFlight {
+    pub(super) request_id: String,
+    pub(super) range: TimeRange,
+    pub(super) waiters: Vec<Waiter>,
+    pub(super) sent_at: Option<Instant>,
+    pub(super) times_sent: u32,
+    pub(super) created: Instant,
+}
+
+/// A poll held open: its handler waits on the other end of `wake` for a request id. Dropping
+/// the sender ends the poll with noop (a newer poll took over, or its client left).
+pub(super) struct HeldPoll {
+    pub(super) id: u64,
+    pub(super) instance: Option<String>,
+    pub(super) peer: Option<SocketAddr>,
+    pub(super) since: Instant,
+    pub(super) wake: Sender<String>,
+}
+
+#[derive(Default)]
+pub(super) struct CameraState {
+    pub(super) in_flight: Option<InFlight>,
+    pub(super) next_batch: Vec<Waiter>,
+    /// Held polls, oldest first; a command goes to the newest.
+    pub(super) polls: Vec<HeldPoll>,
+    /// Polls being served, held or not (a poll that took a command is still being answered).
+    pub(super) open_polls: usize,
+    pub(super) last_poll_end: Option<Instant>,
+    pub(super) last_seen: Option<SystemTime>,
+    pub(super) reported_offline: bool,
+    pub(super) answered: VecDeque<String>,
+    /// The camera process that holds this id (cameras that send no identity leave it alone).
+    pub(super) instance: Option<String>,
+    /// Whether that process's last poll ended because its client left: then a new process may
+    /// take over at once instead of after `CAMERA_GRACE_SECS`.
+    pub(super) instance_left: bool,
+    /// When a poll from a second process was last logged (once a minute per id).
+    pub(super) conflict_logged: Option<Instant>,
+}
+
+pub(super) struct Camera {
+    pub(super) id: String,
+    pub(super) state: Mutex<CameraState>,
+}
+
+impl Camera {
+    pub(super) fn new(id: &str) -> Camera {
+        Camera {
+            id: id.to_string(),
+            // Seen just now: the ticker may look at it before its first poll is counted open.
+            state: Mutex::new(CameraState {
+                last_poll_end: Some(Instant::now()),
+                last_seen: Some(SystemTime::now()),
+                ..CameraState::default()
+            }),
+        }
+    }
+
+    pub(super) fn lock_and<T>(&self, f: impl FnOnce(&mut CameraState) -> T) -> T {
+        f(&mut self.state.lock())
+    }
+}
+
+impl CameraState {
+    /// Hands the command that waits for a poll to the newest held poll, if there is one.
+    pub(super) fn dispatch(&mut self, camera_id: &str) {
+        let Some(command) = self.in_flight.as_mut().filter(|c| c.sent_at.is_none()) else {
+            return;
+        };
+        let Some(poll) = self.polls.pop() else {
+            return;
+        };
+        // A fresh bounded(1) channel whose poll is no longer listed: the one message fits.
+        let _ = poll.wake.try_send(command.request_id.clone());
+        command.mark_sent(camera_id);
+    }
+
+    /// The command for a poll that was handed `request_id` (or that finds a command waiting),
+    /// unless it was abandoned in the meantime.
+    pub(super) fn command_for(&mut self, request_id: &str) -> Option<Command> {
+        let command = self.in_flight.as_ref()?;
+        (command.request_id == request_id).then(|| command.to_wire())
+    }
+
+    pub(super) fn online(&self, now: Instant, grace: Duration) -> bool {
+        self.open_polls > 0
+            || self.last_poll_end.is_some_and(|end| now.saturating_duration_since(end) <= grace)
+    }
+
+    /// Offline for longer than `forget_after`, with no poll, call or command on it.
+    pub(super) fn forgettable(&self, now: Instant, forget_after: Duration) -> bool {
+        self.open_polls == 0
+            && self.in_flight.is_none()
+            && self.next_batch.is_empty()
+            && self
+                .last_poll_end
+                .is_some_and(|end| now.saturating_duration_since(end) > forget_after)
+    }
+
+    pub(super) fn waiting(&self) -> usize {
+        self.next_batch.len() + self.in_flight.as_ref().map_or(0, |c| c.waiters.len())
+    }
+
+    pub(super) fn seconds_since_poll(&self, now: Instant) -> f64 {
+        self.last_poll_end.map_or(0.0, |end| now.saturating_duration_since(end).as_secs_f64())
+    }
+
+    pub(super) fn offline_error(&self, camera_id: &str, now: Instant) -> ApiError {
+        ApiError::CameraOffline {
+            camera_id: camera_id.to_string(),
+            seconds_since_seen: self.seconds_since_poll(now),
+        }
+    }
+
+    pub(super) fn poll_started(&mut self, camera_id: &str) {
+        self.open_polls += 1;
+        self.last_seen = Some(SystemTime::now());
+        if self.reported_offline {
+            self.reported_offline = false;
+            log_info!("camera '{camera_id}' is back online");
+        }
+    }
+
+    pub(super) fn poll_ended(&mut self, poll_id: u64) {
+        self.polls.retain(|p| p.id != poll_id);
+        self.open_polls = self.open_polls.saturating_sub(1);
+        self.last_poll_end = Some(Instant::now());
+        self.last_seen = Some(SystemTime::now());
+    }
+
+    /// Ends the held polls `dead` says are gone; returns how many.
+    pub(super) fn release(&mut self, mut dead: impl FnMut(&HeldPoll) -> bool) -> usize {
+        let before = self.polls.len();
+        let instance = &self.instance;
+        let mut holder_left = false;
+        self.polls.retain(|poll| {
+            let gone = dead(poll);
+            holder_left |= gone && poll.instance.is_some() && poll.instance == *instance;
+            !gone
+        });
+        self.instance_left |= holder_left;
+        before - self.polls.len()
+    }
+}
+
+impl InFlight {
+    pub(super) fn mark_sent(&mut self, camera_id: &str) {
+        self.sent_at = Some(Instant::now());
+        self.times_sent += 1;
+        let attempt = if self.times_sent > 1 {
+            format!(" (attempt {})", self.times_sent)
+        } else {
+            String::new()
+        };
+        log_info!(
+            "command {} sent to camera '{camera_id}' for {} caller(s){attempt}",
+            self.request_id,
+            self.waiters.len(),
+        );
+    }
+
+    pub(super) fn to_wire(&self) -> Command {
+        let (start_timestamp, end_timestamp) = self.range.wire_bounds();
+        Command::SendLogs { request_id: self.request_id.clone(), start_timestamp, end_timestamp }
+    }
+}
+
+/// Adds one to a counter for as long as it lives.
+pub(super) struct Counted<'a>(pub(super) &'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Counted<'a> {
+    pub(super) fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Counted<'a> {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,354 @@
+//! HTTP routing: turns a tiny_http request into a call on the [`Registry`] and its result into
+//! a JSON response, and logs one line per meaningful event.
+//!
+//! Owns the endpoints' handlers, body reading and authentication. It holds no state of its own
+//! and does not know how commands are matched to answers (that is the registry's).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tiny_http::{Header, Request, Response};
+
+use super::error::ApiError;
+use super::listener::{self, Connections, ListenerStats, TINY_HTTP_PANICS};
+use super::metrics::{self, Gauges, Metrics};
+use super::pool::PoolStats;
+use super::query::Query;
+use super::registry::{Completion, PollFrom, Registry};
+use crate::log::{clean, log_info, log_warn};
+use crate::protocol::{CamerasResponse, LogEntry, Route, SendLogsBody, TimeRange};
+use crate::settings::ServerConfig;
+
+/// Everything a handler needs, shared by all handler threads.
+pub struct App {
+    pub config: ServerConfig,
+    pub auth: CameraAuth,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub pool: Arc<PoolStats>,
+    pub listener: Arc<ListenerStats>,
+    pub port: u16,
+}
+
+/// A response ready to be written.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+const JSON: &str = "application/json";
+
+impl Reply {
+    fn json(value: &impl Serialize) -> Result<Reply, ApiError> {
+        let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Reply::ok(JSON, body))
+    }
+
+    fn ok(content_type: &'static str, body: Vec<u8>) -> Reply {
+        Reply { status: 200, content_type, body, headers: Vec::new() }
+    }
+}
+
+/// Serves one request to completion: route, respond, log. Never panics on client input.
+pub fn handle(app: &App, mut request: Request) {
+    let started = Instant::now();
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    let route = Route::from_path(path);
+    let method = clean(request.method().as_str(), 16);
+    let result = match route {
+        None => Err(ApiError::NoSuchPath(clean(path, 64))),
+        Some(route) if method != route.method() => {
+            Err(ApiError::MethodNotAllowed { allowed: route.method() })
+        }
+        Some(route) => Query::parse(query, route).and_then(|q| serve(app, &mut request, route, &q)),
+    };
+    let (reply, error) = match result {
+        Ok(reply) => (reply, None),
+        Err(error) => {
+            let (status, path, client) =
+                (error.status(), clean(path, 64), client_address(&request));
+            let ms = started.elapsed().as_millis();
+            log_warn!("{method} {path} from {client} -> {status}: {error} ({ms} ms)");
+            let reply =
+                Reply { status, content_type: JSON, body: error.body(), headers: error.headers() };
+            (reply, Some(error))
+        }
+    };
+    // Counted before the write: a scrape then shows every request answered before it began.
+    app.metrics.request(route, reply.status, error.as_ref(), started.elapsed());
+    let mut response = Response::from_data(reply.body).with_status_code(reply.status);
+    let headers =
+        std::iter::once(("Content-Type", reply.content_type.to_string())).chain(reply.headers);
+    for (name, value) in headers {
+        // Names and values are ours and plain ASCII, so conversion cannot fail in practice.
+        if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(header);
+        }
+    }
+    if let Err(e) = listener::respond(request, response, &app.listener, app.config.max_body_bytes) {
+        log_warn!("{method} {}: could not write the response: {e}", clean(path, 64));
+    }
+}
+
+/// The operator's page: one static file, embedded so the binary is all there is to deploy.
+const PAGE: &str = include_str!("page.html");
+/// The browser enforces what the page promises: nothing loaded from anywhere else.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// The contract, served as written: docs/openapi.yaml is the one copy.
+const CONTRACT: &str = include_str!("../../docs/openapi.yaml");
+
+fn serve(app: &App, request: &mut Request, route: Route, query: &Query) -> Result<Reply, ApiError> {
+    match route {
+        // The page carries no data; it asks for the token and sends it with its own calls.
+        Route::Page => Ok(Reply {
+            headers: vec![("Content-Security-Policy", PAGE_POLICY.to_string())],
+            ..Reply::ok("text/html; charset=utf-8", PAGE.as_bytes().to_vec())
+        }),
+        Route::Contract => Ok(Reply::ok("application/yaml", CONTRACT.as_bytes().to_vec())),
+        Route::Health => Reply::json(&serde_json::json!({"status": "ok"})),
+        Route::Logs => {
+            authorize(request, app.config.api_token.as_deref())?;
+            logs(app, query, &client_address(request))
+        }
+        Route::Cameras => {
+            authorize(request, app.config.api_token.as_deref())?;
+            let (cameras, next_after) =
+                app.registry.cameras(query.after()?.as_deref(), query.limit()?);
+            Reply::json(&CamerasResponse { cameras, next_after })
+        }
+        Route::Stats => {
+            authorize(request, app.config.api_token.as_deref())?;
+            Reply::json(&stats(app))
+        }
+        Route::Metrics => {
+            authorize(request, app.config.api_token.as_deref())?;
+            Ok(Reply::ok(metrics::CONTENT_TYPE, scrape(app).into_bytes()))
+        }
+        Route::Poll => {
+            let camera_id = authorize_camera(app, request, query)?;
+            let from =
+                PollFrom { instance: query.instance()?, peer: request.remote_addr().copied() };
+            Reply::json(&app.registry.poll(&camera_id, &from)?)
+        }
+        Route::SendLogs => {
+            let camera_id = authorize_camera(app, request, query)?;
+            send_logs(app, request, &camera_id, query.instance()?.as_deref())
+        }
+    }
+}
+
+/// `/stats`: the sizes of the registry, the pool and the listener, for operators and leak tests.
+fn stats(app: &App) -> serde_json::Value {
+    let connections = Connections::of_port(app.port).unwrap_or_default();
+    serde_json::json!({
+        "registry": app.registry.stats(),
+        "server": {
+            "handlerThreads": app.pool.threads.load(Ordering::Relaxed),
+            "pipelinedWaiting": app.pool.pipelined.load(Ordering::Relaxed),
+            "connections": connections.established.len(),
+            "connectionsClientLeft": connections.client_left,
+            "parkedConnections": app.listener.parked_connections.load(Ordering::Relaxed),
+            "acceptLoopRestarts": app.listener.accept_loop_restarts.load(Ordering::Relaxed),
+            "tinyHttpPanics": TINY_HTTP_PANICS.load(Ordering::Relaxed),
+        },
+    })
+}
+
+/// The exposition, with the gauges read from their owners now.
+fn scrape(app: &App) -> String {
+    let registry = app.registry.stats();
+    let connections = Connections::of_port(app.port).map_or(0, |c| c.established.len());
+    app.metrics.render(&Gauges {
+        cameras_known: registry.cameras,
+        cameras_online: registry.cameras_online,
+        open_polls: registry.open_polls,
+        waiting_calls: registry.waiting_requests,
+        handler_threads: app.pool.threads.load(Ordering::Relaxed),
+        open_connections: connections,
+    })
+}
+
+#[derive(Serialize)]
+struct LogsBody<'a> {
+    #[serde(rename = "cameraId")]
+    camera_id: &'a str,
+    logs: &'a [LogEntry],
+}
+
+fn logs(app: &App, query: &Query, client: &str) -> Result<Reply, ApiError> {
+    let started = Instant::now();
+    let camera_id = query.camera_id()?;
+    let range =
+        TimeRange::new(query.timestamp("startTimestamp")?, query.timestamp("endTimestamp")?);
+    if let (Some(start), Some(end)) = (range.start, range.end) {
+        if start > end {
+            return Err(ApiError::BadRequest(format!(
+                "startTimestamp ({start}) is after endTimestamp ({end})"
+            )));
+        }
+    }
+    let timeout = query.timeout(app.config.logs_timeout)?;
+    let slice = app.registry.fetch_logs(&camera_id, range, timeout)?;
+    let reply = Reply::json(&LogsBody { camera_id: &camera_id, logs: slice.entries() })?;
+    let (count, ms) = (slice.entries().len(), started.elapsed().as_millis());
+    log_info!("logs returned for camera '{camera_id}' to {client}: {count} event(s) in {ms} ms");
+    Ok(reply)
+}
+
+fn send_logs(
+    app: &App,
+    request: &mut Request,
+    camera_id: &str,
+    instance: Option<&str>,
+) -> Result<Reply, ApiError> {
+    let body = read_body(request, app.config.max_body_bytes)?;
+    let answer: SendLogsBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed send_logs body: {e}")))?;
+    match app.registry.complete(camera_id, instance, answer)? {
+        Completion::Delivered {
+            request_id,
+            callers,
+            events,
+            elapsed,
+        } => log_info!(
+            "camera '{camera_id}' answered command {request_id}: {events} event(s) for {callers} caller(s), {} ms after the command",
+            elapsed.as_millis()
+        ),
+        Completion::Duplicate { request_id } => {
+            log_info!("camera '{camera_id}' answered command {request_id} again; ignored")
+        }
+    }
+    Reply::json(&serde_json::json!({"status": "ok"}))
+}
+
+/// Reads at most `limit` bytes; a declared or actual larger body is 413 without buffering it.
+fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    if request.body_length().is_some_and(|len| len > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let capacity = request.body_length().unwrap_or(0).min(64 * 1024);
+    let mut body = Vec::with_capacity(capacity);
+    request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
+    if body.len() > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    Ok(body)
+}
+
+/// Who may use the camera endpoints (`/poll_for_command`, `/send_logs`).
+#[derive(Clone, PartialEq)]
+pub enum CameraAuth {
+    /// Anyone: for loopback and trusted networks.
+    Open,
+    /// One bearer token shared by every camera (`CAMERA_TOKEN`): any holder can act as any id.
+    Shared(String),
+    /// A token per camera id (`CAMERA_TOKENS_FILE`): a camera may act only for its own id.
+    PerCamera(HashMap<String, String>),
+}
+
+impl CameraAuth {
+    pub fn of(config: &ServerConfig) -> CameraAuth {
+        match (&config.camera_token, &config.camera_tokens) {
+            (Some(token), _) => CameraAuth::Shared(token.clone()),
+            (None, Some(tokens)) => CameraAuth::PerCamera(tokens.clone()),
+            (None, None) => CameraAuth::Open,
+        }
+    }
+
+    /// For the start-up line: what protects the camera endpoints.
+    pub fn describe(&self) -> String {
+        match self {
+            CameraAuth::Open => "CAMERA_TOKEN/CAMERA_TOKENS_FILE off: any client may poll and answer as any camera id".to_string(),
+            CameraAuth::Shared(_) => "CAMERA_TOKEN on: /poll_for_command and /send_logs need it (one token shared by all cameras)".to_string(),
+            CameraAuth::PerCamera(tokens) => format!(
+                "CAMERA_TOKENS_FILE on: /poll_for_command and /send_logs need the camera's own token ({} cameras)",
+                tokens.len()
+            ),
+        }
+    }
+}
+
+/// The camera id of a camera endpoint, once its caller has proved it may act for that id.
+fn authorize_camera(app: &App, request: &Request, query: &Query) -> Result<String, ApiError> {
+    let camera_id = query.camera_id()?;
+    match &app.auth {
+        CameraAuth::Open => {}
+        CameraAuth::Shared(token) => authorize(request, Some(token))?,
+        CameraAuth::PerCamera(tokens) => match tokens.get(&camera_id) {
+            Some(token) => authorize(request, Some(token))?,
+            // An id with no line in the tokens file: nothing a caller presents is accepted.
+            None => return Err(ApiError::Unauthorized),
+        },
+    }
+    Ok(camera_id)
+}
+
+/// Checks `Authorization: Bearer <token>` when a token is configured, in constant time.
+fn authorize(request: &Request, expected: Option<&str>) -> Result<(), ApiError> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let presented = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| h.value.as_str().trim().split_once(' '))
+        // The scheme name is case-insensitive (RFC 9110, section 11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token);
+    if constant_time_eq(presented.trim().as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Compares without an early exit, so the time taken does not reveal how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len().max(b.len());
+    let mut diff = a.len() ^ b.len();
+    for i in 0..len {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// Who sent the request, for log lines: the address the edge vouches for (`X-Real-IP`, set by
+/// deploy/nginx.conf from the connection it accepted), else the connection's own peer.
+fn client_address(request: &Request) -> String {
+    let forwarded = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("X-Real-IP"))
+        .map(|h| clean(h.value.as_str().trim(), 64));
+    let peer = request.remote_addr().map(SocketAddr::ip);
+    forwarded.or(peer.map(|ip| ip.to_string())).unwrap_or_else(|| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

@@ -1,0 +1,472 @@
+//! Every setting of both binaries, read from the environment once at start-up.
+//!
+//! Each setting is one line of a table ([`SERVER_SETTINGS`], [`CAMERA_SETTINGS`]) that carries
+//! its variable, default, parser and `--help` line; the config struct, its `Default`, the
+//! parser and `--help` are all generated from that line, so they cannot drift apart. A
+//! malformed value is a [`ConfigError`] naming the variable; the binaries print it and exit 2.
+//! Nothing here reads the environment after start-up, and nothing here knows the server or the
+//! camera beyond their settings.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::log::Level;
+use crate::protocol::valid_camera_id;
+
+/// One environment variable as `--help` shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    pub name: &'static str,
+    /// As the user would type it; `None` when unset by default.
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+}
+
+/// A variable whose value cannot be used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (variable, value, expected) = (self.variable, &self.value, self.expected);
+        write!(f, "invalid {variable}={value:?}: expected {expected}")
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where values come from: the process environment, or a map in tests.
+pub type Lookup<'a> = &'a dyn Fn(&'static str) -> Result<Option<String>, ConfigError>;
+
+/// A configuration read from one table of settings.
+pub trait Settings: Sized {
+    const PROGRAM: &'static str;
+    const ABOUT: &'static str;
+    const TABLE: &'static [Setting];
+    fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError>;
+    fn log_level(&self) -> Level;
+
+    /// Reads every variable of the table from the process environment.
+    fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&env_lookup)
+    }
+}
+
+/// Declares a config struct and its table: one line per setting, `field: Type =
+/// required("NAME", "default", parser, "help")` or `optional("NAME", parser, "help")` (an
+/// `Option` field, unset by default; set but empty is an error).
+macro_rules! settings {
+    ($(#[$doc:meta])* $config:ident, $table:ident, $program:literal, $about:literal, {
+        $($(#[$fdoc:meta])* $field:ident: $ty:ty = $kind:ident($name:literal, $($rest:tt)*);)*
+    }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $config {
+            $($(#[$fdoc])* pub $field: $ty,)*
+        }
+
+        pub const $table: &[Setting] = &[
+            $(settings!(@setting $kind $name, $($rest)*),)*
+        ];
+
+        impl Settings for $config {
+            const PROGRAM: &'static str = $program;
+            const ABOUT: &'static str = $about;
+            const TABLE: &'static [Setting] = $table;
+
+            fn from_lookup(lookup: Lookup<'_>) -> Result<$config, ConfigError> {
+                let config = $config {
+                    $($field: settings!(@read lookup, $kind $name, $($rest)*),)*
+                };
+                config.check()?;
+                Ok(config)
+            }
+
+            fn log_level(&self) -> Level {
+                self.log_level
+            }
+        }
+
+        impl Default for $config {
+            /// Every default of the table, through the same parsers as a value from the
+            /// environment (the `settings` unit tests parse each one).
+            fn default() -> Self {
+                match $config::from_lookup(&|_| Ok(None)) {
+                    Ok(config) => config,
+                    Err(e) => panic!("a default in the {} table is invalid: {e}", $program),
+                }
+            }
+        }
+    };
+    (@setting required $name:literal, $default:literal, $parse:expr, $help:literal) => {
+        Setting { name: $name, default: Some($default), help: $help }
+    };
+    (@setting optional $name:literal, $parse:expr, $help:literal) => {
+        Setting { name: $name, default: None, help: $help }
+    };
+    (@read $lookup:ident, required $name:literal, $default:literal, $parse:expr, $help:literal) => {
+        read($lookup, $name, $parse)?.unwrap_or(parse_default($name, $default, $parse)?)
+    };
+    (@read $lookup:ident, optional $name:literal, $parse:expr, $help:literal) => {
+        read($lookup, $name, $parse)?
+    };
+}
+
+settings! {
+    /// Settings of the API server.
+    ServerConfig, SERVER_SETTINGS, "api", "the camera-logs API server", {
+        host: String = required("HOST", "127.0.0.1", parse_text,
+            "address to listen on; 0.0.0.0 only behind the nginx edge (deploy/nginx.conf)");
+        port: u16 = required("PORT", "8080", parse_port, "port to listen on (0 picks a free one)");
+        poll_hold: Duration = required("POLL_HOLD_SECS", "30", parse_secs,
+            "how long a camera's poll is held open before it is answered with noop");
+        logs_timeout: Duration = required("LOGS_TIMEOUT_SECS", "30", parse_logs_timeout,
+            "default bound on a GET /logs call (a call may ask for up to 300 s with ?timeout=)");
+        ack_timeout: Duration = required("ACK_TIMEOUT_SECS", "5", parse_secs,
+            "a command with no send_logs answer after this long is sent again, same requestId");
+        camera_grace: Duration = required("CAMERA_GRACE_SECS", "5", parse_secs,
+            "a camera with no open poll counts as online this long after its last poll ended");
+        max_waiting_per_camera: usize = required("MAX_WAITING_PER_CAMERA", "1024", parse_count,
+            "GET /logs calls that may wait for one camera; the next gets 429");
+        max_body_bytes: usize = required("MAX_BODY_BYTES", "16777216", parse_count,
+            "largest accepted request body; a larger one gets 413");
+        header_timeout: Duration = required("HEADER_TIMEOUT_SECS", "10", parse_secs,
+            "a connection that sends nothing for this long (idle, or stalled mid-request) is closed");
+        max_handlers: usize = required("MAX_HANDLERS", "20000", parse_count,
+            "requests served at once at most (each held poll and waiting /logs call is one); more wait in line");
+        worker_idle: Duration = required("WORKER_IDLE_SECS", "30", parse_secs,
+            "a handler thread idle this long exits (the most recently busy are used first)");
+        camera_forget: Duration = required("CAMERA_FORGET_SECS", "3600", parse_secs,
+            "a camera offline this long, with no call waiting for it, is forgotten (404 after)");
+        max_cameras: usize = required("MAX_CAMERAS", "100000", parse_count,
+            "cameras known at most; a poll for a new id beyond it gets 503 with Retry-After");
+        camera_arrival: Duration = required("CAMERA_ARRIVAL_SECS", "0", parse_secs_or_zero,
+            "in a fleet: for this long after start, /logs for a camera not seen yet waits for its first poll instead of 404 (2 x POLL_HOLD_SECS + 10 fits)");
+        camera_token: Option<String> = optional("CAMERA_TOKEN", parse_token,
+            "when set, camera endpoints require 'Authorization: Bearer <token>' (one token shared by all cameras)");
+        camera_tokens: Option<HashMap<String, String>> = optional("CAMERA_TOKENS_FILE", read_tokens_file,
+            "lines 'cameraId token': each camera may poll and answer only for its own id (instead of CAMERA_TOKEN)");
+        api_token: Option<String> = optional("API_TOKEN", parse_token,
+            "when set, /logs, /cameras, /stats and /metrics require 'Authorization: Bearer <token>'");
+        log_level: Level = required("LOG_LEVEL", "info", parse_level,
+            "what is logged to stderr: info, warn, error or off");
+    }
+}
+
+settings! {
+    /// Settings of the camera.
+    CameraConfig, CAMERA_SETTINGS, "camera", "a camera-logs camera client", {
+        api_base_url: String = required("API_BASE_URL", "http://localhost:8080", parse_base_url,
+            "where the API server is: http://, or https:// (e.g. through the nginx edge)");
+        camera_id: String = required("CAMERA_ID", "default", parse_camera_id,
+            "this camera's id (letters, digits, '.', '_', '-'; at most 64)");
+        /// `None`: no generated events (a camera that serves only what its log holds).
+        event_interval: Option<Duration> = required("EVENT_INTERVAL_SECS", "10", parse_interval,
+            "a new event is logged this often (fractions allowed; 0: none)");
+        poll_timeout: Duration = required("POLL_TIMEOUT_SECS", "60", parse_secs,
+            "client-side timeout of one long poll");
+        backoff_max: Duration = required("BACKOFF_MAX_SECS", "30", parse_secs,
+            "cap of the exponential backoff (from 0.5 s) while the server is unreachable");
+        camera_token: Option<String> = optional("CAMERA_TOKEN", parse_token,
+            "bearer token sent to the server's camera endpoints");
+        ca_certs: Option<CaCerts> = optional("CA_CERT_FILE", CaCerts::read,
+            "PEM file of the CA certificate(s) an https:// server must chain to (a private CA or a self-signed edge), instead of the bundled webpki roots");
+        log_file: Option<PathBuf> = optional("LOG_FILE", parse_path,
+            "when set, events are appended here as JSON lines and reloaded at start");
+        max_events: usize = required("MAX_EVENTS", "100000", parse_count,
+            "events kept in memory; the oldest go first");
+        log_level: Level = required("LOG_LEVEL", "info", parse_level,
+            "what is logged to stderr: info, warn, error or off");
+    }
+}
+
+impl ServerConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.camera_token.is_some() && self.camera_tokens.is_some() {
+            return Err(ConfigError {
+                variable: "CAMERA_TOKENS_FILE",
+                value: "(set)".to_string(),
+                expected: "CAMERA_TOKEN unset (use one of CAMERA_TOKEN and CAMERA_TOKENS_FILE)",
+            });
+        }
+        Ok(())
+    }
+}
+
+impl CameraConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+/// The `--help` text: what the program is, then every variable with its default.
+pub fn help_text<C: Settings>() -> String {
+    let (program, about) = (C::PROGRAM, C::ABOUT);
+    let mut text =
+        format!("{program}: {about}\n\nUsage: {program} [--help]\n\nEnvironment variables:\n");
+    for s in C::TABLE {
+        let default = s.default.unwrap_or("(unset)");
+        text.push_str(&format!("  {:<24} default {default:<24} {}\n", s.name, s.help));
+    }
+    text
+}
+
+/// How both binaries start: `--help` prints every variable and exits 0; a stray argument or a
+/// malformed variable is reported and exits 2; otherwise the configuration is read once and
+/// its log level applied.
+pub fn from_args_and_env<C: Settings>() -> Result<C, ExitCode> {
+    let program = C::PROGRAM;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", help_text::<C>());
+        return Err(ExitCode::SUCCESS);
+    }
+    if let Some(arg) = args.first() {
+        eprintln!("{program}: unexpected argument {arg:?}; configuration comes from the environment (see --help)");
+        return Err(ExitCode::from(2));
+    }
+    match C::from_env() {
+        Ok(config) => {
+            crate::log::set_level(config.log_level());
+            Ok(config)
+        }
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn env_lookup(name: &'static str) -> Result<Option<String>, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(raw)) => Err(ConfigError {
+            variable: name,
+            value: raw.to_string_lossy().into_owned(),
+            expected: "valid UTF-8",
+        }),
+    }
+}
+
+type Parser<T> = fn(&str) -> Result<T, &'static str>;
+
+/// The value of `name`, parsed; `None` when unset. Set but empty is an error: most often a
+/// template or an `.env` line that lost its value, and taking it as unset would, say, turn
+/// authentication off without a word.
+fn read<T>(
+    lookup: Lookup<'_>,
+    name: &'static str,
+    parse: Parser<T>,
+) -> Result<Option<T>, ConfigError> {
+    let Some(raw) = lookup(name)? else {
+        return Ok(None);
+    };
+    let fail = |expected| ConfigError {
+        variable: name,
+        // A token is never echoed, not even a malformed one.
+        value: if name.ends_with("TOKEN") { "(hidden)".to_string() } else { raw.clone() },
+        expected,
+    };
+    if raw.trim().is_empty() {
+        return Err(fail("a value (unset the variable for the default)"));
+    }
+    parse(raw.trim()).map(Some).map_err(fail)
+}
+
+fn parse_default<T>(
+    name: &'static str,
+    default: &'static str,
+    parse: Parser<T>,
+) -> Result<T, ConfigError> {
+    parse(default).map_err(|expected| ConfigError {
+        variable: name,
+        value: default.to_string(),
+        expected,
+    })
+}
+
+fn parse_text(raw: &str) -> Result<String, &'static str> {
+    Ok(raw.to_string())
+}
+
+/// Positive, finite seconds; fractions allowed. Capped at a day so a typo cannot overflow.
+fn parse_secs(raw: &str) -> Result<Duration, &'static str> {
+    match raw.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err("a number of seconds greater than 0 and at most 86400"),
+    }
+}
+
+/// Like [`parse_secs`], and 0 turns the feature off.
+fn parse_secs_or_zero(raw: &str) -> Result<Duration, &'static str> {
+    match raw.parse::<f64>() {
+        Ok(0.0) => Ok(Duration::ZERO),
+        _ => parse_secs(raw)
+            .map_err(|_| "0, or a number of seconds greater than 0 and at most 86400"),
+    }
+}
+
+fn parse_interval(raw: &str) -> Result<Option<Duration>, &'static str> {
+    parse_secs_or_zero(raw).map(|d| (!d.is_zero()).then_some(d))
+}
+
+/// The upper bound on any `/logs` timeout, from the wire protocol.
+pub const MAX_LOGS_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn parse_logs_timeout(raw: &str) -> Result<Duration, &'static str> {
+    match parse_secs(raw) {
+        Ok(d) if d <= MAX_LOGS_TIMEOUT => Ok(d),
+        _ => Err("a number of seconds greater than 0 and at most 300"),
+    }
+}
+
+fn parse_port(raw: &str) -> Result<u16, &'static str> {
+    raw.parse().map_err(|_| "a port number from 0 to 65535")
+}
+
+fn parse_count(raw: &str) -> Result<usize, &'static str> {
+    match raw.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("a whole number greater than 0"),
+    }
+}
+
+fn parse_level(raw: &str) -> Result<Level, &'static str> {
+    raw.parse()
+}
+
+fn parse_path(raw: &str) -> Result<PathBuf, &'static str> {
+    Ok(PathBuf::from(raw))
+}
+
+fn parse_camera_id(raw: &str) -> Result<String, &'static str> {
+    if valid_camera_id(raw) {
+        Ok(raw.to_string())
+    } else {
+        Err("1 to 64 letters, digits, '.', '_' or '-'")
+    }
+}
+
+/// An http:// or https:// URL with a host, kept without its trailing slash.
+pub(crate) fn parse_base_url(raw: &str) -> Result<String, &'static str> {
+    const EXPECTED: &str = "an http:// or https:// URL such as http://localhost:8080";
+    let url = url::Url::parse(raw).map_err(|_| EXPECTED)?;
+    if matches!(url.scheme(), "http" | "https") && url.host().is_some() {
+        Ok(raw.trim_end_matches('/').to_string())
+    } else {
+        Err(EXPECTED)
+    }
+}
+
+fn parse_token(raw: &str) -> Result<String, &'static str> {
+    if raw.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(raw.to_string())
+    } else {
+        Err("printable ASCII with no spaces")
+    }
+}
+
+fn read_tokens_file(path: &str) -> Result<HashMap<String, String>, &'static str> {
+    let text = std::fs::read_to_string(path).map_err(|_| "a readable UTF-8 file")?;
+    parse_tokens(&text)
+}
+
+/// `cameraId token` per line; blank lines and lines starting with `#` are skipped. The error
+/// never quotes a line, since it may hold a token.
+fn parse_tokens(text: &str) -> Result<HashMap<String, String>, &'static str> {
+    const EXPECTED: &str = "lines 'cameraId token' (a valid camera id, one token of printable ASCII, each id once), and at least one";
+    let mut tokens = HashMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(id), Some(token), None) = (words.next(), words.next(), words.next()) else {
+            return Err(EXPECTED);
+        };
+        if !valid_camera_id(id) || tokens.insert(id.to_string(), token.to_string()).is_some() {
+            return Err(EXPECTED);
+        }
+    }
+    if tokens.is_empty() {
+        return Err(EXPECTED);
+    }
+    Ok(tokens)
+}
+
+/// The CA certificates of `CA_CERT_FILE`, in DER form. Certificates are public; any private
+/// key in the same file is skipped, never kept.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaCerts {
+    pub path: PathBuf,
+    pub der: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for CaCerts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (path, n) = (self.path.display(), self.der.len());
+        write!(f, "CaCerts({path}, {n} certificate(s))")
+    }
+}
+
+impl CaCerts {
+    /// Every well-formed `CERTIFICATE` block of the PEM file at `path`.
+    fn read(path: &str) -> Result<CaCerts, &'static str> {
+        let pem = std::fs::read(path).map_err(|_| "a readable PEM file")?;
+        Ok(CaCerts { path: PathBuf::from(path), der: parse_ca_pem(&pem)? })
+    }
+}
+
+/// The DER of every certificate in `pem`. The error never quotes the file, which may hold a key.
+fn parse_ca_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
+    const EXPECTED: &str =
+        "a PEM file with one or more CA certificates (-----BEGIN CERTIFICATE-----)";
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) if is_der_sequence(cert.der()) => {
+                certs.push(cert.der().to_vec())
+            }
+            Ok(ureq::tls::PemItem::Certificate(_)) | Err(_) => return Err(EXPECTED),
+            // A private key (or any other item) is not a trust root: skipped, never kept.
+            Ok(_) => {}
+        }
+    }
+    if certs.is_empty() {
+        return Err(EXPECTED);
+    }
+    Ok(certs)
+}
+
+/// A cheap shape check of a DER certificate (one SEQUENCE spanning exactly the bytes), so a
+/// corrupted block fails at start-up rather than as "unknown issuer" on every connection.
+fn is_der_sequence(der: &[u8]) -> bool {
+    let [0x30, first, rest @ ..] = der else {
+        return false;
+    };
+    let (len, body) = match *first {
+        n @ 0..=0x7f => (usize::from(n), rest),
+        n @ 0x81..=0x84 => {
+            let count = usize::from(n & 0x7f);
+            if rest.len() < count {
+                return false;
+            }
+            let (len_bytes, body) = rest.split_at(count);
+            let len = len_bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+            (len, body)
+        }
+        _ => return false,
+    };
+    len == body.len()
+}
+
+#[cfg(test)]
+mod tests;
