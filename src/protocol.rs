@@ -142,6 +142,12 @@ pub struct CamerasResponse {
     /// Pass as `after` for the next page; `null` on the last page.
     #[serde(rename = "nextAfter")]
     pub next_after: Option<String>,
+    /// `instance`: this instance's own cameras only; `fleet`: every instance's (`PEERS`).
+    #[serde(default)]
+    pub scope: String,
+    /// In the fleet view, the instances that did not answer: their cameras are missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }
 
 /// The body of every error response.

@@ -147,12 +147,16 @@ settings! {
             "a camera offline this long, with no call waiting for it, is forgotten (404 after)");
         max_cameras: usize = required("MAX_CAMERAS", "100000", parse_count,
             "cameras known at most; a poll for a new id beyond it gets 503 with Retry-After");
-        camera_arrival: Duration = required("CAMERA_ARRIVAL_SECS", "0", parse_secs_or_zero,
-            "in a fleet: for this long after start, /logs for a camera not seen yet waits for its first poll instead of 404 (2 x POLL_HOLD_SECS + 10 fits)");
+        camera_arrival: Duration = required("CAMERA_ARRIVAL_SECS", "70", parse_secs_or_zero,
+            "for this long after start, /logs for a camera not seen yet waits for its first poll instead of 404: cameras backing off from a restart, or held by another instance of a fleet, come back (0: off)");
         camera_token: Option<String> = optional("CAMERA_TOKEN", parse_token,
             "when set, camera endpoints require 'Authorization: Bearer <token>' (one token shared by all cameras)");
         camera_tokens: Option<HashMap<String, String>> = optional("CAMERA_TOKENS_FILE", read_tokens_file,
             "lines 'cameraId token': each camera may poll and answer only for its own id (instead of CAMERA_TOKEN)");
+        peers: Option<Vec<String>> = optional("PEERS", parse_peers,
+            "the other instances of a fleet, as comma-separated base URLs: /cameras then lists every instance's cameras");
+        instance_name: Option<String> = optional("INSTANCE_NAME", parse_text,
+            "this instance's name in the fleet's /cameras (set it to the URL its peers use for it)");
         api_token: Option<String> = optional("API_TOKEN", parse_token,
             "when set, /logs, /cameras, /stats and /metrics require 'Authorization: Bearer <token>'");
         log_level: Level = required("LOG_LEVEL", "info", parse_level,
@@ -187,8 +191,20 @@ settings! {
     }
 }
 
+/// The camera protocol's client timeout of one poll; a hold must end well before it.
+pub const CAMERA_POLL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The margin a hold leaves before that timeout: the answer must still reach the camera.
+const HOLD_MARGIN: Duration = Duration::from_secs(5);
+
 impl ServerConfig {
     fn check(&self) -> Result<(), ConfigError> {
+        if self.poll_hold + HOLD_MARGIN > CAMERA_POLL_TIMEOUT {
+            return Err(ConfigError {
+                variable: "POLL_HOLD_SECS",
+                value: format!("{}", self.poll_hold.as_secs_f64()),
+                expected: "at most 55: a camera gives up on a poll after 60 s (its POLL_TIMEOUT_SECS), and the answer needs time to reach it",
+            });
+        }
         if self.camera_token.is_some() && self.camera_tokens.is_some() {
             return Err(ConfigError {
                 variable: "CAMERA_TOKENS_FILE",
@@ -364,6 +380,12 @@ pub(crate) fn parse_base_url(raw: &str) -> Result<String, &'static str> {
     } else {
         Err(EXPECTED)
     }
+}
+
+fn parse_peers(raw: &str) -> Result<Vec<String>, &'static str> {
+    let peers =
+        raw.split(',').map(|peer| parse_base_url(peer.trim())).collect::<Result<Vec<_>, _>>();
+    peers.map_err(|_| "comma-separated http:// or https:// base URLs such as http://api-2:8080")
 }
 
 fn parse_token(raw: &str) -> Result<String, &'static str> {

@@ -164,11 +164,6 @@ impl Metrics {
         self.resends.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Commands answered so far.
-    pub fn round_trips(&self) -> u64 {
-        self.round_trips.load(Ordering::Relaxed)
-    }
-
     /// The whole exposition.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(8 * 1024);

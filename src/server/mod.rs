@@ -13,6 +13,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 mod error;
 mod listener;
 mod metrics;
+mod peers;
 mod pool;
 mod query;
 mod registry;

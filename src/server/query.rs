@@ -63,6 +63,18 @@ impl Query {
         self.id("after")
     }
 
+    /// `scope` of `/cameras`: the fleet's cameras (the default), or this instance's own.
+    pub fn fleet_scope(&self) -> Result<bool, ApiError> {
+        match self.get("scope") {
+            None | Some("fleet") => Ok(true),
+            Some("instance") => Ok(false),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "scope must be 'fleet' or 'instance'; got '{}'",
+                clean(other, 64)
+            ))),
+        }
+    }
+
     /// An id parameter: 1 to 64 of `[A-Za-z0-9._-]`.
     fn id(&self, name: &str) -> Result<Option<String>, ApiError> {
         match self.get(name) {
@@ -94,7 +106,7 @@ impl Query {
         let Some(seconds) = self.number(name)? else {
             return Ok(None);
         };
-        if seconds.abs() > LATEST_PLAUSIBLE_SECONDS {
+        if seconds > LATEST_PLAUSIBLE_SECONDS {
             return Err(ApiError::BadRequest(format!(
                 "{name}={seconds} is after the year 5000: it looks like milliseconds; send seconds since the epoch (e.g. {})",
                 seconds / 1000.0

@@ -17,6 +17,7 @@ use tiny_http::{Header, Request, Response};
 use super::error::ApiError;
 use super::listener::{self, Connections, ListenerStats, TINY_HTTP_PANICS};
 use super::metrics::{self, Gauges, Metrics};
+use super::peers;
 use super::pool::PoolStats;
 use super::query::Query;
 use super::registry::{Completion, PollFrom, Registry};
@@ -120,9 +121,23 @@ fn serve(app: &App, request: &mut Request, route: Route, query: &Query) -> Resul
         }
         Route::Cameras => {
             authorize(request, app.config.api_token.as_deref())?;
-            let (cameras, next_after) =
-                app.registry.cameras(query.after()?.as_deref(), query.limit()?);
-            Reply::json(&CamerasResponse { cameras, next_after })
+            let (after, limit) = (query.after()?, query.limit()?);
+            let (cameras, next_after) = app.registry.cameras(after.as_deref(), limit);
+            let own = CamerasResponse {
+                cameras,
+                next_after,
+                scope: "instance".into(),
+                unreachable: vec![],
+            };
+            match &app.config.peers {
+                Some(peers) if query.fleet_scope()? => {
+                    let name = app.config.instance_name.as_deref().unwrap_or("self");
+                    let auth = header(request, "Authorization");
+                    let page = (after.as_deref(), limit);
+                    Reply::json(&peers::fleet_page((name, own), peers, page, auth.as_deref()))
+                }
+                _ => Reply::json(&own),
+            }
         }
         Route::Stats => {
             authorize(request, app.config.api_token.as_deref())?;
@@ -300,15 +315,14 @@ fn authorize(request: &Request, expected: Option<&str>) -> Result<(), ApiError> 
     let Some(expected) = expected else {
         return Ok(());
     };
-    let presented = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().trim().split_once(' '))
-        // The scheme name is case-insensitive (RFC 9110, section 11.1).
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map_or("", |(_, token)| token);
-    if constant_time_eq(presented.trim().as_bytes(), expected.as_bytes()) {
+    let value = header(request, "Authorization").unwrap_or_default();
+    // The scheme name is case-insensitive (RFC 9110, section 11.1).
+    let presented =
+        value.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
+    if constant_time_eq(
+        presented.map_or("", |(_, token)| token.trim()).as_bytes(),
+        expected.as_bytes(),
+    ) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
@@ -327,14 +341,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+fn header(request: &Request, name: &'static str) -> Option<String> {
+    let found = request.headers().iter().find(|h| h.field.equiv(name));
+    found.map(|h| h.value.as_str().trim().to_string())
+}
+
 /// Who sent the request, for log lines: the address the edge vouches for (`X-Real-IP`, set by
 /// deploy/nginx.conf from the connection it accepted), else the connection's own peer.
 fn client_address(request: &Request) -> String {
-    let forwarded = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("X-Real-IP"))
-        .map(|h| clean(h.value.as_str().trim(), 64));
+    let forwarded = header(request, "X-Real-IP").map(|ip| clean(&ip, 64));
     let peer = request.remote_addr().map(SocketAddr::ip);
     forwarded.or(peer.map(|ip| ip.to_string())).unwrap_or_else(|| "unknown".to_string())
 }

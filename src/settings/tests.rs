@@ -26,12 +26,22 @@ fn defaults_match_the_help_table() {
     assert_eq!(server(&[]).unwrap(), ServerConfig::default());
     for s in SERVER_SETTINGS {
         if let Some(default) = s.default {
-            assert_eq!(server(&[(s.name, default)]).unwrap(), ServerConfig::default(), "{}", s.name);
+            assert_eq!(
+                server(&[(s.name, default)]).unwrap(),
+                ServerConfig::default(),
+                "{}",
+                s.name
+            );
         }
     }
     for s in CAMERA_SETTINGS {
         if let Some(default) = s.default {
-            assert_eq!(camera(&[(s.name, default)]).unwrap(), CameraConfig::default(), "{}", s.name);
+            assert_eq!(
+                camera(&[(s.name, default)]).unwrap(),
+                CameraConfig::default(),
+                "{}",
+                s.name
+            );
         }
     }
     let defaults = ServerConfig::default();
@@ -162,12 +172,9 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
 
 #[test]
 fn https_base_urls_are_accepted() {
-    let c =
-        camera(&[("API_BASE_URL", "https://edge.example:8443/")])
-            .unwrap();
+    let c = camera(&[("API_BASE_URL", "https://edge.example:8443/")]).unwrap();
     assert_eq!(c.api_base_url, "https://edge.example:8443");
-    let err =
-        camera(&[("API_BASE_URL", "ftp://edge")]).unwrap_err();
+    let err = camera(&[("API_BASE_URL", "ftp://edge")]).unwrap_err();
     assert!(err.to_string().contains("https://"), "{err}");
 }
 

@@ -38,7 +38,10 @@ fn anonymous() -> PollFrom {
 }
 
 fn process(instance: &str, port: u16) -> PollFrom {
-    PollFrom { instance: Some(instance.into()), peer: Some(SocketAddr::from(([127, 0, 0, 1], port))) }
+    PollFrom {
+        instance: Some(instance.into()),
+        peer: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+    }
 }
 
 fn poll_until_command(registry: &Registry, camera: &str) -> (String, f64, f64) {
@@ -95,7 +98,8 @@ fn a_fresh_instance_waits_for_an_unknown_camera_to_arrive() {
     assert_eq!(err.status(), 404, "{err}");
     assert!(err.to_string().contains("has not polled this instance since it started"), "{err}");
     assert!(started.elapsed() >= Duration::from_millis(250));
-    let err = registry.fetch_logs("nobody", TimeRange::ALL, Duration::from_millis(100)).unwrap_err();
+    let err =
+        registry.fetch_logs("nobody", TimeRange::ALL, Duration::from_millis(100)).unwrap_err();
     assert_eq!(err.status(), 404, "{err}");
     // Past the window: at once.
     let started = Instant::now();
@@ -258,7 +262,9 @@ fn a_command_goes_to_the_newest_poll_and_a_newer_poll_of_a_process_ends_the_olde
     let newer = spawn_poll(&registry, "anon", anonymous());
     wait_until("two anonymous polls held", || registry.stats().open_polls == 2);
     let registry2 = Arc::clone(&registry);
-    let caller = thread::spawn(move || registry2.fetch_logs("anon", TimeRange::ALL, Duration::from_secs(20)));
+    let caller = thread::spawn(move || {
+        registry2.fetch_logs("anon", TimeRange::ALL, Duration::from_secs(20))
+    });
     let Command::SendLogs { request_id, .. } = newer.join().unwrap().unwrap() else {
         panic!("the newest anonymous poll carries the command");
     };
@@ -275,7 +281,9 @@ fn a_second_process_is_refused_while_the_first_polls_and_takes_over_once_it_is_g
     wait_until("the first poll held", || registry.stats().open_polls == 1);
     let err = registry.poll("cam", &process("b", 2000)).unwrap_err();
     assert_eq!(err.status(), 409, "{err}");
-    assert!(err.to_string().contains("camera 'cam' is already polling from another running process"));
+    assert!(err
+        .to_string()
+        .contains("camera 'cam' is already polling from another running process"));
     let err = registry.complete("cam", Some("b"), answer("x", vec![])).unwrap_err();
     assert_eq!(err.status(), 409, "an answer from the second process is refused too");
 

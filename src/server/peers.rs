@@ -1,0 +1,88 @@
+//! The fleet's view of `/cameras`: this instance's cameras and those of its `PEERS`, asked in
+//! parallel with a short deadline, merged into one page with the instance that holds each
+//! camera, and the peers that did not answer named (their cameras are missing, not gone).
+//! It must not ask a peer for anything but its own cameras (`scope=instance`), so views never
+//! ask each other in a loop.
+
+use std::time::Duration;
+
+use crate::log::log_warn;
+use crate::protocol::{CameraInfo, CamerasResponse, Route};
+
+/// A peer that has not answered within this is reported as unreachable.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One page of the fleet's cameras: at most `limit` ids after `after`, each camera once (where
+/// it is online, else where it was seen last).
+pub fn fleet_page(
+    (own_name, own): (&str, CamerasResponse),
+    peers: &[String],
+    (after, limit): (Option<&str>, usize),
+    authorization: Option<&str>,
+) -> CamerasResponse {
+    let answers: Vec<Result<CamerasResponse, String>> = std::thread::scope(|scope| {
+        let asked: Vec<_> = peers
+            .iter()
+            .map(|peer| scope.spawn(move || ask(peer, after, limit, authorization)))
+            .collect();
+        asked
+            .into_iter()
+            .map(|a| a.join().unwrap_or_else(|_| Err("panicked".to_string())))
+            .collect()
+    });
+    let mut more = own.next_after.is_some();
+    let mut rows = tagged(own.cameras, own_name);
+    let mut unreachable = Vec::new();
+    for (peer, answer) in peers.iter().zip(answers) {
+        match answer {
+            Ok(page) => {
+                more |= page.next_after.is_some();
+                rows.extend(tagged(page.cameras, peer));
+            }
+            Err(why) => {
+                log_warn!("peer {peer} did not list its cameras: {why}");
+                unreachable.push(peer.clone());
+            }
+        }
+    }
+    rows.sort_by(|a, b| {
+        let id = a.camera_id.cmp(&b.camera_id);
+        id.then(b.online.cmp(&a.online)).then(b.last_seen.total_cmp(&a.last_seen))
+    });
+    rows.dedup_by(|later, first| later.camera_id == first.camera_id);
+    more |= rows.len() > limit;
+    rows.truncate(limit);
+    let next_after = more.then(|| rows.last().map(|row| row.camera_id.clone())).flatten();
+    CamerasResponse { cameras: rows, next_after, scope: "fleet".to_string(), unreachable }
+}
+
+fn tagged(mut rows: Vec<CameraInfo>, instance: &str) -> Vec<CameraInfo> {
+    for row in &mut rows {
+        row.instance = Some(instance.to_string());
+    }
+    rows
+}
+
+/// One page of `peer`'s own cameras.
+fn ask(
+    peer: &str,
+    after: Option<&str>,
+    limit: usize,
+    authorization: Option<&str>,
+) -> Result<CamerasResponse, String> {
+    let mut url = url::Url::parse(peer).map_err(|e| e.to_string())?;
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().push(Route::Cameras.path().trim_start_matches('/'));
+    }
+    url.query_pairs_mut().append_pair("scope", "instance").append_pair("limit", &limit.to_string());
+    if let Some(after) = after {
+        url.query_pairs_mut().append_pair("after", after);
+    }
+    let config = ureq::Agent::config_builder().timeout_global(Some(PEER_TIMEOUT)).build();
+    let mut request = ureq::Agent::new_with_config(config).get(url.as_str());
+    if let Some(authorization) = authorization {
+        request = request.header("Authorization", authorization);
+    }
+    let mut response = request.call().map_err(|e| e.to_string())?;
+    response.body_mut().read_json().map_err(|e| e.to_string())
+}
