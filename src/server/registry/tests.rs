@@ -11,6 +11,7 @@ fn config() -> ServerConfig {
         poll_hold: Duration::from_millis(200),
         ack_timeout: Duration::from_millis(300),
         max_waiting_per_camera: 3,
+        camera_arrival: Duration::ZERO,
         ..ServerConfig::default()
     }
 }
