@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use camera_logs::{CameraAuth, CameraConfig, ServerConfig};
+use camera_logs::{CameraConfig, ServerConfig};
 
 // ---------------------------------------------------------------------------------------------
 
@@ -24,7 +24,7 @@ fn assert_unauthorized(resp: &Resp, context: &str) {
 fn camera_endpoints_require_the_camera_token() {
     const TOKEN: &str = "camera-token-5b1d";
     let mut system = TestServer::start(ServerConfig {
-        camera_auth: CameraAuth::Shared(TOKEN.to_string()),
+        camera_token: Some(TOKEN.to_string()),
         poll_hold: Duration::from_millis(500),
         ..test_config()
     });
@@ -51,9 +51,10 @@ fn camera_endpoints_require_the_camera_token() {
         );
         assert_unauthorized(&resp, &format!("Authorization: {header}"));
     }
-    assert_eq!(system.server().registry().stats().cameras, 0, "a refused poll registered a camera");
+    assert_eq!(system.stats().cameras, 0, "a refused poll registered a camera");
 
     // A camera with the wrong token is refused again and again and never becomes known.
+    let refused_before = refused_polls(&system);
     let impostor = start_camera(
         CameraConfig {
             poll_timeout: Duration::from_secs(20),
@@ -63,7 +64,7 @@ fn camera_endpoints_require_the_camera_token() {
         &fixture(3),
     );
     wait_until("the impostor to be refused twice", PATIENCE, || {
-        impostor.stats().failures.load(std::sync::atomic::Ordering::SeqCst) >= 2
+        refused_polls(&system) >= refused_before + 2
     });
     impostor.stop(Duration::from_secs(5));
     let resp = get_with(&agent, &format!("{}/logs?cameraId=impostor&timeout=1", system.url), None);
@@ -91,6 +92,18 @@ impl WithToken for camera_logs::CameraConfig {
     }
 }
 
+/// Polls the server answered 401, from `/metrics`.
+fn refused_polls(system: &TestServer) -> u64 {
+    let scrape = get(&format!("{}/metrics", system.url));
+    assert_eq!(scrape.status, 200, "{}", scrape.text());
+    let series = "camera_logs_http_requests_total{route=\"/poll_for_command\",status=\"401\"} ";
+    scrape
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix(series))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
 fn finish_raw(system: &TestServer, request: &str) -> Resp {
     raw_exchange(system.addr, request.as_bytes(), false, PATIENCE).expect("an answer")
 }
@@ -101,7 +114,7 @@ fn user_endpoints_require_the_api_token_and_health_does_not() {
     const CAMERA: &str = "camera-token-71aa";
     let mut system = TestServer::start(ServerConfig {
         api_token: Some(API.to_string()),
-        camera_auth: CameraAuth::Shared(CAMERA.to_string()),
+        camera_token: Some(CAMERA.to_string()),
         ..test_config()
     });
     let events = fixture(20);
@@ -223,7 +236,7 @@ fn a_camera_cannot_answer_another_cameras_command() {
             }
         })
     };
-    wait_until("camera 'a' to poll", PATIENCE, || system.server().registry().stats().cameras == 2);
+    wait_until("camera 'a' to poll", PATIENCE, || system.stats().cameras == 2);
     let caller = {
         let (agent, url) = (agent.clone(), format!("{}/logs?cameraId=a&timeout=20", system.url));
         thread::spawn(move || get_with(&agent, &url, None))
@@ -240,7 +253,7 @@ fn a_camera_cannot_answer_another_cameras_command() {
     resp.assert_json_error(&[404], "b answering a's request id");
     let resp = post_with(&agent, &send_b, br#"{"logs":[]}"#, None);
     resp.assert_json_error(&[404], "b answering without a request id");
-    assert_eq!(system.server().registry().stats().waiting_requests, 1, "a's caller still waits");
+    assert_eq!(system.stats().waiting_requests, 1, "a's caller still waits");
 
     let genuine = serde_json::json!({
         "requestId": request_id,
@@ -269,7 +282,7 @@ fn per_camera_tokens_let_a_camera_poll_and_answer_only_for_its_own_id() {
         .map(|(id, token)| (id.to_string(), token.to_string()))
         .collect();
     let mut system = TestServer::start(ServerConfig {
-        camera_auth: CameraAuth::PerCamera(tokens),
+        camera_tokens: Some(tokens),
         poll_hold: Duration::from_millis(500),
         ..test_config()
     });
@@ -372,7 +385,7 @@ fn a_camera_offline_for_camera_forget_secs_is_forgotten_and_its_slot_reused() {
 
 /// tiny_http answers an `HTTP/2.0` request line with a 505 written behind the request's own
 /// writer, and waits on itself for good (client.rs): no code outside it can release that
-/// connection. It is counted instead: `heldAfterClientLeft` on `/stats` is the sockets whose
+/// connection. It is counted instead: `connectionsClientLeft` on `/stats` is the sockets whose
 /// client has gone and which this process still holds. The edge answers such lines itself.
 #[test]
 fn connections_tiny_http_never_releases_are_counted_on_stats() {
@@ -380,10 +393,7 @@ fn connections_tiny_http_never_releases_are_counted_on_stats() {
         header_timeout: Duration::from_secs(1),
         ..test_config()
     });
-    let agent = agent(Duration::from_secs(10));
-    let stats_url = format!("{}/stats", system.url);
-    let held =
-        || get_with(&agent, &stats_url, None).json()["frontDoor"]["heldAfterClientLeft"].as_u64();
+    let held = || system.server_stats()["connectionsClientLeft"].as_u64();
     assert_eq!(held(), Some(0), "nothing is held before the attack");
 
     // Ordinary clients that leave, even mid-request, are released: the count stays at 0.

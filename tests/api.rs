@@ -337,7 +337,6 @@ fn a_camera_that_never_answers_is_504_at_the_timeout_and_leaves_nothing() {
     let stats = server.stats();
     assert_eq!(stats.waiting_requests, 0, "{stats:?}");
     assert_eq!(stats.commands_in_flight, 0, "{stats:?}");
-    wait_until("stale dispatches are drained", PATIENCE, || server.stats().queued_dispatches == 0);
 }
 
 #[test]
@@ -414,7 +413,7 @@ fn cameras_and_health_have_their_documented_shapes() {
     assert_eq!(get(&format!("{}/health", server.url)).expect_json(200), json!({"status": "ok"}));
     assert_eq!(
         get(&format!("{}/cameras", server.url)).expect_json(200),
-        json!({"cameras": [], "nextAfter": null})
+        json!({"cameras": [], "nextAfter": null, "scope": "instance"})
     );
     let stats = get(&format!("{}/stats", server.url)).expect_json(200);
     assert_eq!(stats["registry"]["waitingRequests"], 0, "{stats}");

@@ -23,7 +23,7 @@ fn command(program: &str) -> Command {
     for setting in SERVER_SETTINGS.iter().chain(CAMERA_SETTINGS) {
         command.env_remove(setting.name);
     }
-    command.env_remove("HEADER_TIMEOUT_SECS").env_remove("MAX_CONNECTIONS").stdin(Stdio::null());
+    command.stdin(Stdio::null());
     command
 }
 
@@ -88,7 +88,9 @@ fn start_api() -> (Running, String) {
         .env("PORT", "0")
         .env("POLL_HOLD_SECS", "2")
         .env("ACK_TIMEOUT_SECS", "1")
-        .env("CAMERA_GRACE_SECS", "3");
+        .env("CAMERA_GRACE_SECS", "3")
+        // "Not polled yet" is a 404 at once, as the test expects on the way.
+        .env("CAMERA_ARRIVAL_SECS", "0");
     let mut api = Running::spawn(api);
     let line = api.wait_for_line("API server listening on http://");
     let address =
@@ -189,24 +191,24 @@ fn help_lists_every_variable_and_exits_0() {
     assert_help_lists(CAMERA, CAMERA_SETTINGS);
 }
 
-/// A value each setting must refuse, by the setting's kind; `None` for the two the binaries
-/// take as they are (an address resolved, a file opened, only when used).
+/// A value each setting must refuse, by the setting's kind. Those the binaries take as they are
+/// (an address resolved, a file opened, only when used; a name) refuse only an empty value.
 fn malformed_value(setting: &Setting) -> Option<&'static str> {
     match setting.name {
-        "HOST" | "LOG_FILE" => None,
-        "API_BASE_URL" => Some("ftp://example"),
+        "HOST" | "LOG_FILE" | "INSTANCE_NAME" => Some(""),
+        "API_BASE_URL" | "PEERS" => Some("ftp://example"),
         "CAMERA_ID" => Some("bad id"),
         "LOG_LEVEL" => Some("loud"),
         name if name.ends_with("_TOKEN") => Some("two words"),
         name if name.ends_with("_FILE") => Some("/nonexistent/camera-logs/file"),
-        _ if setting.default.parse::<f64>().is_ok() => Some("abc"),
+        _ if setting.default.is_some_and(|d| d.parse::<f64>().is_ok()) => Some("abc"),
         name => panic!("no malformed value known for {name}: add one here"),
     }
 }
 
 /// Each variable of each binary's `--help` table is read by that binary: a malformed value makes
 /// it exit 2 naming the variable. (Which variables the configuration code reads at all is
-/// checked against the same tables in src/config.rs.)
+/// checked against the same tables in src/settings.rs.)
 #[test]
 fn every_variable_in_the_help_tables_is_read_by_its_binary() {
     let mut checked = 0;
@@ -215,22 +217,44 @@ fn every_variable_in_the_help_tables_is_read_by_its_binary() {
             let Some(value) = malformed_value(setting) else {
                 continue;
             };
-            let mut bad = command(program);
-            bad.env(setting.name, value);
-            // Harmless if the value were wrongly accepted: a free port, nothing listening.
-            if program == API && setting.name != "PORT" {
-                bad.env("HOST", "127.0.0.1").env("PORT", "0");
-            } else if program == CAMERA && setting.name != "API_BASE_URL" {
-                bad.env("API_BASE_URL", "http://127.0.0.1:9");
-            }
-            let (status, _, stderr) = run_to_exit(bad);
-            let context = format!("{program} with {}={value}: {stderr}", setting.name);
+            let (status, stderr) = run_with(program, setting.name, value);
+            let context = format!("{program} with {}={value:?}: {stderr}", setting.name);
             assert_eq!(status.code(), Some(2), "{context}");
             assert!(stderr.contains(setting.name), "{context}");
             checked += 1;
         }
     }
-    assert!(checked >= 25, "only {checked} variables checked");
+    assert!(checked >= 30, "only {checked} variables checked");
+}
+
+/// Runs `program` with `variable=value` (the rest harmless if the value were wrongly accepted:
+/// a free port, nothing listening) until it exits; its exit status and stderr.
+fn run_with(program: &str, variable: &str, value: &str) -> (ExitStatus, String) {
+    let mut bad = command(program);
+    if program == API {
+        bad.env("HOST", "127.0.0.1").env("PORT", "0");
+    } else {
+        bad.env("API_BASE_URL", "http://127.0.0.1:9");
+    }
+    bad.env(variable, value);
+    let (status, _, stderr) = run_to_exit(bad);
+    (status, stderr)
+}
+
+/// Set but empty is never "unset": a template or an `.env` line that lost its value must not,
+/// say, turn authentication off without a word. Every variable of both tables exits 2 on it.
+#[test]
+fn an_empty_value_of_any_variable_exits_2_naming_it() {
+    for (program, settings) in [(API, SERVER_SETTINGS), (CAMERA, CAMERA_SETTINGS)] {
+        for setting in settings {
+            for value in ["", "  "] {
+                let (status, stderr) = run_with(program, setting.name, value);
+                let context = format!("{program} with {}={value:?}: {stderr}", setting.name);
+                assert_eq!(status.code(), Some(2), "{context}");
+                assert!(stderr.contains(setting.name), "{context}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -238,21 +262,16 @@ fn malformed_settings_exit_2_naming_the_variable() {
     let cases = [
         (API, "PORT", "abc"),
         (API, "POLL_HOLD_SECS", "0"),
+        (API, "POLL_HOLD_SECS", "56"),
+        (CAMERA, "LOG_FILE", ""),
+        (CAMERA, "CA_CERT_FILE", ""),
         (API, "LOGS_TIMEOUT_SECS", "301"),
         (CAMERA, "EVENT_INTERVAL_SECS", "-1"),
         (CAMERA, "API_BASE_URL", "ftp://example"),
         (CAMERA, "CAMERA_ID", "bad id"),
     ];
     for (program, variable, value) in cases {
-        let mut bad = command(program);
-        bad.env(variable, value);
-        // Harmless if the value were wrongly accepted: a free port, nothing listening.
-        if program == API && variable != "PORT" {
-            bad.env("HOST", "127.0.0.1").env("PORT", "0");
-        } else if program == CAMERA && variable != "API_BASE_URL" {
-            bad.env("API_BASE_URL", "http://127.0.0.1:9");
-        }
-        let (status, _, stderr) = run_to_exit(bad);
+        let (status, stderr) = run_with(program, variable, value);
         assert_eq!(status.code(), Some(2), "{variable}={value}: {stderr}");
         assert!(stderr.contains(variable), "{variable}={value}: {stderr}");
     }

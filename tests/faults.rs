@@ -6,7 +6,7 @@
 //! while it is down the camera neither spins (CPU time) nor floods its log; (3) polls that die
 //! at random moments while many calls with distinct ranges arrive never make a call receive
 //! another call's range; (4) 2,000 calls, some timing out against a camera that never answers,
-//! leave no waiters, commands, queued dispatches or threads behind; (5) a camera with
+//! leave no waiters, commands or threads behind; (5) a camera with
 //! `LOG_FILE`, SIGKILLed and restarted, still serves every event a user saw, also after a torn
 //! line was appended to its file, and reports the skipped line; (6) after a burst, the handler
 //! pool shrinks back to what it was even while requests keep waking its idle threads.
@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::common::edge::Usage;
 use crate::common::*;
 use camera_logs::LogEntry;
 use camera_logs::{CameraConfig, ServerConfig};
@@ -347,7 +348,7 @@ fn two_thousand_calls_leave_no_state_and_no_threads_behind() {
     wait_until("both cameras online", PATIENCE, || stats()["registry"]["camerasOnline"] == 2);
     let idle = stats();
     let idle_handlers = count(&idle["server"]["handlerThreads"]);
-    let idle_threads = count(&idle["server"]["processThreads"]);
+    let idle_threads = Usage::of(api.proc.pid()).threads;
     let idle_own = threads_named_as_current();
 
     let started = Instant::now();
@@ -407,7 +408,6 @@ fn two_thousand_calls_leave_no_state_and_no_threads_behind() {
         let registry = &now["registry"];
         let idle = count(&registry["waitingRequests"]) == 0
             && count(&registry["commandsInFlight"]) == 0
-            && count(&registry["queuedDispatches"]) == 0
             && count(&now["server"]["handlerThreads"]) <= idle_handlers.max(4) + 2;
         if idle {
             Ok(now)
@@ -429,7 +429,7 @@ fn two_thousand_calls_leave_no_state_and_no_threads_behind() {
     let (own, threads) =
         wait_for("the thread counts to return to idle", Duration::from_secs(15), || {
             let own = threads_named_as_current();
-            let now = count(&stats()["server"]["processThreads"]);
+            let now = Usage::of(api.proc.pid()).threads;
             if own <= idle_own + 2 && now <= idle_threads + 10 {
                 Ok((own, now))
             } else {
@@ -471,7 +471,7 @@ fn steady_requests(url: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<usi
 fn the_handler_pool_shrinks_after_a_burst_while_requests_keep_coming() {
     let _serial = IN_PROCESS.lock();
     let idle_exit = Duration::from_secs(1);
-    let system = TestServer::start(ServerConfig { worker_idle_exit: idle_exit, ..test_config() });
+    let system = TestServer::start(ServerConfig { worker_idle: idle_exit, ..test_config() });
     let stop = Arc::new(AtomicBool::new(false));
     let stop_all = StopOnDrop(Arc::clone(&stop));
     let mute = mute_poller(system.url.clone(), Arc::clone(&stop));
@@ -479,11 +479,11 @@ fn the_handler_pool_shrinks_after_a_burst_while_requests_keep_coming() {
     // About 200 requests a second: with the old per-thread idle clock, each of the burst's
     // threads was woken well within `idle_exit` and none ever retired.
     let steady = steady_requests(system.url.clone(), Arc::clone(&stop));
-    let server = system.server();
+    let handler_threads = || system.server_stats()["handlerThreads"].as_u64().expect("a count");
     let before = wait_for("a settled pool", PATIENCE, || {
-        let first = server.pool_stats().handler_threads;
+        let first = handler_threads();
         thread::sleep(idle_exit * 2);
-        let second = server.pool_stats().handler_threads;
+        let second = handler_threads();
         if first == second {
             Ok(second)
         } else {
@@ -500,7 +500,7 @@ fn the_handler_pool_shrinks_after_a_burst_while_requests_keep_coming() {
     let mut peak = 0;
     let deadline = Instant::now() + PATIENCE;
     while burst.iter().any(|call| !call.is_finished()) && Instant::now() < deadline {
-        peak = peak.max(server.pool_stats().handler_threads);
+        peak = peak.max(handler_threads());
         thread::sleep(POLL_EVERY);
     }
     // Some calls wait a moment for a thread while the pool grows, so not all 40 need one at once:
@@ -518,11 +518,12 @@ fn the_handler_pool_shrinks_after_a_burst_while_requests_keep_coming() {
     // Surplus is judged over a whole `idle_exit` (two halves), so the pool is back within a few
     // of them; PATIENCE only bounds a stalled machine.
     let after = wait_for("the pool to shrink back", PATIENCE, || {
-        let now = server.pool_stats();
-        if now.handler_threads <= before + 2 {
-            Ok(now.handler_threads)
-        } else {
-            Err(format!("{now:?}; {before} handler threads before the burst, {peak} at its peak"))
+        let now = system.server_stats();
+        match now["handlerThreads"].as_u64() {
+            Some(threads) if threads <= before + 2 => Ok(threads),
+            _ => {
+                Err(format!("{now}; {before} handler threads before the burst, {peak} at its peak"))
+            }
         }
     });
     let took = burst_over.elapsed();

@@ -388,11 +388,13 @@ fn make_certificates(dir: &Path) -> bool {
 /// A user's https:// client that trusts exactly `ca.pem`.
 fn tls_agent(ca_pem: &Path) -> ureq::Agent {
     let pem = std::fs::read(ca_pem).expect("read ca.pem");
-    let certs: Vec<ureq::tls::Certificate<'static>> = camera_logs::parse_ca_pem(&pem)
-        .expect("ca.pem holds a certificate")
-        .into_iter()
-        .map(|der| ureq::tls::Certificate::from_der(&der).to_owned())
+    let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.to_owned()),
+            _ => None,
+        })
         .collect();
+    assert!(!certs.is_empty(), "ca.pem holds a certificate");
     let tls = ureq::tls::TlsConfig::builder()
         .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
         .build();

@@ -120,12 +120,7 @@ fn a_scrape_counts_exactly_the_traffic_before_it() {
     // 503 once it stops polling.
     mute.stop_polling();
     wait_until("'mute' is offline", PATIENCE, || {
-        !server
-            .registry()
-            .cameras(None, usize::MAX)
-            .0
-            .iter()
-            .any(|c| c.camera_id == "mute" && c.online)
+        !server.cameras().cameras.iter().any(|c| c.camera_id == "mute" && c.online)
     });
     assert_eq!(with_token(&logs_url(&base, "mute", None, None, None)).status, 503);
 

@@ -1,14 +1,11 @@
 //! What an operator sees of the built binaries and the scripts: start-up lines that say whether
 //! each token is on, an empty token refused (exit 2, naming it), a taken port and an
-//! unresolvable HOST named, the warning when two cameras share an id (once, not per poll), and
-//! curl_parallel.sh firing its burst and counting the round trips it cost.
+//! unresolvable HOST named, and curl_parallel.sh firing its burst and counting the round trips it
+//! cost.
 
 use std::net::TcpListener;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -73,67 +70,6 @@ fn a_taken_port_and_an_unresolvable_host_are_named() {
         Err(stderr) => stderr,
     };
     assert!(stderr.contains("HOST=\"no-such-host.invalid\" does not resolve"), "{stderr}");
-}
-
-/// Polls `camera` in a loop as a client at `address` (the edge's X-Real-IP), until `stop`.
-fn poll_as(
-    url: &str,
-    camera: &str,
-    address: &str,
-    stop: &Arc<AtomicBool>,
-) -> thread::JoinHandle<()> {
-    let (url, address, stop) = (
-        format!("{url}/poll_for_command?cameraId={camera}"),
-        address.to_string(),
-        Arc::clone(stop),
-    );
-    thread::spawn(move || {
-        let agent = agent(Duration::from_secs(30));
-        while !stop.load(Ordering::SeqCst) {
-            let _ = agent.get(&url).header("X-Real-IP", &address).call();
-        }
-    })
-}
-
-#[test]
-fn two_cameras_sharing_an_id_are_reported_once() {
-    let api = start_api(&[("POLL_HOLD_SECS", "0.5".to_string())]);
-    let warnings = |api: &ApiProc| {
-        api.proc
-            .stderr_lines()
-            .into_iter()
-            .filter(|l| l.contains("polling from two addresses at once"))
-            .collect::<Vec<_>>()
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
-
-    // Two polls at once from one address (a camera retrying) are no warning.
-    let same = [
-        poll_as(&api.url, "solo", "192.0.2.10", &stop),
-        poll_as(&api.url, "solo", "192.0.2.10", &stop),
-    ];
-    // Two addresses at once, for several holds in a row: one warning, naming both.
-    let twins = [
-        poll_as(&api.url, "twin", "192.0.2.1", &stop),
-        poll_as(&api.url, "twin", "192.0.2.2", &stop),
-    ];
-    let line = wait_for("the shared-id warning", PATIENCE, || {
-        warnings(&api).first().cloned().ok_or("none yet".to_string())
-    });
-    assert!(line.contains("WARN"), "{line}");
-    assert!(line.contains("camera 'twin'"), "{line}");
-    assert!(line.contains("192.0.2.1") && line.contains("192.0.2.2"), "{line}");
-    // Several more overlapping holds: still one line (rate-limited per id).
-    let until = Instant::now() + Duration::from_secs(3);
-    wait_until("several more holds", PATIENCE, || Instant::now() >= until);
-    stop.store(true, Ordering::SeqCst);
-    for poller in same.into_iter().chain(twins) {
-        poller.join().unwrap();
-    }
-    let all = warnings(&api);
-    assert_eq!(all.len(), 1, "{all:#?}");
-    assert!(!all[0].contains("'solo'"));
 }
 
 #[test]

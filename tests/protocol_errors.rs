@@ -54,11 +54,34 @@ fn bad_query_parameters_are_400_with_a_json_error() {
         cases.push((format!("cameraId={bad_id}"), "cameraId"));
     }
 
+    // A parameter /logs does not take (a typo must not silently widen the answer).
+    for (query, named) in [
+        ("camera_id=front", "'camera_id'"),
+        ("cameraId=front&start=1", "'start'"),
+        ("cameraId=front&starttimestamp=1", "'starttimestamp'"),
+        ("cameraId=front&limit=1", "'limit'"),
+    ] {
+        cases.push((query.to_string(), named));
+    }
+    // Milliseconds where seconds are due: after the year 5000.
+    for bad in ["1796167040139", "100000000001", "1e12"] {
+        cases.push((format!("cameraId=front&startTimestamp={bad}"), "milliseconds"));
+        cases.push((format!("cameraId=front&endTimestamp={bad}"), "milliseconds"));
+    }
+
     for (query, named) in &cases {
         let response = get(&format!("{}/logs?{query}", server.url));
         let message = response.expect_error(400);
         assert!(message.contains(named), "{query}: {message:?} should name {named}");
     }
+    // Every endpoint refuses a parameter it does not take, naming it.
+    for route in camera_logs::Route::ALL {
+        let url = format!("{}{}?bogus=1", server.url, route.path());
+        let body = (route.method() == "POST").then_some(&br#"{"logs":[]}"#[..]);
+        let message = request(route.method(), &url, body).expect_error(400);
+        assert!(message.contains("'bogus'"), "{} {url}: {message:?}", route.method());
+    }
+    get(&format!("{}/logs?cameraId=front&endTimestamp=100000000000", server.url)).expect_logs();
     // The bounds of what is accepted.
     get(&format!("{}/logs?cameraId=front&timeout=300", server.url)).expect_logs();
     get(&format!("{}/logs?cameraId=front&timeout=0.5e1", server.url)).expect_logs();
@@ -112,7 +135,7 @@ fn tokens_are_required_when_configured() {
     let events = fixture(20);
     let mut config = test_config();
     config.api_token = Some("user-secret".into());
-    config.camera_auth = camera_logs::CameraAuth::Shared("camera-secret".into());
+    config.camera_token = Some("camera-secret".into());
     let server = TestServer::start(config);
 
     let poll = get(&format!("{}/poll_for_command?cameraId=front", server.url));

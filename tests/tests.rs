@@ -12,6 +12,7 @@ mod connections;
 mod edge;
 mod faults;
 mod fleet;
+mod fuzz;
 mod hostile;
 mod metrics;
 mod operators;

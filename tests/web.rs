@@ -213,8 +213,7 @@ fn now() -> f64 {
 /// What the page must show for an event, computed here: UTC (the browser's zone in this test)
 /// as `YYYY-MM-DD HH:MM:SS.mmm`, the epoch seconds, the description.
 fn row_of(event: &LogEntry) -> Vec<String> {
-    let at = UNIX_EPOCH + Duration::from_secs_f64(event.timestamp);
-    let utc = camera_logs::utc_timestamp(at);
+    let utc = utc_timestamp(event.timestamp);
     vec![
         utc.trim_end_matches('Z').replacen('T', " ", 1),
         event.timestamp.to_string(),
@@ -224,8 +223,45 @@ fn row_of(event: &LogEntry) -> Vec<String> {
 
 /// `YYYY-MM-DDTHH:MM:SS` in UTC, as a datetime-local input takes it.
 fn datetime_local(epoch_secs: f64) -> String {
-    let utc = camera_logs::utc_timestamp(UNIX_EPOCH + Duration::from_secs_f64(epoch_secs));
+    let utc = utc_timestamp(epoch_secs);
     utc[..19].to_string()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time at or after the epoch (milliseconds truncated),
+/// counted out year by year and month by month: independent of the crate's and the page's
+/// own date arithmetic.
+fn utc_timestamp(epoch_secs: f64) -> String {
+    let millis = Duration::from_secs_f64(epoch_secs).as_millis();
+    let (mut days, rem) = ((millis / 86_400_000) as u64, (millis % 86_400_000) as u64);
+    let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let mut year = 1970;
+    while days >= if leap(year) { 366 } else { 365 } {
+        days -= if leap(year) { 366 } else { 365 };
+        year += 1;
+    }
+    let lengths = [31, if leap(year) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let mut month = 0;
+    while days >= lengths[month] {
+        days -= lengths[month];
+        month += 1;
+    }
+    let (secs, ms) = (rem / 1000, rem % 1000);
+    format!(
+        "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        month + 1,
+        days + 1,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[test]
+fn utc_timestamps_are_counted_right() {
+    assert_eq!(utc_timestamp(0.0), "1970-01-01T00:00:00.000Z");
+    assert_eq!(utc_timestamp(951_782_400.5), "2000-02-29T00:00:00.500Z");
+    assert_eq!(utc_timestamp(1_700_000_000.25), "2023-11-14T22:13:20.250Z");
+    assert_eq!(utc_timestamp(4_107_542_399.75), "2100-02-28T23:59:59.750Z");
 }
 
 /// Chooses a range on the page, presses the button and waits for the answer; returns the rows.
@@ -427,7 +463,7 @@ fn the_page_and_the_contract_are_served_without_a_token() {
     let mut documented: Vec<String> = documented.iter().map(|p| format!("/{p}")).collect();
     documented.sort();
     let mut routes: Vec<String> =
-        camera_logs::ROUTES.iter().filter(|r| **r != "other").map(|r| r.to_string()).collect();
+        camera_logs::Route::ALL.iter().map(|r| r.path().to_string()).collect();
     routes.sort();
     assert_eq!(documented, routes);
     for route in &routes {

@@ -151,8 +151,9 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+#[cfg(test)]
 impl ApiError {
-    /// One error of every kind: the rows `/metrics` lists even at zero, and the tests' cases.
+    /// One error of every kind.
     pub fn every_kind() -> Vec<ApiError> {
         let camera_id = || "c".to_string();
         vec![

@@ -11,8 +11,6 @@
 //!   (`connections::an_idle_server_keeps_its_accept_loop`, `connections::a_burst_of_polls_is_taken_at_once`);
 //! - an unread body is discarded by allocating its declared length: a body declared beyond
 //!   memory is answered and its connection parked (`protocol_errors::a_huge_declared_content_length_is_413_and_the_server_keeps_serving`);
-//! - a panic per connection reset: counted and logged once a minute, not printed each
-//!   (`connections::connection_resets_are_counted_not_printed`).
 //!
 //! It knows nothing of routes; it answers no request of its own choosing.
 
@@ -23,7 +21,6 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use tiny_http::{Header, Request, Response};
 
 use crate::log::{log_error, log_warn};
@@ -318,32 +315,6 @@ fn parse_address(field: &str) -> Option<SocketAddr> {
         _ => return None,
     };
     Some(SocketAddr::new(ip, port))
-}
-
-/// Panics raised inside tiny_http's threads since start (see [`count_tiny_http_panics`]).
-pub static TINY_HTTP_PANICS: AtomicUsize = AtomicUsize::new(0);
-
-/// tiny_http panics in a connection thread when a client resets its connection before it reads
-/// the peer address (client.rs: `remote_addr.as_ref().unwrap()`), one backtrace per reset. This
-/// hook counts those and logs one line a minute; every other panic is reported as before.
-pub fn count_tiny_http_panics() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        let default_report = std::panic::take_hook();
-        let last_report: Mutex<Option<Instant>> = Mutex::new(None);
-        std::panic::set_hook(Box::new(move |info| {
-            let file = info.location().map_or("", |at| at.file());
-            if !file.split(['/', '\\']).any(|part| part.starts_with("tiny_http-")) {
-                return default_report(info);
-            }
-            let total = TINY_HTTP_PANICS.fetch_add(1, Ordering::Relaxed) + 1;
-            let mut last = last_report.lock();
-            if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
-                *last = Some(Instant::now());
-                log_warn!("tiny_http panicked in a connection thread at {file} (a client reset its connection; the server keeps serving); {total} so far, next line in a minute at the earliest");
-            }
-        }));
-    });
 }
 
 #[cfg(test)]

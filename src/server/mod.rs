@@ -24,7 +24,7 @@ use crate::settings::ServerConfig;
 use listener::{loopback, Connections, Listener};
 use metrics::Metrics;
 use registry::Registry;
-use routes::{App, CameraAuth};
+use routes::App;
 
 /// How long shutdown waits for handler threads busy with a request.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
@@ -45,7 +45,6 @@ pub struct ApiServer {
 impl ApiServer {
     /// Binds `HOST:PORT` and starts serving on background threads.
     pub fn start(config: ServerConfig) -> std::io::Result<ApiServer> {
-        listener::count_tiny_http_panics();
         let listener = Listener::bind(&config.host, config.port, config.header_timeout)?;
         let addr = listener.addr();
         let port = addr.port();
@@ -60,7 +59,6 @@ impl ApiServer {
         let (done_tx, done) = bounded::<()>(0);
         let pool_stats = Arc::new(pool::PoolStats::default());
         let app = Arc::new(App {
-            auth: CameraAuth::of(&config),
             registry: Arc::clone(&registry),
             metrics,
             pool: Arc::clone(&pool_stats),
@@ -86,15 +84,9 @@ impl ApiServer {
         announce(format_args!("API server listening on http://{addr}"));
         announce(format_args!("{}", exposure(addr)));
         // At every level but off: who may call is part of how the server is exposed.
-        announce(format_args!(
-            "authentication: {}",
-            if app.config.api_token.is_some() {
-                "API_TOKEN on: /logs, /cameras, /stats and /metrics need it"
-            } else {
-                "API_TOKEN off: /logs, /cameras, /stats and /metrics are open to anyone who reaches this port"
-            }
-        ));
-        announce(format_args!("authentication: {}", app.auth.describe()));
+        for line in routes::describe_authentication(&app.config) {
+            announce(format_args!("authentication: {line}"));
+        }
         Ok(ApiServer { addr, registry, stop: Some(stop), done, threads: vec![dispatcher, upkeep] })
     }
 

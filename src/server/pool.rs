@@ -34,6 +34,8 @@ const HANDLER_STACK: usize = 256 * 1024;
 #[derive(Debug, Default)]
 pub struct PoolStats {
     pub threads: AtomicUsize,
+    /// Requests in service (held polls and waiting calls among them).
+    pub busy: AtomicUsize,
     /// Requests waiting behind an earlier request of the same connection.
     pub pipelined: AtomicUsize,
 }
@@ -165,6 +167,7 @@ impl Shared {
 
     /// Serves `request`, then every request its connection pipelined behind it, in order.
     fn serve_connection(&self, request: Request) {
+        self.stats.busy.fetch_add(1, Ordering::Relaxed);
         let mut next = Some(request);
         while let Some(request) = next {
             let peer = request.remote_addr().copied();
@@ -173,6 +176,7 @@ impl Shared {
             }
             next = peer.and_then(|peer| self.finished(peer));
         }
+        self.stats.busy.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The request back when it may be served now; `None` when it waits behind an earlier

@@ -4,7 +4,6 @@
 //! Owns the endpoints' handlers, body reading and authentication. It holds no state of its own
 //! and does not know how commands are matched to answers (that is the registry's).
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -15,12 +14,12 @@ use serde::Serialize;
 use tiny_http::{Header, Request, Response};
 
 use super::error::ApiError;
-use super::listener::{self, Connections, ListenerStats, TINY_HTTP_PANICS};
-use super::metrics::{self, Gauges, Metrics};
+use super::listener::{self, Connections, ListenerStats};
+use super::metrics::{self, Metrics};
 use super::peers;
 use super::pool::PoolStats;
 use super::query::Query;
-use super::registry::{Completion, PollFrom, Registry};
+use super::registry::{PollFrom, Registry};
 use crate::log::{clean, log_info, log_warn};
 use crate::protocol::{CamerasResponse, LogEntry, Route, SendLogsBody, TimeRange};
 use crate::settings::ServerConfig;
@@ -28,7 +27,6 @@ use crate::settings::ServerConfig;
 /// Everything a handler needs, shared by all handler threads.
 pub struct App {
     pub config: ServerConfig,
-    pub auth: CameraAuth,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub pool: Arc<PoolStats>,
@@ -167,28 +165,29 @@ fn stats(app: &App) -> serde_json::Value {
         "registry": app.registry.stats(),
         "server": {
             "handlerThreads": app.pool.threads.load(Ordering::Relaxed),
+            "busyHandlers": app.pool.busy.load(Ordering::Relaxed),
             "pipelinedWaiting": app.pool.pipelined.load(Ordering::Relaxed),
             "connections": connections.established.len(),
             "connectionsClientLeft": connections.client_left,
             "parkedConnections": app.listener.parked_connections.load(Ordering::Relaxed),
             "acceptLoopRestarts": app.listener.accept_loop_restarts.load(Ordering::Relaxed),
-            "tinyHttpPanics": TINY_HTTP_PANICS.load(Ordering::Relaxed),
         },
     })
 }
 
 /// The exposition, with the gauges read from their owners now.
 fn scrape(app: &App) -> String {
-    let registry = app.registry.stats();
+    let r = app.registry.stats();
     let connections = Connections::of_port(app.port).map_or(0, |c| c.established.len());
-    app.metrics.render(&Gauges {
-        cameras_known: registry.cameras,
-        cameras_online: registry.cameras_online,
-        open_polls: registry.open_polls,
-        waiting_calls: registry.waiting_requests,
-        handler_threads: app.pool.threads.load(Ordering::Relaxed),
-        open_connections: connections,
-    })
+    let threads = app.pool.threads.load(Ordering::Relaxed);
+    app.metrics.render([
+        r.cameras,
+        r.cameras_online,
+        r.open_polls,
+        r.waiting_requests,
+        threads,
+        connections,
+    ])
 }
 
 #[derive(Serialize)]
@@ -227,20 +226,7 @@ fn send_logs(
     let body = read_body(request, app.config.max_body_bytes)?;
     let answer: SendLogsBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed send_logs body: {e}")))?;
-    match app.registry.complete(camera_id, instance, answer)? {
-        Completion::Delivered {
-            request_id,
-            callers,
-            events,
-            elapsed,
-        } => log_info!(
-            "camera '{camera_id}' answered command {request_id}: {events} event(s) for {callers} caller(s), {} ms after the command",
-            elapsed.as_millis()
-        ),
-        Completion::Duplicate { request_id } => {
-            log_info!("camera '{camera_id}' answered command {request_id} again; ignored")
-        }
-    }
+    app.registry.complete(camera_id, instance, answer)?;
     Reply::json(&serde_json::json!({"status": "ok"}))
 }
 
@@ -262,52 +248,32 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     Ok(body)
 }
 
-/// Who may use the camera endpoints (`/poll_for_command`, `/send_logs`).
-#[derive(Clone, PartialEq)]
-pub enum CameraAuth {
-    /// Anyone: for loopback and trusted networks.
-    Open,
-    /// One bearer token shared by every camera (`CAMERA_TOKEN`): any holder can act as any id.
-    Shared(String),
-    /// A token per camera id (`CAMERA_TOKENS_FILE`): a camera may act only for its own id.
-    PerCamera(HashMap<String, String>),
-}
-
-impl CameraAuth {
-    pub fn of(config: &ServerConfig) -> CameraAuth {
-        match (&config.camera_token, &config.camera_tokens) {
-            (Some(token), _) => CameraAuth::Shared(token.clone()),
-            (None, Some(tokens)) => CameraAuth::PerCamera(tokens.clone()),
-            (None, None) => CameraAuth::Open,
-        }
-    }
-
-    /// For the start-up line: what protects the camera endpoints.
-    pub fn describe(&self) -> String {
-        match self {
-            CameraAuth::Open => "CAMERA_TOKEN/CAMERA_TOKENS_FILE off: any client may poll and answer as any camera id".to_string(),
-            CameraAuth::Shared(_) => "CAMERA_TOKEN on: /poll_for_command and /send_logs need it (one token shared by all cameras)".to_string(),
-            CameraAuth::PerCamera(tokens) => format!(
-                "CAMERA_TOKENS_FILE on: /poll_for_command and /send_logs need the camera's own token ({} cameras)",
-                tokens.len()
-            ),
-        }
-    }
-}
-
-/// The camera id of a camera endpoint, once its caller has proved it may act for that id.
+/// The camera id of a camera endpoint, once its caller has proved it may act for that id:
+/// with `CAMERA_TOKEN`, any camera may act as any id; with `CAMERA_TOKENS_FILE`, only as its own,
+/// and an id without a line is refused whatever it presents.
 fn authorize_camera(app: &App, request: &Request, query: &Query) -> Result<String, ApiError> {
     let camera_id = query.camera_id()?;
-    match &app.auth {
-        CameraAuth::Open => {}
-        CameraAuth::Shared(token) => authorize(request, Some(token))?,
-        CameraAuth::PerCamera(tokens) => match tokens.get(&camera_id) {
-            Some(token) => authorize(request, Some(token))?,
-            // An id with no line in the tokens file: nothing a caller presents is accepted.
-            None => return Err(ApiError::Unauthorized),
-        },
+    let (shared, per_camera) = (&app.config.camera_token, &app.config.camera_tokens);
+    match per_camera.as_ref().map(|tokens| tokens.get(&camera_id)) {
+        Some(None) => return Err(ApiError::Unauthorized),
+        Some(own) => authorize(request, own.map(String::as_str))?,
+        None => authorize(request, shared.as_deref())?,
     }
     Ok(camera_id)
+}
+
+/// For the start-up lines: who may call which endpoints.
+pub fn describe_authentication(config: &ServerConfig) -> [String; 2] {
+    let users = match config.api_token {
+        Some(_) => "API_TOKEN on: /logs, /cameras, /stats and /metrics need it".to_string(),
+        None => "API_TOKEN off: /logs, /cameras, /stats and /metrics are open to anyone who reaches this port".to_string(),
+    };
+    let cameras = match (&config.camera_token, &config.camera_tokens) {
+        (Some(_), _) => "CAMERA_TOKEN on: /poll_for_command and /send_logs need it (one token shared by all cameras)".to_string(),
+        (None, Some(tokens)) => format!("CAMERA_TOKENS_FILE on: /poll_for_command and /send_logs need the camera's own token ({} cameras)", tokens.len()),
+        (None, None) => "CAMERA_TOKEN/CAMERA_TOKENS_FILE off: any client may poll and answer as any camera id".to_string(),
+    };
+    [users, cameras]
 }
 
 /// Checks `Authorization: Bearer <token>` when a token is configured, in constant time.

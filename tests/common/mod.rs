@@ -35,8 +35,7 @@ use std::time::{Duration, Instant};
 
 use camera_logs::EventLog;
 use camera_logs::{ApiServer, CameraConfig, CameraHandle, ServerConfig};
-use camera_logs::{LogEntry, LogsResponse};
-use camera_logs::{Registry, RegistryStats};
+use camera_logs::{CamerasResponse, LogEntry, LogsResponse};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -58,7 +57,7 @@ pub fn ts(k: usize) -> f64 {
 /// Silences the library's log lines unless `CAMERA_LOGS_TEST_LOG` is set.
 pub fn quiet() {
     if std::env::var_os("CAMERA_LOGS_TEST_LOG").is_none() {
-        camera_logs::set_logging(false);
+        camera_logs::set_log_level(camera_logs::Level::Off);
     }
 }
 

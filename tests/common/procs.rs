@@ -168,11 +168,16 @@ pub struct ApiProc {
     pub port: u16,
 }
 
-/// Starts the `api` binary with `HOST=127.0.0.1`, `PORT=port` and `envs`, and waits for its
-/// "listening" line. `Err` (with its stderr) if it exits first, e.g. when the port is taken.
+/// Starts the `api` binary with `HOST=127.0.0.1`, `PORT=port`, no arrival window (as
+/// [`test_config`]: `/logs` for a camera not seen yet is 404 at once) and `envs`, which may
+/// override them, and waits for its "listening" line. `Err` (with its stderr) if it exits
+/// first, e.g. when the port is taken.
 pub fn try_start_api(port: u16, envs: &[(&str, String)]) -> Result<ApiProc, String> {
-    let mut all: Vec<(&str, String)> =
-        vec![("HOST", "127.0.0.1".to_string()), ("PORT", port.to_string())];
+    let mut all: Vec<(&str, String)> = vec![
+        ("HOST", "127.0.0.1".to_string()),
+        ("PORT", port.to_string()),
+        ("CAMERA_ARRIVAL_SECS", "0".to_string()),
+    ];
     all.extend(envs.iter().cloned());
     let mut proc = Proc::spawn("api", env!("CARGO_BIN_EXE_api"), &all);
     let deadline = Instant::now() + PATIENCE;

@@ -211,8 +211,8 @@ impl Harness {
                     server.pid,
                     endpoint.base,
                     server
-                        .max_connections
-                        .map(|m| format!(" with MAX_CONNECTIONS={m}"))
+                        .max_handlers
+                        .map(|m| format!(" with MAX_HANDLERS={m}"))
                         .unwrap_or_default()
                 ));
                 (Some(server), endpoint)

@@ -31,7 +31,7 @@ Options:
   -h, --help        this text
 
 The api it starts inherits this environment (so any server setting can be given there), with
-HOST=127.0.0.1 and PORT=0; MAX_CONNECTIONS, when not set, is raised to fit the cameras and clients.
+HOST=127.0.0.1 and PORT=0; MAX_HANDLERS, when not set, is raised to fit the cameras and clients.
 Progress goes to stderr; the summary to stdout.
 
 Exit status: 0 when every call that should succeed did and every answer was right (with

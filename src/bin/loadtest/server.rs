@@ -24,7 +24,8 @@ use crate::options::Options;
 const HELPER_STACK: usize = 512 * 1024;
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// The api's default MAX_HANDLERS.
+const DEFAULT_MAX_HANDLERS: usize = 20_000;
 /// WARN/ERROR lines kept verbatim for the summary.
 const KEPT_PROBLEMS: usize = 5;
 
@@ -68,7 +69,8 @@ pub(crate) struct ServerProcess {
     child: Child,
     pub(crate) pid: u32,
     pub(crate) log: Arc<ServerLog>,
-    pub(crate) max_connections: Option<usize>,
+    /// MAX_HANDLERS, when this tool raised it.
+    pub(crate) max_handlers: Option<usize>,
 }
 
 impl Drop for ServerProcess {
@@ -92,16 +94,16 @@ impl ServerProcess {
         if let Some(hold) = &options.hold {
             command.env("POLL_HOLD_SECS", hold);
         }
-        let max_connections = connections_needed(options);
-        if let Some(max) = max_connections {
-            command.env("MAX_CONNECTIONS", max.to_string());
+        let max_handlers = handlers_needed(options);
+        if let Some(max) = max_handlers {
+            command.env("MAX_HANDLERS", max.to_string());
         }
         let mut child =
             command.spawn().map_err(|e| format!("cannot start {}: {e}", api.display()))?;
         let pid = child.id();
         let stderr = child.stderr.take();
         let log = Arc::new(ServerLog::default());
-        let mut process = ServerProcess { child, pid, log: Arc::clone(&log), max_connections };
+        let mut process = ServerProcess { child, pid, log: Arc::clone(&log), max_handlers };
         let stderr = stderr.ok_or("the api's stderr was not captured")?;
         let (addr_tx, addr_rx) = bounded::<SocketAddr>(1);
         std::thread::Builder::new()
@@ -150,14 +152,16 @@ pub(crate) fn api_binary() -> Result<std::path::PathBuf, String> {
     }
 }
 
-/// MAX_CONNECTIONS for the api, when the environment does not set it and the default is short.
-fn connections_needed(options: &Options) -> Option<usize> {
-    if std::env::var_os("MAX_CONNECTIONS").is_some() {
+/// MAX_HANDLERS for the api, when the environment does not set it and the default is short:
+/// requests beyond it wait in line, and every held poll and waiting call is one.
+fn handlers_needed(options: &Options) -> Option<usize> {
+    if std::env::var_os("MAX_HANDLERS").is_some() {
         return None;
     }
-    // A camera holds one connection, briefly two while it answers; clients hold one each.
+    // A camera holds one poll, and briefly a second request while it answers; each client
+    // waits in one call at a time.
     let needed = options.cameras + options.cameras / 4 + options.clients + 64;
-    (needed > DEFAULT_MAX_CONNECTIONS).then_some(needed)
+    (needed > DEFAULT_MAX_HANDLERS).then_some(needed)
 }
 
 /// Reads the api's stderr to its end: finds the listening address, counts warnings and errors.

@@ -1,0 +1,165 @@
+//! A command's life: a call joins it or the next batch, the batch becomes the command in
+//! flight, the camera's answer is handed to every waiter in its own range, and a waiter that
+//! gives up is withdrawn. All under the one camera's lock, which is what makes a call either
+//! leave no trace or find its answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+
+use super::camera::{Camera, CameraState, InFlight, Waiter};
+use super::{LogSlice, Registry, Reply, REMEMBERED_ANSWERS};
+use crate::log::log_info;
+use crate::protocol::LogEntry;
+use crate::server::error::ApiError;
+
+impl Registry {
+    pub(super) fn enqueue(
+        &self,
+        camera: &Camera,
+        state: &mut CameraState,
+        waiter: Waiter,
+    ) -> Result<(), ApiError> {
+        let now = Instant::now();
+        if !state.online(now, self.config.camera_grace) {
+            return Err(state.offline_error(&camera.id, now));
+        }
+        if state.waiting() >= self.config.max_waiting_per_camera {
+            return Err(ApiError::TooManyWaiting {
+                camera_id: camera.id.clone(),
+                limit: self.config.max_waiting_per_camera,
+            });
+        }
+        match &mut state.in_flight {
+            // Never sent yet: the camera has not looked at its log for it, so this call may share it.
+            Some(command) if command.sent_at.is_none() && command.times_sent == 0 => {
+                command.range = command.range.union(&waiter.range);
+                command.waiters.push(waiter);
+            }
+            Some(_) => state.next_batch.push(waiter),
+            None => {
+                state.next_batch.push(waiter);
+                self.start_next_command(camera, state);
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns `next_batch` into the command in flight, covering the union of the batch's ranges,
+    /// and hands it to the newest held poll if there is one.
+    pub(super) fn start_next_command(&self, camera: &Camera, state: &mut CameraState) {
+        let waiters = std::mem::take(&mut state.next_batch);
+        let Some(first) = waiters.first() else {
+            return;
+        };
+        let range = waiters.iter().fold(first.range, |acc, w| acc.union(&w.range));
+        state.in_flight = Some(InFlight {
+            request_id: self.ids.next(),
+            range,
+            waiters,
+            sent_at: None,
+            times_sent: 0,
+            created: Instant::now(),
+        });
+        state.dispatch(&camera.id);
+    }
+
+    pub(super) fn deliver(
+        &self,
+        camera: &Camera,
+        state: &mut CameraState,
+        request_id: Option<String>,
+        logs: Arc<[LogEntry]>,
+    ) -> Result<(), ApiError> {
+        let matches = match (&state.in_flight, &request_id) {
+            (Some(command), Some(id)) => &command.request_id == id,
+            // Cameras that predate request ids answer the command in flight, but only once it
+            // was sent: a retried id-less answer must not complete one the camera has not seen.
+            (Some(command), None) => command.times_sent > 0,
+            (None, _) => false,
+        };
+        if !matches {
+            let camera_id = &camera.id;
+            return match request_id {
+                Some(id) if state.answered.contains(&id) => {
+                    log_info!("camera '{camera_id}' answered command {id} again; ignored");
+                    Ok(())
+                }
+                Some(id) => Err(ApiError::UnknownRequest(format!(
+                    "request '{id}' is unknown or expired for camera '{camera_id}'"
+                ))),
+                None => Err(ApiError::UnknownRequest(format!(
+                    "camera '{camera_id}' has no command in flight"
+                ))),
+            };
+        }
+        let Some(command) = state.in_flight.take() else {
+            return Err(ApiError::Internal("command vanished under the lock".into()));
+        };
+        self.metrics.round_trip(command.waiters.len());
+        for waiter in &command.waiters {
+            let range = waiter.range.slice_of(&logs);
+            // bounded(1) and one send per waiter: never blocks. A gone receiver is a caller that
+            // timed out in the instant before this lock; its answer is simply dropped.
+            let _ = waiter.reply.try_send(Ok(LogSlice { logs: Arc::clone(&logs), range }));
+        }
+        if state.answered.len() == REMEMBERED_ANSWERS {
+            state.answered.pop_front();
+        }
+        state.answered.push_back(command.request_id.clone());
+        self.start_next_command(camera, state);
+        let (callers, events, ms) =
+            (command.waiters.len(), logs.len(), command.created.elapsed().as_millis());
+        log_info!(
+            "camera '{}' answered command {}: {events} event(s) for {callers} caller(s), {ms} ms after the command",
+            camera.id, command.request_id
+        );
+        Ok(())
+    }
+
+    /// The caller stops waiting. If its answer was delivered in the meantime, it gets it after all.
+    pub(super) fn give_up(
+        &self,
+        camera: &Camera,
+        waiter_id: u64,
+        answer: &Receiver<Reply>,
+        reason: ApiError,
+    ) -> Result<LogSlice, ApiError> {
+        if camera.lock_and(|state| self.withdraw(camera, state, waiter_id)) {
+            return Err(reason);
+        }
+        // Not queued any more, so a reply was sent under the lock we just took.
+        answer.try_recv().unwrap_or(Err(reason))
+    }
+
+    /// Removes a waiter; a command left with no waiters is abandoned, so nothing is sent for a
+    /// caller that is gone. Returns whether the waiter was still queued.
+    pub(super) fn withdraw(
+        &self,
+        camera: &Camera,
+        state: &mut CameraState,
+        waiter_id: u64,
+    ) -> bool {
+        if let Some(pos) = state.next_batch.iter().position(|w| w.id == waiter_id) {
+            state.next_batch.swap_remove(pos);
+            return true;
+        }
+        let Some(command) = &mut state.in_flight else {
+            return false;
+        };
+        let Some(pos) = command.waiters.iter().position(|w| w.id == waiter_id) else {
+            return false;
+        };
+        command.waiters.swap_remove(pos);
+        if command.waiters.is_empty() {
+            let (request_id, camera_id) = (&command.request_id, &camera.id);
+            log_info!(
+                "command {request_id} to camera '{camera_id}' abandoned: every caller gave up"
+            );
+            state.in_flight = None;
+            self.start_next_command(camera, state);
+        }
+        true
+    }
+}

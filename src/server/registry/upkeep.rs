@@ -1,0 +1,190 @@
+//! The registry's upkeep and views: the ticker's work (re-sending overdue commands, failing the
+//! calls of cameras gone offline, forgetting cameras long gone), the watcher's (ending polls
+//! whose client left), and the pages and counts `/cameras` and `/stats` show. Each takes one
+//! camera's lock at a time; the map's lock only to copy its list, or to forget candidates.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::camera::{Camera, CameraState, Waiter};
+use super::{Registry, RegistryStats, OFFLINE_LINES_PER_TICK};
+use crate::log::{epoch_secs, log_info, log_warn};
+use crate::protocol::CameraInfo;
+
+impl Registry {
+    /// One page of known cameras, sorted by id: at most `limit` ids after `after`, and the id to
+    /// pass as `after` for the next page when more remain.
+    pub fn cameras(&self, after: Option<&str>, limit: usize) -> (Vec<CameraInfo>, Option<String>) {
+        let mut page: Vec<Arc<Camera>> = self
+            .all_cameras()
+            .into_iter()
+            .filter(|camera| after.is_none_or(|after| camera.id.as_str() > after))
+            .collect();
+        page.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let now = Instant::now();
+        let rows: Vec<CameraInfo> = page
+            .iter()
+            .map(|camera| {
+                let state = camera.state.lock();
+                CameraInfo {
+                    camera_id: camera.id.clone(),
+                    online: state.online(now, self.config.camera_grace),
+                    last_seen: state.last_seen.map(epoch_secs).unwrap_or(0.0),
+                    waiting_requests: state.waiting(),
+                    instance: None,
+                }
+            })
+            .collect();
+        let next = more.then(|| rows.last().map(|row| row.camera_id.clone())).flatten();
+        (rows, next)
+    }
+
+    pub fn stats(&self) -> RegistryStats {
+        let now = Instant::now();
+        let mut stats = RegistryStats::default();
+        for camera in self.all_cameras() {
+            let state = camera.state.lock();
+            stats.cameras += 1;
+            stats.cameras_online += usize::from(state.online(now, self.config.camera_grace));
+            stats.open_polls += state.open_polls;
+            stats.waiting_requests += state.waiting();
+            stats.commands_in_flight += usize::from(state.in_flight.is_some());
+        }
+        stats.awaiting_arrival = self.awaiting_arrival.load(Ordering::Relaxed);
+        stats
+    }
+
+    /// Re-sends overdue commands, fails the callers of cameras that went offline, and forgets
+    /// cameras offline for longer than `CAMERA_FORGET_SECS`.
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let mut went_offline = 0;
+        let mut forgettable = Vec::new();
+        for camera in self.all_cameras() {
+            camera.lock_and(|state| {
+                self.redispatch_if_overdue(&camera, state, now);
+                let name_it = went_offline < OFFLINE_LINES_PER_TICK;
+                went_offline += usize::from(self.check_offline(&camera, state, now, name_it));
+                if state.forgettable(now, self.config.camera_forget) {
+                    forgettable.push(Arc::clone(&camera));
+                }
+            });
+        }
+        if went_offline > OFFLINE_LINES_PER_TICK {
+            let more = went_offline - OFFLINE_LINES_PER_TICK;
+            log_warn!("{more} more camera(s) went offline");
+        }
+        if !forgettable.is_empty() {
+            self.forget(forgettable, now);
+        }
+    }
+
+    /// Forgets the candidates that nothing holds. Every holder got its `Arc` from the map under
+    /// the map's lock, held here, so a count of two (the map's and the candidate's) means no
+    /// poll, call or answer uses the camera, and none can pick it up before it is gone. Only
+    /// the candidates are locked under the map's lock, never every camera.
+    fn forget(&self, candidates: Vec<Arc<Camera>>, now: Instant) {
+        let mut cameras = self.cameras.lock();
+        let mut forgotten = 0;
+        for camera in candidates {
+            if Arc::strong_count(&camera) == 2
+                && camera.state.lock().forgettable(now, self.config.camera_forget)
+            {
+                cameras.remove(&camera.id);
+                forgotten += 1;
+            }
+        }
+        // A crowd of one-off ids must not leave its table behind.
+        if cameras.capacity() > 4 * cameras.len() + 64 {
+            cameras.shrink_to_fit();
+        }
+        drop(cameras);
+        if forgotten > 0 {
+            let after = self.config.camera_forget.as_secs();
+            log_info!("forgot {forgotten} camera(s) offline for more than {after} s");
+        }
+    }
+
+    /// Ends the held polls whose client has left: those older than `connected` (a snapshot of
+    /// the connected peers, taken at `taken`) whose peer is not in it. Returns how many.
+    pub fn release_polls(&self, connected: impl Fn(&SocketAddr) -> bool, taken: Instant) -> usize {
+        let mut released = 0;
+        for camera in self.all_cameras() {
+            released += camera.lock_and(|state| {
+                state.release(|p| p.since < taken && p.peer.is_some_and(|peer| !connected(&peer)))
+            });
+        }
+        if released > 0 {
+            log_info!("released {released} held poll(s) whose client had left");
+        }
+        released
+    }
+
+    pub(super) fn redispatch_if_overdue(
+        &self,
+        camera: &Camera,
+        state: &mut CameraState,
+        now: Instant,
+    ) {
+        let Some(command) = &mut state.in_flight else {
+            return;
+        };
+        let Some(waited) = command.sent_at.map(|at| now.saturating_duration_since(at)) else {
+            return;
+        };
+        if waited < self.config.ack_timeout {
+            return;
+        }
+        log_warn!(
+            "camera '{}' did not answer command {} within {:.1} s (the poll may have died); sending it again",
+            camera.id,
+            command.request_id,
+            waited.as_secs_f64()
+        );
+        command.sent_at = None;
+        self.metrics.resend();
+        state.dispatch(&camera.id);
+    }
+
+    /// Fails the waiting calls of a camera that is offline. Returns whether it went offline
+    /// just now (logged by name when `name_it`).
+    fn check_offline(
+        &self,
+        camera: &Camera,
+        state: &mut CameraState,
+        now: Instant,
+        name_it: bool,
+    ) -> bool {
+        if state.online(now, self.config.camera_grace) {
+            return false;
+        }
+        let went_offline = !state.reported_offline;
+        if went_offline {
+            state.reported_offline = true;
+            if name_it {
+                let since = state.seconds_since_poll(now);
+                log_warn!("camera '{}' went offline: no poll for {since:.1} s", camera.id);
+            }
+        }
+        if state.waiting() == 0 {
+            return went_offline;
+        }
+        let error = state.offline_error(&camera.id, now);
+        let abandoned = state.in_flight.take();
+        let waiters: Vec<Waiter> = abandoned
+            .into_iter()
+            .flat_map(|c| c.waiters)
+            .chain(state.next_batch.drain(..))
+            .collect();
+        for waiter in &waiters {
+            let _ = waiter.reply.try_send(Err(error.clone()));
+        }
+        let (failed, camera_id) = (waiters.len(), &camera.id);
+        log_warn!("failed {failed} waiting call(s) for camera '{camera_id}': it is offline");
+        went_offline
+    }
+}
