@@ -122,72 +122,43 @@ macro_rules! settings {
 settings! {
     /// Settings of the API server.
     ServerConfig, SERVER_SETTINGS, "api", "the camera-logs API server", {
-        host: String = required("HOST", "127.0.0.1", parse_text,
-            "address to listen on; 0.0.0.0 only behind the nginx edge (deploy/nginx.conf)");
+        host: String = required("HOST", "127.0.0.1", parse_text, "address to listen on; 0.0.0.0 only behind the nginx edge (deploy/nginx.conf)");
         port: u16 = required("PORT", "8080", parse_port, "port to listen on (0 picks a free one)");
-        poll_hold: Duration = required("POLL_HOLD_SECS", "30", parse_secs,
-            "how long a camera's poll is held open before it is answered with noop");
-        logs_timeout: Duration = required("LOGS_TIMEOUT_SECS", "30", parse_logs_timeout,
-            "default bound on a GET /logs call (a call may ask for up to 300 s with ?timeout=)");
-        ack_timeout: Duration = required("ACK_TIMEOUT_SECS", "5", parse_secs,
-            "a command with no send_logs answer after this long is sent again, same requestId");
-        camera_grace: Duration = required("CAMERA_GRACE_SECS", "5", parse_secs,
-            "a camera with no open poll counts as online this long after its last poll ended");
-        max_waiting_per_camera: usize = required("MAX_WAITING_PER_CAMERA", "1024", parse_count,
-            "GET /logs calls that may wait for one camera; the next gets 429");
-        max_body_bytes: usize = required("MAX_BODY_BYTES", "16777216", parse_count,
-            "largest accepted request body; a larger one gets 413");
-        header_timeout: Duration = required("HEADER_TIMEOUT_SECS", "10", parse_secs,
-            "a connection that sends nothing for this long (idle, or stalled mid-request) is closed");
-        max_handlers: usize = required("MAX_HANDLERS", "20000", parse_count,
-            "requests served at once at most (each held poll and waiting /logs call is one); more wait in line");
-        worker_idle: Duration = required("WORKER_IDLE_SECS", "30", parse_secs,
-            "a handler thread idle this long exits (the most recently busy are used first)");
-        camera_forget: Duration = required("CAMERA_FORGET_SECS", "3600", parse_secs,
-            "a camera offline this long, with no call waiting for it, is forgotten (404 after)");
-        max_cameras: usize = required("MAX_CAMERAS", "100000", parse_count,
-            "cameras known at most; a poll for a new id beyond it gets 503 with Retry-After");
-        camera_arrival: Duration = required("CAMERA_ARRIVAL_SECS", "70", parse_secs_or_zero,
-            "for this long after start, /logs for a camera not seen yet waits for its first poll instead of 404: cameras backing off from a restart, or held by another instance of a fleet, come back (0: off)");
-        camera_token: Option<String> = optional("CAMERA_TOKEN", parse_token,
-            "when set, camera endpoints require 'Authorization: Bearer <token>' (one token shared by all cameras)");
-        camera_tokens: Option<HashMap<String, String>> = optional("CAMERA_TOKENS_FILE", read_tokens_file,
-            "lines 'cameraId token': each camera may poll and answer only for its own id (instead of CAMERA_TOKEN)");
-        peers: Option<Vec<String>> = optional("PEERS", parse_peers,
-            "the other instances of a fleet, as comma-separated base URLs: /cameras then lists every instance's cameras");
-        instance_name: Option<String> = optional("INSTANCE_NAME", parse_text,
-            "this instance's name in the fleet's /cameras (set it to the URL its peers use for it)");
-        api_token: Option<String> = optional("API_TOKEN", parse_token,
-            "when set, /logs, /cameras, /stats and /metrics require 'Authorization: Bearer <token>'");
-        log_level: Level = required("LOG_LEVEL", "info", parse_level,
-            "what is logged to stderr: info, warn, error or off");
+        poll_hold: Duration = required("POLL_HOLD_SECS", "30", parse_secs, "how long a camera's poll is held open before it is answered with noop");
+        logs_timeout: Duration = required("LOGS_TIMEOUT_SECS", "30", parse_logs_timeout, "default bound on a GET /logs call (a call may ask for up to 300 s with ?timeout=)");
+        ack_timeout: Duration = required("ACK_TIMEOUT_SECS", "5", parse_secs, "a command with no send_logs answer after this long is sent again, same requestId");
+        camera_grace: Duration = required("CAMERA_GRACE_SECS", "5", parse_secs, "a camera with no open poll counts as online this long after its last poll ended");
+        max_waiting_per_camera: usize = required("MAX_WAITING_PER_CAMERA", "1024", parse_count, "GET /logs calls that may wait for one camera; the next gets 429");
+        max_body_bytes: usize = required("MAX_BODY_BYTES", "16777216", parse_count, "largest accepted request body; a larger one gets 413");
+        header_timeout: Duration = required("HEADER_TIMEOUT_SECS", "10", parse_secs, "a connection that sends nothing for this long (idle, or stalled mid-request) is closed");
+        max_handlers: usize = required("MAX_HANDLERS", "20000", parse_count, "requests served at once at most (each held poll and waiting /logs call is one); more wait in line");
+        worker_idle: Duration = required("WORKER_IDLE_SECS", "30", parse_secs, "a handler thread idle this long exits (the most recently busy are used first)");
+        camera_forget: Duration = required("CAMERA_FORGET_SECS", "3600", parse_secs, "a camera offline this long, with no call waiting for it, is forgotten (404 after)");
+        max_cameras: usize = required("MAX_CAMERAS", "100000", parse_count, "cameras known at most; a poll for a new id beyond it gets 503 with Retry-After");
+        camera_arrival: Duration = required("CAMERA_ARRIVAL_SECS", "70", parse_secs_or_zero, "for this long after start, /logs for a camera not seen yet waits for its first poll instead of 404: cameras backing off from a restart, or held by another instance of a fleet, come back (0: off)");
+        camera_token: Option<String> = optional("CAMERA_TOKEN", parse_token, "when set, camera endpoints require 'Authorization: Bearer <token>' (one token shared by all cameras)");
+        camera_tokens: Option<HashMap<String, String>> = optional("CAMERA_TOKENS_FILE", read_tokens_file, "lines 'cameraId token': each camera may poll and answer only for its own id (instead of CAMERA_TOKEN)");
+        peers: Option<Vec<String>> = optional("PEERS", parse_peers, "the other instances of a fleet, as comma-separated base URLs: /cameras then lists every instance's cameras");
+        instance_name: Option<String> = optional("INSTANCE_NAME", parse_text, "this instance's name in the fleet's /cameras (set it to the URL its peers use for it)");
+        api_token: Option<String> = optional("API_TOKEN", parse_token, "when set, /logs, /cameras, /stats and /metrics require 'Authorization: Bearer <token>'");
+        log_level: Level = required("LOG_LEVEL", "info", parse_level, "what is logged to stderr: info, warn, error or off");
     }
 }
 
 settings! {
     /// Settings of the camera.
     CameraConfig, CAMERA_SETTINGS, "camera", "a camera-logs camera client", {
-        api_base_url: String = required("API_BASE_URL", "http://localhost:8080", parse_base_url,
-            "where the API server is: http://, or https:// (e.g. through the nginx edge)");
-        camera_id: String = required("CAMERA_ID", "default", parse_camera_id,
-            "this camera's id (letters, digits, '.', '_', '-'; at most 64)");
+        api_base_url: String = required("API_BASE_URL", "http://localhost:8080", parse_base_url, "where the API server is: http://, or https:// (e.g. through the nginx edge)");
+        camera_id: String = required("CAMERA_ID", "default", parse_camera_id, "this camera's id (letters, digits, '.', '_', '-'; at most 64)");
         /// `None`: no generated events (a camera that serves only what its log holds).
-        event_interval: Option<Duration> = required("EVENT_INTERVAL_SECS", "10", parse_interval,
-            "a new event is logged this often (fractions allowed; 0: none)");
-        poll_timeout: Duration = required("POLL_TIMEOUT_SECS", "60", parse_secs,
-            "client-side timeout of one long poll");
-        backoff_max: Duration = required("BACKOFF_MAX_SECS", "30", parse_secs,
-            "cap of the exponential backoff (from 0.5 s) while the server is unreachable");
-        camera_token: Option<String> = optional("CAMERA_TOKEN", parse_token,
-            "bearer token sent to the server's camera endpoints");
-        ca_certs: Option<CaCerts> = optional("CA_CERT_FILE", CaCerts::read,
-            "PEM file of the CA certificate(s) an https:// server must chain to (a private CA or a self-signed edge), instead of the bundled webpki roots");
-        log_file: Option<PathBuf> = optional("LOG_FILE", parse_path,
-            "when set, events are appended here as JSON lines and reloaded at start");
-        max_events: usize = required("MAX_EVENTS", "100000", parse_count,
-            "events kept in memory; the oldest go first");
-        log_level: Level = required("LOG_LEVEL", "info", parse_level,
-            "what is logged to stderr: info, warn, error or off");
+        event_interval: Option<Duration> = required("EVENT_INTERVAL_SECS", "10", parse_interval, "a new event is logged this often (fractions allowed; 0: none)");
+        poll_timeout: Duration = required("POLL_TIMEOUT_SECS", "60", parse_secs, "client-side timeout of one long poll");
+        backoff_max: Duration = required("BACKOFF_MAX_SECS", "30", parse_secs, "cap of the exponential backoff (from 0.5 s) while the server is unreachable");
+        camera_token: Option<String> = optional("CAMERA_TOKEN", parse_token, "bearer token sent to the server's camera endpoints");
+        ca_certs: Option<CaCerts> = optional("CA_CERT_FILE", CaCerts::read, "PEM file of the CA certificate(s) an https:// server must chain to (a private CA or a self-signed edge), instead of the bundled webpki roots");
+        log_file: Option<PathBuf> = optional("LOG_FILE", parse_path, "when set, events are appended here as JSON lines and reloaded at start");
+        max_events: usize = required("MAX_EVENTS", "100000", parse_count, "events kept in memory; the oldest go first");
+        log_level: Level = required("LOG_LEVEL", "info", parse_level, "what is logged to stderr: info, warn, error or off");
     }
 }
 
@@ -278,9 +249,7 @@ type Parser<T> = fn(&str) -> Result<T, &'static str>;
 /// template or an `.env` line that lost its value, and taking it as unset would, say, turn
 /// authentication off without a word.
 fn read<T>(
-    lookup: Lookup<'_>,
-    name: &'static str,
-    parse: Parser<T>,
+    lookup: Lookup<'_>, name: &'static str, parse: Parser<T>,
 ) -> Result<Option<T>, ConfigError> {
     let Some(raw) = lookup(name)? else {
         return Ok(None);
@@ -298,9 +267,7 @@ fn read<T>(
 }
 
 fn parse_default<T>(
-    name: &'static str,
-    default: &'static str,
-    parse: Parser<T>,
+    name: &'static str, default: &'static str, parse: Parser<T>,
 ) -> Result<T, ConfigError> {
     parse(default).map_err(|expected| ConfigError {
         variable: name,

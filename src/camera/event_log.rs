@@ -22,8 +22,6 @@ pub struct LoadReport {
     pub loaded: usize,
     /// Lines that were not a valid event (a torn last line, or damage elsewhere).
     pub skipped_lines: usize,
-    /// Events dropped because the file held more than `max_events`.
-    pub dropped_oldest: usize,
 }
 
 /// A camera's events, oldest first.
@@ -59,19 +57,13 @@ impl EventLog {
     pub fn open(path: &Path, max_events: usize) -> io::Result<(EventLog, LoadReport)> {
         let max_events = max_events.max(1);
         let (mut events, mut report, clean) = load(path)?;
-        while events.len() > max_events {
-            events.pop_front();
-            report.dropped_oldest += 1;
-        }
+        let lines = events.len() + report.skipped_lines;
+        events.drain(..events.len().saturating_sub(max_events));
         report.loaded = events.len();
         // A torn or damaged file is rewritten whole, so the next append starts on a fresh line.
         let file = if clean {
             let file = OpenOptions::new().create(true).append(true).open(path)?;
-            Persisted {
-                path: path.to_path_buf(),
-                file,
-                lines: report.loaded + report.dropped_oldest,
-            }
+            Persisted { path: path.to_path_buf(), file, lines }
         } else {
             rewrite(path, &events)?
         };
@@ -99,23 +91,6 @@ impl EventLog {
     pub fn in_range(&self, range: TimeRange) -> Vec<LogEntry> {
         let inner = self.inner.lock();
         inner.events.iter().filter(|e| range.contains(e.timestamp)).cloned().collect()
-    }
-
-    pub fn snapshot(&self) -> Vec<LogEntry> {
-        self.in_range(TimeRange::ALL)
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().events.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Lines in the backing file (0 without one); for compaction tests.
-    pub fn file_lines(&self) -> usize {
-        self.inner.lock().file.as_ref().map_or(0, |f| f.lines)
     }
 }
 
@@ -194,6 +169,26 @@ fn rewrite(path: &Path, events: &VecDeque<LogEntry>) -> io::Result<Persisted> {
 }
 
 #[cfg(test)]
+impl EventLog {
+    pub fn snapshot(&self) -> Vec<LogEntry> {
+        self.in_range(TimeRange::ALL)
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Lines in the backing file (0 without one); for compaction tests.
+    pub fn file_lines(&self) -> usize {
+        self.inner.lock().file.as_ref().map_or(0, |f| f.lines)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -233,7 +228,7 @@ mod tests {
         drop(file);
 
         let (log, report) = EventLog::open(&path, 100).unwrap();
-        assert_eq!(report, LoadReport { loaded: 2, skipped_lines: 1, dropped_oldest: 0 });
+        assert_eq!(report, LoadReport { loaded: 2, skipped_lines: 1 });
         log.push(entry(4.0)).unwrap();
         drop(log);
         let (log, report) = EventLog::open(&path, 100).unwrap();

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{bounded, select, Receiver, Sender};
+use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 
 mod backoff;
 mod client;
@@ -66,8 +66,7 @@ impl CameraHandle {
 
     /// Starts a camera serving an existing log (for example one filled with known events).
     pub fn start_with_log(
-        config: CameraConfig,
-        log: Arc<EventLog>,
+        config: CameraConfig, log: Arc<EventLog>,
     ) -> std::io::Result<CameraHandle> {
         let instance = format!("{:016x}{:016x}", Jitter::new().next(), Jitter::new().next());
         let client = Client::new(&config, &instance)?;
@@ -81,28 +80,22 @@ impl CameraHandle {
         );
         let (stop, stop_rx) = bounded::<()>(0);
         let (done_tx, done) = bounded::<()>(0);
+        let side = Arc::new(Side {
+            client,
+            log: Arc::clone(&log),
+            answers: Arc::new(AtomicU64::new(0)),
+            stop: stop_rx,
+            backoff_max: config.backoff_max,
+        });
+        let answers = Arc::clone(&side.answers);
         // One command at a time: the server sends the next only once this one is answered (or
         // again, same id, after its ack timeout), so a slot of one bounds the hand-off.
         let (commands_tx, commands) = bounded(1);
-        let answers = Arc::new(AtomicU64::new(0));
-        let poller = Poller {
-            client: client.clone(),
-            commands: commands_tx,
-            stop: stop_rx.clone(),
-            backoff_max: config.backoff_max,
-        };
-        let poster = Poster {
-            client,
-            log: Arc::clone(&log),
-            commands,
-            answers: Arc::clone(&answers),
-            stop: stop_rx,
-            backoff_max: config.backoff_max,
-            events: config.event_interval.map(EventClock::new),
-        };
+        let poller = Arc::clone(&side);
+        let events = config.event_interval.map(EventClock::new);
         let threads = vec![
-            spawn("camera-poller", &done_tx, move || poller.run())?,
-            spawn("camera-poster", &done_tx, move || poster.run())?,
+            spawn("camera-poller", &done_tx, move || poller.poll_loop(&commands_tx))?,
+            spawn("camera-poster", &done_tx, move || side.post_loop(&commands, events))?,
         ];
         Ok(CameraHandle { log, answers, stop: Some(stop), done, threads })
     }
@@ -140,9 +133,7 @@ impl CameraHandle {
 
 /// Starts a camera thread holding a clone of `done` until it ends.
 fn spawn(
-    name: &str,
-    done: &Sender<()>,
-    f: impl FnOnce() + Send + 'static,
+    name: &str, done: &Sender<()>, f: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     let done = done.clone();
     std::thread::Builder::new().name(name.to_string()).spawn(move || {
@@ -151,97 +142,73 @@ fn spawn(
     })
 }
 
-fn stopping(stop: &Receiver<()>) -> bool {
-    matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected))
-}
-
-struct Poller {
+/// What both camera threads share.
+struct Side {
     client: Client,
-    commands: Sender<Command>,
+    log: Arc<EventLog>,
+    answers: Arc<AtomicU64>,
+    /// Disconnected when the camera stops.
     stop: Receiver<()>,
     backoff_max: Duration,
 }
 
-impl Poller {
-    fn run(self) {
+impl Side {
+    fn poll_loop(&self, commands: &Sender<Command>) {
         let mut backoff = Backoff::new(self.backoff_max, "poll the API server");
-        while !stopping(&self.stop) {
+        while !matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected)) {
             match self.client.poll() {
-                Ok(command @ Command::SendLogs { .. }) => {
+                Ok(command) => {
                     backoff.succeeded();
-                    if self.commands.send(command).is_err() {
+                    let is_command = matches!(command, Command::SendLogs { .. });
+                    if is_command && commands.send(command).is_err() {
                         return;
                     }
                 }
-                Ok(Command::Noop) => backoff.succeeded(),
-                Err(why) => {
-                    if !backoff.failed(&why, &self.stop) {
-                        return;
-                    }
-                }
+                Err(why) if !backoff.failed(&why, &self.stop) => return,
+                Err(_) => {}
             }
         }
     }
-}
 
-struct Poster {
-    client: Client,
-    log: Arc<EventLog>,
-    commands: Receiver<Command>,
-    answers: Arc<AtomicU64>,
-    stop: Receiver<()>,
-    backoff_max: Duration,
-    /// Records an event every interval, when set (see the module comment).
-    events: Option<EventClock>,
-}
-
-impl Poster {
-    fn run(mut self) {
+    /// Answers commands, and records each simulated event (see the module comment).
+    fn post_loop(&self, commands: &Receiver<Command>, mut events: Option<EventClock>) {
         loop {
-            let wait = self.events.as_ref().map_or(Duration::MAX, EventClock::until_due);
-            select! {
-                recv(self.commands) -> command => match command {
-                    Ok(command) => {
-                        self.record_due_events();
-                        self.answer(command);
-                    }
+            let wait = events.as_ref().map_or(Duration::MAX, EventClock::until_due);
+            let command = select! {
+                recv(commands) -> command => match command {
+                    Ok(command) => Some(command),
                     Err(_) => return,
                 },
                 recv(self.stop) -> _ => return,
-                default(wait) => {}
+                default(wait) => None,
+            };
+            if let Some(clock) = &mut events {
+                clock.record_due(&self.log);
             }
-            self.record_due_events();
+            if let Some(Command::SendLogs { request_id, start_timestamp, end_timestamp }) = command
+            {
+                let range = TimeRange::new(Some(start_timestamp), Some(end_timestamp));
+                self.answer(SendLogsBody {
+                    request_id: Some(request_id),
+                    logs: self.log.in_range(range),
+                });
+            }
         }
     }
 
-    fn record_due_events(&mut self) {
-        if let Some(clock) = &mut self.events {
-            clock.record_due(&self.log);
-        }
-    }
-
-    fn answer(&self, command: Command) {
-        let Command::SendLogs { request_id, start_timestamp, end_timestamp } = command else {
-            return;
-        };
-        let range = TimeRange::new(Some(start_timestamp), Some(end_timestamp));
-        let body =
-            SendLogsBody { request_id: Some(request_id.clone()), logs: self.log.in_range(range) };
+    fn answer(&self, body: SendLogsBody) {
+        let request_id = body.request_id.as_deref().unwrap_or_default();
         let mut backoff = Backoff::new(self.backoff_max, "send logs to the API server");
         for _ in 0..POST_ATTEMPTS {
             match self.client.send(&body) {
                 Ok(Delivery::Accepted) => {
                     self.answers.fetch_add(1, Ordering::SeqCst);
-                    let count = body.logs.len();
-                    log_info!("sent {count} event(s) for command {request_id}");
+                    log_info!("sent {} event(s) for command {request_id}", body.logs.len());
                     return;
                 }
                 Ok(Delivery::Refused) => return,
-                Err(why) => {
-                    if !backoff.failed(&why, &self.stop) {
-                        return;
-                    }
-                }
+                Err(why) if !backoff.failed(&why, &self.stop) => return,
+                Err(_) => {}
             }
         }
         log_error!("gave up sending logs for command {request_id}; the server will ask again if it still needs them");

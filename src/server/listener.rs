@@ -152,9 +152,7 @@ impl Listener {
 /// Writes `response` to `request`; a request whose declared body is too large to discard (and
 /// was not read, being over `max_body`) is answered and its connection parked instead.
 pub fn respond(
-    request: Request,
-    response: Response<std::io::Cursor<Vec<u8>>>,
-    stats: &ListenerStats,
+    request: Request, response: Response<std::io::Cursor<Vec<u8>>>, stats: &ListenerStats,
     max_body: usize,
 ) -> std::io::Result<()> {
     if request.body_length().is_some_and(|len| len > SAFE_TO_DISCARD.max(max_body)) {
@@ -231,8 +229,7 @@ fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
 /// Runs socket options std only offers on `TcpStream` against the listening socket, through a
 /// duplicate descriptor (std's safe conversions): options act on the socket, not the descriptor.
 fn with_socket<T>(
-    listener: &TcpListener,
-    f: impl FnOnce(&TcpStream) -> std::io::Result<T>,
+    listener: &TcpListener, f: impl FnOnce(&TcpStream) -> std::io::Result<T>,
 ) -> std::io::Result<T> {
     f(&TcpStream::from(OwnedFd::from(listener.try_clone()?)))
 }

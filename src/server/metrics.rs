@@ -19,35 +19,16 @@ use crate::protocol::Route;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every family, in the order of the exposition: name (after `camera_logs_`), type, help.
+#[rustfmt::skip]
 const FAMILIES: [(&str, &str, &str); 12] = [
-    (
-        "http_requests_total",
-        "counter",
-        "HTTP requests answered, by route (unknown paths are 'other') and status.",
-    ),
+    ("http_requests_total", "counter", "HTTP requests answered, by route (unknown paths are 'other') and status."),
     ("rejected_requests_total", "counter", "Requests refused, by reason and the status they got."),
-    (
-        "logs_request_duration_seconds",
-        "histogram",
-        "Time to answer GET /logs, whatever the status, in seconds.",
-    ),
-    (
-        "camera_round_trips_total",
-        "counter",
-        "Commands a camera answered (one round trip serves every call it carried).",
-    ),
+    ("logs_request_duration_seconds", "histogram", "Time to answer GET /logs, whatever the status, in seconds."),
+    ("camera_round_trips_total", "counter", "Commands a camera answered (one round trip serves every call it carried)."),
     ("calls_per_round_trip", "histogram", "GET /logs calls served by one camera round trip."),
-    (
-        "command_resends_total",
-        "counter",
-        "Commands sent again because no answer came within ACK_TIMEOUT_SECS.",
-    ),
+    ("command_resends_total", "counter", "Commands sent again because no answer came within ACK_TIMEOUT_SECS."),
     ("cameras_known", "gauge", "Cameras that have polled and are not yet forgotten."),
-    (
-        "cameras_online",
-        "gauge",
-        "Cameras with an open poll, or one that ended within CAMERA_GRACE_SECS.",
-    ),
+    ("cameras_online", "gauge", "Cameras with an open poll, or one that ended within CAMERA_GRACE_SECS."),
     ("open_polls", "gauge", "Camera polls held open right now."),
     ("waiting_calls", "gauge", "GET /logs calls waiting for a camera's answer right now."),
     ("handler_threads", "gauge", "Request handler threads alive (idle and busy)."),
@@ -57,10 +38,8 @@ const LATENCY: usize = 2;
 const CALLS: usize = 4;
 
 /// Upper bounds of the `/logs` latency buckets, in seconds (`+Inf` is implied).
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
-];
+#[rustfmt::skip]
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 /// Upper bounds of the calls-per-round-trip buckets.
 const CALLS_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
@@ -88,11 +67,7 @@ impl Metrics {
 
     /// Counts one answered request (`route` is `None` for a path that is no route).
     pub fn request(
-        &self,
-        route: Option<Route>,
-        status: u16,
-        error: Option<&ApiError>,
-        took: Duration,
+        &self, route: Option<Route>, status: u16, error: Option<&ApiError>, took: Duration,
     ) {
         let route = route.map_or("other", Route::path);
         let mut series = self.series.lock();

@@ -15,10 +15,8 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 /// One page of the fleet's cameras: at most `limit` ids after `after`, each camera once (where
 /// it is online, else where it was seen last).
 pub fn fleet_page(
-    (own_name, own): (&str, CamerasResponse),
-    peers: &[String],
-    (after, limit): (Option<&str>, usize),
-    authorization: Option<&str>,
+    (own_name, own): (&str, CamerasResponse), peers: &[String],
+    (after, limit): (Option<&str>, usize), authorization: Option<&str>,
 ) -> CamerasResponse {
     let answers: Vec<Result<CamerasResponse, String>> = std::thread::scope(|scope| {
         let asked: Vec<_> = peers
@@ -65,10 +63,7 @@ fn tagged(mut rows: Vec<CameraInfo>, instance: &str) -> Vec<CameraInfo> {
 
 /// One page of `peer`'s own cameras.
 fn ask(
-    peer: &str,
-    after: Option<&str>,
-    limit: usize,
-    authorization: Option<&str>,
+    peer: &str, after: Option<&str>, limit: usize, authorization: Option<&str>,
 ) -> Result<CamerasResponse, String> {
     let mut url = url::Url::parse(peer).map_err(|e| e.to_string())?;
     if let Ok(mut path) = url.path_segments_mut() {

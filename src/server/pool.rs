@@ -63,12 +63,9 @@ struct Shared {
 /// handler threads that exit after `idle_exit`. It runs until `stop` disconnects; every thread
 /// holds a clone of `done` until it ends.
 pub fn start(
-    listener: Listener,
-    handle: Handler,
-    stats: Arc<PoolStats>,
+    listener: Listener, handle: Handler, stats: Arc<PoolStats>,
     (max_handlers, idle_exit): (usize, Duration),
-    callers_waiting: impl Fn() -> bool + Send + 'static,
-    (stop, done): (Receiver<()>, Sender<()>),
+    callers_waiting: impl Fn() -> bool + Send + 'static, (stop, done): (Receiver<()>, Sender<()>),
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let shared = Arc::new(Shared {
         handle,

@@ -218,10 +218,7 @@ fn logs(app: &App, query: &Query, client: &str) -> Result<Reply, ApiError> {
 }
 
 fn send_logs(
-    app: &App,
-    request: &mut Request,
-    camera_id: &str,
-    instance: Option<&str>,
+    app: &App, request: &mut Request, camera_id: &str, instance: Option<&str>,
 ) -> Result<Reply, ApiError> {
     let body = read_body(request, app.config.max_body_bytes)?;
     let answer: SendLogsBody = serde_json::from_slice(&body)

@@ -16,10 +16,7 @@ use crate::server::error::ApiError;
 
 impl Registry {
     pub(super) fn enqueue(
-        &self,
-        camera: &Camera,
-        state: &mut CameraState,
-        waiter: Waiter,
+        &self, camera: &Camera, state: &mut CameraState, waiter: Waiter,
     ) -> Result<(), ApiError> {
         let now = Instant::now();
         if !state.online(now, self.config.camera_grace) {
@@ -66,10 +63,7 @@ impl Registry {
     }
 
     pub(super) fn deliver(
-        &self,
-        camera: &Camera,
-        state: &mut CameraState,
-        request_id: Option<String>,
+        &self, camera: &Camera, state: &mut CameraState, request_id: Option<String>,
         logs: Arc<[LogEntry]>,
     ) -> Result<(), ApiError> {
         let matches = match (&state.in_flight, &request_id) {
@@ -120,11 +114,7 @@ impl Registry {
 
     /// The caller stops waiting. If its answer was delivered in the meantime, it gets it after all.
     pub(super) fn give_up(
-        &self,
-        camera: &Camera,
-        waiter_id: u64,
-        answer: &Receiver<Reply>,
-        reason: ApiError,
+        &self, camera: &Camera, waiter_id: u64, answer: &Receiver<Reply>, reason: ApiError,
     ) -> Result<LogSlice, ApiError> {
         if camera.lock_and(|state| self.withdraw(camera, state, waiter_id)) {
             return Err(reason);
@@ -136,10 +126,7 @@ impl Registry {
     /// Removes a waiter; a command left with no waiters is abandoned, so nothing is sent for a
     /// caller that is gone. Returns whether the waiter was still queued.
     pub(super) fn withdraw(
-        &self,
-        camera: &Camera,
-        state: &mut CameraState,
-        waiter_id: u64,
+        &self, camera: &Camera, state: &mut CameraState, waiter_id: u64,
     ) -> bool {
         if let Some(pos) = state.next_batch.iter().position(|w| w.id == waiter_id) {
             state.next_batch.swap_remove(pos);

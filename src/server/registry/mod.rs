@@ -195,10 +195,7 @@ impl Registry {
     }
 
     fn start_poll(
-        &self,
-        camera: &Camera,
-        state: &mut CameraState,
-        poll: HeldPoll,
+        &self, camera: &Camera, state: &mut CameraState, poll: HeldPoll,
     ) -> Result<Option<Command>, ApiError> {
         let now = Instant::now();
         match &poll.instance {
@@ -225,11 +222,7 @@ impl Registry {
     /// Lets `instance` hold the camera's id, unless another process holds it and is alive: it
     /// has a live poll, or its last poll ended normally within `CAMERA_GRACE_SECS`.
     fn claim(
-        &self,
-        camera: &Camera,
-        state: &mut CameraState,
-        instance: &str,
-        now: Instant,
+        &self, camera: &Camera, state: &mut CameraState, instance: &str, now: Instant,
     ) -> Result<(), ApiError> {
         if let Some(current) = state.instance.clone().filter(|c| c != instance) {
             let holder = Some(current.as_str());
@@ -264,10 +257,7 @@ impl Registry {
 
     /// Serves one `/logs` call: blocks until its answer, its timeout, or an offline verdict.
     pub fn fetch_logs(
-        &self,
-        camera_id: &str,
-        range: TimeRange,
-        timeout: Duration,
+        &self, camera_id: &str, range: TimeRange, timeout: Duration,
     ) -> Result<LogSlice, ApiError> {
         let called = Instant::now();
         let camera = match self.camera(camera_id) {
@@ -325,10 +315,7 @@ impl Registry {
 
     /// Takes a camera's `send_logs` answer and hands each waiting call its own range of it.
     pub fn complete(
-        &self,
-        camera_id: &str,
-        instance: Option<&str>,
-        body: SendLogsBody,
+        &self, camera_id: &str, instance: Option<&str>, body: SendLogsBody,
     ) -> Result<(), ApiError> {
         let camera = self.camera(camera_id).ok_or_else(|| ApiError::UnknownCamera {
             camera_id: camera_id.to_string(),

@@ -58,8 +58,7 @@ fn poll_until_command(registry: &Registry, camera: &str) -> (String, f64, f64) {
 }
 
 fn spawn_fetch(
-    registry: &Arc<Registry>,
-    range: TimeRange,
+    registry: &Arc<Registry>, range: TimeRange,
 ) -> thread::JoinHandle<Result<Vec<LogEntry>, ApiError>> {
     let registry = Arc::clone(registry);
     thread::spawn(move || {
@@ -229,9 +228,7 @@ fn request_ids_are_long_and_distinct() {
 
 /// Holds a poll of `from` for `camera` on its own thread (hold: 5 s).
 fn spawn_poll(
-    registry: &Arc<Registry>,
-    camera: &'static str,
-    from: PollFrom,
+    registry: &Arc<Registry>, camera: &'static str, from: PollFrom,
 ) -> thread::JoinHandle<Result<Command, ApiError>> {
     let registry = Arc::clone(registry);
     thread::spawn(move || registry.poll(camera, &from))

@@ -125,10 +125,7 @@ impl Registry {
     }
 
     pub(super) fn redispatch_if_overdue(
-        &self,
-        camera: &Camera,
-        state: &mut CameraState,
-        now: Instant,
+        &self, camera: &Camera, state: &mut CameraState, now: Instant,
     ) {
         let Some(command) = &mut state.in_flight else {
             return;
@@ -153,11 +150,7 @@ impl Registry {
     /// Fails the waiting calls of a camera that is offline. Returns whether it went offline
     /// just now (logged by name when `name_it`).
     fn check_offline(
-        &self,
-        camera: &Camera,
-        state: &mut CameraState,
-        now: Instant,
-        name_it: bool,
+        &self, camera: &Camera, state: &mut CameraState, now: Instant, name_it: bool,
     ) -> bool {
         if state.online(now, self.config.camera_grace) {
             return false;
