@@ -93,58 +93,41 @@ impl ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ApiError as E;
         match self {
-            ApiError::BadRequest(why) => write!(f, "{why}"),
-            ApiError::Unauthorized => write!(f, "missing or wrong bearer token"),
-            ApiError::NoSuchPath(path) => write!(f, "no such endpoint: {path}"),
-            ApiError::MethodNotAllowed { allowed } => {
-                write!(f, "method not allowed here; use {allowed}")
+            E::BadRequest(why) | E::UnknownRequest(why) => write!(f, "{why}"),
+            E::Unauthorized => write!(f, "missing or wrong bearer token"),
+            E::NoSuchPath(path) => write!(f, "no such endpoint: {path}"),
+            E::MethodNotAllowed { allowed } => write!(f, "method not allowed here; use {allowed}"),
+            E::UnknownCamera { camera_id: id, since_start: None } => {
+                write!(f, "camera '{id}' is unknown: it has never polled this server")
             }
-            ApiError::UnknownCamera {
-                camera_id,
-                since_start: None,
-            } => write!(
+            E::UnknownCamera { camera_id: id, since_start: Some(since) } => write!(
                 f,
-                "camera '{camera_id}' is unknown: it has never polled this server"
-            ),
-            ApiError::UnknownCamera {
-                camera_id,
-                since_start: Some(since),
-            } => write!(
-                f,
-                "camera '{camera_id}' has not polled this instance since it started {:.0} s ago (cameras that were backing off may still arrive; CAMERA_ARRIVAL_SECS)",
+                "camera '{id}' has not polled this instance since it started {:.0} s ago (cameras that were backing off may still arrive; CAMERA_ARRIVAL_SECS)",
                 since.as_secs_f64()
             ),
-            ApiError::Conflict { camera_id } => write!(
+            E::Conflict { camera_id: id } => write!(
                 f,
-                "camera '{camera_id}' is already polling from another running process: two cameras share this id; give each camera its own CAMERA_ID"
+                "camera '{id}' is already polling from another running process: two cameras share this id; give each camera its own CAMERA_ID"
             ),
-            ApiError::UnknownRequest(why) => write!(f, "{why}"),
-            ApiError::PayloadTooLarge { limit } => {
+            E::PayloadTooLarge { limit } => {
                 write!(f, "request body is larger than the limit of {limit} bytes")
             }
-            ApiError::TooManyWaiting { camera_id, limit } => write!(
-                f,
-                "camera '{camera_id}' already has {limit} requests waiting; retry shortly"
-            ),
-            ApiError::CameraOffline {
-                camera_id,
-                seconds_since_seen,
-            } => write!(
-                f,
-                "camera '{camera_id}' is offline: it has not polled for {seconds_since_seen:.1} s"
-            ),
-            ApiError::CameraTimeout { camera_id, after } => write!(
-                f,
-                "camera '{camera_id}' did not answer within {:.1} s",
-                after.as_secs_f64()
-            ),
-            ApiError::TooManyCameras { limit } => write!(
-                f,
-                "this server already knows {limit} cameras (MAX_CAMERAS); retry later"
-            ),
-            ApiError::ShuttingDown => write!(f, "the server is shutting down"),
-            ApiError::Internal(why) => write!(f, "internal error: {why}"),
+            E::TooManyWaiting { camera_id: id, limit } => {
+                write!(f, "camera '{id}' already has {limit} requests waiting; retry shortly")
+            }
+            E::CameraOffline { camera_id: id, seconds_since_seen: s } => {
+                write!(f, "camera '{id}' is offline: it has not polled for {s:.1} s")
+            }
+            E::CameraTimeout { camera_id: id, after } => {
+                write!(f, "camera '{id}' did not answer within {:.1} s", after.as_secs_f64())
+            }
+            E::TooManyCameras { limit } => {
+                write!(f, "this server already knows {limit} cameras (MAX_CAMERAS); retry later")
+            }
+            E::ShuttingDown => write!(f, "the server is shutting down"),
+            E::Internal(why) => write!(f, "internal error: {why}"),
         }
     }
 }

@@ -51,9 +51,7 @@ impl ApiServer {
         let metrics = Arc::new(Metrics::new());
         // A peer the kernel's table does not list as connected has left; where the table cannot
         // be read, every peer counts as connected.
-        let alive = Box::new(move |peer| {
-            Connections::of_port(port).is_none_or(|c| c.established.contains(&peer))
-        });
+        let alive = Box::new(move || Connections::of_port(port).map(|c| c.established));
         let registry = Arc::new(Registry::new(&config, Arc::clone(&metrics), alive));
         let (stop, stopped) = bounded::<()>(0);
         let (done_tx, done) = bounded::<()>(0);
@@ -134,7 +132,7 @@ fn upkeep(registry: &Registry, port: u16, stopped: &Receiver<()>, done: Sender<(
             next_watch = Instant::now() + WATCH_EVERY;
             let taken = Instant::now();
             if let Some(connections) = Connections::of_port(port) {
-                registry.release_polls(|peer| connections.established.contains(peer), taken);
+                registry.release_polls(&connections.established, taken);
             }
         }
     }

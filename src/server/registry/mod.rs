@@ -29,7 +29,7 @@
 //! returns protocol values or an [`ApiError`].
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -60,9 +60,9 @@ pub const DEFAULT_PAGE: usize = 1000;
 /// At most one log line per camera id this often about a second process polling for it.
 const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// Whether the client at this address is still connected (the server reads it from the
-/// kernel's connection table).
-pub type ConnectionProbe = Box<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+/// The peers still connected, from the kernel's connection table; `None` where it cannot be
+/// read (then every client counts as connected).
+pub type ConnectionProbe = Box<dyn Fn() -> Option<HashSet<SocketAddr>> + Send + Sync>;
 
 /// Who is polling: the camera process, when it says, and the connection's peer.
 #[derive(Debug, Clone, Default)]
@@ -206,7 +206,7 @@ impl Registry {
             }
             // Without identity, two processes may share the id: only dead polls are ended.
             None => {
-                state.release(|p| p.instance.is_none() && p.peer.is_some_and(|a| !(self.alive)(a)));
+                self.release_dead(state, |p| p.instance.is_none());
             }
         }
         state.poll_started(&camera.id);
@@ -226,9 +226,7 @@ impl Registry {
     ) -> Result<(), ApiError> {
         if let Some(current) = state.instance.clone().filter(|c| c != instance) {
             let holder = Some(current.as_str());
-            let dead = state.release(|p| {
-                p.instance.as_deref() == holder && p.peer.is_some_and(|a| !(self.alive)(a))
-            });
+            let dead = self.release_dead(state, |p| p.instance.as_deref() == holder);
             let polling = state.open_polls > dead;
             let recent = !state.instance_left
                 && state.last_poll_end.is_some_and(|end| {
@@ -253,6 +251,18 @@ impl Registry {
         state.instance = Some(instance.to_string());
         state.instance_left = false;
         Ok(())
+    }
+
+    /// Ends the held polls `which` picks whose client has left: one look at the kernel's table,
+    /// and only when there is such a poll.
+    fn release_dead(&self, state: &mut CameraState, which: impl Fn(&HeldPoll) -> bool) -> usize {
+        if !state.polls.iter().any(&which) {
+            return 0;
+        }
+        let Some(connected) = (self.alive)() else {
+            return 0;
+        };
+        state.release(|p| which(p) && p.peer.is_some_and(|peer| !connected.contains(&peer)))
     }
 
     /// Serves one `/logs` call: blocks until its answer, its timeout, or an offline verdict.

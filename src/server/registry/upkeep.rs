@@ -3,12 +3,13 @@
 //! whose client left), and the pages and counts `/cameras` and `/stats` show. Each takes one
 //! camera's lock at a time; the map's lock only to copy its list, or to forget candidates.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::camera::{Camera, CameraState, Waiter};
+use super::camera::{Camera, CameraState, HeldPoll, Waiter};
 use super::{Registry, RegistryStats, OFFLINE_LINES_PER_TICK};
 use crate::log::{epoch_secs, log_info, log_warn};
 use crate::protocol::CameraInfo;
@@ -109,14 +110,14 @@ impl Registry {
         }
     }
 
-    /// Ends the held polls whose client has left: those older than `connected` (a snapshot of
-    /// the connected peers, taken at `taken`) whose peer is not in it. Returns how many.
-    pub fn release_polls(&self, connected: impl Fn(&SocketAddr) -> bool, taken: Instant) -> usize {
+    /// Ends the held polls whose client has left: those older than `connected` (the peers
+    /// connected when it was read, at `taken`) whose peer is not in it. Returns how many.
+    pub fn release_polls(&self, connected: &HashSet<SocketAddr>, taken: Instant) -> usize {
         let mut released = 0;
         for camera in self.all_cameras() {
-            released += camera.lock_and(|state| {
-                state.release(|p| p.since < taken && p.peer.is_some_and(|peer| !connected(&peer)))
-            });
+            let gone =
+                |p: &HeldPoll| p.since < taken && p.peer.is_some_and(|a| !connected.contains(&a));
+            released += camera.lock_and(|state| state.release(gone));
         }
         if released > 0 {
             log_info!("released {released} held poll(s) whose client had left");
