@@ -61,10 +61,6 @@ if [ ! -x "$api" ]; then
   (cd "$repo" && cargo build --release --bin api)
 fi
 
-# A camera moving back to a restarted instance is waited for there, not refused (README,
-# "Running a fleet"): nginx's retry delay plus two poll holds, and a margin.
-export CAMERA_ARRIVAL_SECS=${CAMERA_ARRIVAL_SECS:-$(( 2 * ${POLL_HOLD_SECS:-30} + 10 ))}
-
 dir=$(mktemp -d "${TMPDIR:-/tmp}/camera-logs-fleet.XXXXXX")
 pids=()
 names=()
@@ -78,8 +74,8 @@ stop() {
   for pid in "${pids[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
-  rm -rf "$dir"
-  echo "fleet.sh: stopped ${#pids[@]} process(es)" >&2
+  rm -rf "$dir/temp"
+  echo "fleet.sh: stopped ${#pids[@]} process(es); their logs are kept in $dir" >&2
 }
 trap 'stop; exit 130' INT
 trap 'stop; exit 143' TERM
@@ -99,9 +95,12 @@ wait_listening() {
 cp "$repo/deploy/nginx.conf" "$dir/nginx.conf"
 mkdir -p "$dir/temp"
 : > "$dir/upstreams.conf"
+# Each instance knows the others (PEERS), so /cameras through the edge lists the whole fleet.
+url() { echo "http://127.0.0.1:$((api_port_base + $1))"; }
 for i in $(seq 1 "$instances"); do
   port=$((api_port_base + i))
-  HOST=127.0.0.1 PORT=$port "$api" 2> "$dir/api-$i.log" &
+  peers=$(for j in $(seq 1 "$instances"); do [ "$j" = "$i" ] || url "$j"; done | paste -sd, -)
+  env HOST=127.0.0.1 PORT=$port INSTANCE_NAME="$(url "$i")" ${peers:+PEERS=$peers} "$api" 2> "$dir/api-$i.log" &
   pids+=("$!")
   names+=("api-$i on http://127.0.0.1:$port (log $dir/api-$i.log)")
   wait_listening "$port" "$!" || { echo "fleet.sh: api-$i did not start:" >&2; cat "$dir/api-$i.log" >&2; exit 1; }
@@ -124,7 +123,7 @@ pids+=("$!")
 names+=("nginx on $scheme://127.0.0.1:$edge_port (log $dir/nginx.log)")
 wait_listening "$edge_port" "$!" || { echo "fleet.sh: nginx did not start:" >&2; cat "$dir/nginx.log" >&2; exit 1; }
 
-echo "fleet.sh: $instances instance(s) behind the edge (CAMERA_ARRIVAL_SECS=$CAMERA_ARRIVAL_SECS); Ctrl-C stops them all"
+echo "fleet.sh: $instances instance(s) behind the edge, logs in $dir; Ctrl-C stops them all"
 for i in "${!pids[@]}"; do
   echo "  pid ${pids[$i]}  ${names[$i]}"
 done
