@@ -75,7 +75,11 @@ pub fn handle(app: &App, mut request: Request) {
             let (status, path, client) =
                 (error.status(), clean(path, 64), client_address(&request));
             let ms = started.elapsed().as_millis();
-            log_warn!("{method} {path} from {client} -> {status}: {error} ({ms} ms)");
+            // A second camera process retries for as long as it runs: the registry says so once
+            // a minute instead.
+            if !matches!(error, ApiError::Conflict { .. }) {
+                log_warn!("{method} {path} from {client} -> {status}: {error} ({ms} ms)");
+            }
             let reply =
                 Reply { status, content_type: JSON, body: error.body(), headers: error.headers() };
             (reply, Some(error))
