@@ -21,7 +21,7 @@ RUN mkdir -p src/bin && echo 'fn main() {}' > src/bin/api.rs && echo 'fn main() 
     && cargo build --release --locked --bin api --bin camera \
     && rm -rf src
 # Whole folders, so moving modules needs no change here; the library embeds files of both
-# (docs/openapi.yaml, src/web/index.html) with include_str!.
+# with include_str! (the OpenAPI contract from docs/, the web page from src/).
 COPY src ./src
 COPY docs ./docs
 # touch: every source must be newer than the placeholder build above, or cargo keeps it.
