@@ -127,9 +127,7 @@ fn caller_ranges(n: usize, events: usize) -> Vec<(Option<f64>, Option<f64>)> {
 
 /// Fires one call per range at once; returns each answer with its range.
 fn call_in_parallel(
-    base: &str,
-    camera: &str,
-    ranges: &[(Option<f64>, Option<f64>)],
+    base: &str, camera: &str, ranges: &[(Option<f64>, Option<f64>)],
 ) -> Vec<(Option<f64>, Option<f64>, Resp)> {
     let barrier = Arc::new(Barrier::new(ranges.len()));
     let calls: Vec<_> = ranges

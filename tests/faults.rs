@@ -5,44 +5,23 @@
 //! server killed and restarted on the same port is rejoined by the camera within seconds, and
 //! while it is down the camera neither spins (CPU time) nor floods its log; (3) polls that die
 //! at random moments while many calls with distinct ranges arrive never make a call receive
-//! another call's range; (4) 2,000 calls, some timing out against a camera that never answers,
-//! leave no waiters, commands or threads behind; (5) a camera with
-//! `LOG_FILE`, SIGKILLed and restarted, still serves every event a user saw, also after a torn
-//! line was appended to its file, and reports the skipped line; (6) after a burst, the handler
-//! pool shrinks back to what it was even while requests keep waking its idle threads.
+//! another call's range; (4) a camera with `LOG_FILE`, SIGKILLed and restarted, still serves
+//! every event a user saw, also after a torn line was appended to its file, and reports the
+//! skipped line. What load leaves behind (state, threads, the handler pool) is `leaks`.
 //!
-//! Tests 3, 4 and 6 run an in-process server and are serialized by a lock, because tests 4 and 6
-//! measure this process's threads; the others drive the built binaries.
+//! Test 3 runs an in-process server under load and holds [`IN_PROCESS`]; the others drive the
+//! built binaries.
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::edge::Usage;
 use crate::common::*;
 use camera_logs::LogEntry;
 use camera_logs::{CameraConfig, ServerConfig};
-use parking_lot::Mutex;
-
-/// Held by the tests that run an in-process server (see the file comment).
-static IN_PROCESS: Mutex<()> = Mutex::new(());
-
-fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
-}
-
-/// `GET /logs` on another thread; yields the response and how long it took.
-fn spawn_logs(url: String) -> thread::JoinHandle<(Resp, Duration)> {
-    thread::spawn(move || {
-        let agent = agent(Duration::from_secs(120));
-        let started = Instant::now();
-        let resp = get_with(&agent, &url, None);
-        (resp, started.elapsed())
-    })
-}
 
 /// Waits until `/logs` on `url` answers 200 and returns its events.
 fn wait_for_logs(what: &str, url: &str) -> Vec<LogEntry> {
@@ -60,13 +39,13 @@ fn wait_for_logs(what: &str, url: &str) -> Vec<LogEntry> {
 
 #[test]
 fn camera_killed_with_a_command_in_flight_fails_callers_by_their_timeout() {
-    let api = start_api(&env(&[
+    let api = start_api(&envs(&[
         ("ACK_TIMEOUT_SECS", "0.5"),
         ("CAMERA_GRACE_SECS", "1"),
         ("POLL_HOLD_SECS", "20"),
     ]));
     let camera_env =
-        env(&[("CAMERA_ID", "doomed"), ("EVENT_INTERVAL_SECS", "0.2"), ("BACKOFF_MAX_SECS", "1")]);
+        envs(&[("CAMERA_ID", "doomed"), ("EVENT_INTERVAL_SECS", "0.2"), ("BACKOFF_MAX_SECS", "1")]);
     let mut camera = start_camera_bin(&api.url, &camera_env);
     let logs = |timeout: f64| format!("{}/logs?cameraId=doomed&timeout={timeout}", api.url);
     wait_for_logs("the camera to answer", &logs(5.0));
@@ -126,12 +105,12 @@ fn camera_killed_with_a_command_in_flight_fails_callers_by_their_timeout() {
 
 #[test]
 fn api_restarted_on_the_same_port_is_rejoined_and_the_camera_idles_while_it_is_down() {
-    let api_env = env(&[("ACK_TIMEOUT_SECS", "1"), ("CAMERA_GRACE_SECS", "2")]);
+    let api_env = envs(&[("ACK_TIMEOUT_SECS", "1"), ("CAMERA_GRACE_SECS", "2")]);
     let mut api = start_api(&api_env);
     let port = api.port;
     let camera = start_camera_bin(
         &api.url,
-        &env(&[
+        &envs(&[
             ("CAMERA_ID", "phoenix"),
             ("EVENT_INTERVAL_SECS", "0.5"),
             ("BACKOFF_MAX_SECS", "1"),
@@ -305,247 +284,12 @@ fn polls_dying_at_random_moments_never_cross_answers() {
 
 // ---------------------------------------------------------------------------------------------
 
-/// A camera that takes commands and never answers them.
-fn mute_poller(url: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<usize> {
-    thread::spawn(move || {
-        let agent = agent(Duration::from_secs(10));
-        let poll = format!("{url}/poll_for_command?cameraId=mute");
-        let mut taken = 0;
-        while !stop.load(Ordering::SeqCst) {
-            match try_get(&agent, &poll, None) {
-                Some(resp) if resp.status == 200 => {
-                    taken += usize::from(resp.json()["command"] == "send_logs");
-                }
-                _ => thread::sleep(Duration::from_millis(50)),
-            }
-        }
-        taken
-    })
-}
-
-#[test]
-fn two_thousand_calls_leave_no_state_and_no_threads_behind() {
-    // The api binary, not an in-process server: its /proc thread count is its own, where one
-    // test binary's count would include every test running beside this one.
-    let api = start_api(&env(&[
-        ("POLL_HOLD_SECS", "2"),
-        ("ACK_TIMEOUT_SECS", "0.8"),
-        ("CAMERA_GRACE_SECS", "2"),
-        ("WORKER_IDLE_SECS", "1"),
-        ("LOG_LEVEL", "warn"),
-    ]));
-    let url = api.url.clone();
-    let stats = || get(&format!("{url}/stats")).expect_json(200);
-    let count = |value: &serde_json::Value| value.as_u64().unwrap_or(u64::MAX);
-    let events = fixture(200);
-    let _busy = Camera::start_with(
-        CameraConfig { poll_timeout: Duration::from_secs(20), ..camera_config(&url, "busy") },
-        &events,
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let mute = mute_poller(url.clone(), Arc::clone(&stop));
-    let stop_mute = StopOnDrop(stop);
-    wait_until("both cameras online", PATIENCE, || stats()["registry"]["camerasOnline"] == 2);
-    let idle = stats();
-    let idle_handlers = count(&idle["server"]["handlerThreads"]);
-    let idle_threads = Usage::of(api.proc.pid()).threads;
-    let idle_own = threads_named_as_current();
-
-    let started = Instant::now();
-    let clients: Vec<_> = (0..8u64)
-        .map(|c| {
-            let url = url.clone();
-            let events = events.clone();
-            thread::spawn(move || {
-                let mut rng = Rng::new(0x1EA4 + c);
-                let agent = agent(Duration::from_secs(60));
-                let mut statuses = Vec::new();
-                for i in 0..250 {
-                    if i % 10 == 0 {
-                        let resp = get_with(
-                            &agent,
-                            &format!("{url}/logs?cameraId=mute&timeout=0.05"),
-                            None,
-                        );
-                        resp.assert_json_error(&[504], "call to the mute camera");
-                        statuses.push(resp.status);
-                        continue;
-                    }
-                    let a = rng.below(200);
-                    let b = a + rng.below(200 - a);
-                    let resp = get_with(
-                        &agent,
-                        &format!(
-                            "{url}/logs?cameraId=busy&startTimestamp={}&endTimestamp={}",
-                            ts(a),
-                            ts(b)
-                        ),
-                        None,
-                    );
-                    assert_eq!(resp.status, 200, "client {c} call {i}: {}", resp.text());
-                    assert_eq!(
-                        logs_of(&resp.json()),
-                        expected(&events, Some(ts(a)), Some(ts(b))),
-                        "client {c} call {i}"
-                    );
-                    statuses.push(resp.status);
-                }
-                statuses
-                // The agent, and with it every keep-alive connection, is dropped here.
-            })
-        })
-        .collect();
-    let mut calls = 0;
-    for client in clients {
-        calls += client.join().unwrap().len();
-    }
-    assert_eq!(calls, 2000);
-    let load_took = started.elapsed();
-
-    let settled = Instant::now();
-    let after = wait_for("the registry and the handler pool to return to idle", PATIENCE, || {
-        let now = stats();
-        let registry = &now["registry"];
-        let idle = count(&registry["waitingRequests"]) == 0
-            && count(&registry["commandsInFlight"]) == 0
-            && count(&now["server"]["handlerThreads"]) <= idle_handlers.max(4) + 2;
-        if idle {
-            Ok(now)
-        } else {
-            Err(format!("{now}; {idle_handlers} handler threads before the load"))
-        }
-    });
-    eprintln!(
-        "2,000 calls in {load_took:?}; registry and handlers idle {:?} later: {after}",
-        settled.elapsed()
-    );
-
-    // Every connection of the load is closed, and nothing grows with the number of calls: the
-    // api ends within 10 threads of where it was with the two cameras polling, the pool threads
-    // of the load's 8 connections plus the handlers' slack of 2. (tiny_http's pool threads
-    // would retire after 5 s idle, but a new camera connection every second wakes them in
-    // turn, so those 8 stay.) The threads named after this test's thread (see
-    // `threads_named_as_current`) are the ones this test started in its own process.
-    let (own, threads) =
-        wait_for("the thread counts to return to idle", Duration::from_secs(15), || {
-            let own = threads_named_as_current();
-            let now = Usage::of(api.proc.pid()).threads;
-            if own <= idle_own + 2 && now <= idle_threads + 10 {
-                Ok((own, now))
-            } else {
-                Err(format!(
-                    "{own} threads started on this test's behalf ({idle_own} before the load), \
-                     {now} in the api ({idle_threads} before); {} connection(s) open to it; \
-                     this process's threads by name: {:?}",
-                    open_connections(api.port),
-                    thread_names()
-                ))
-            }
-        });
-    eprintln!(
-        "threads back to {own} of this test's ({idle_own} before) and {threads} in the api \
-         ({idle_threads} before)"
-    );
-    drop(stop_mute);
-    drop(api); // ends the mute poller's held poll
-    let taken = mute.join().unwrap();
-    assert!(taken > 0, "the mute camera never received a command");
-}
-
-// ---------------------------------------------------------------------------------------------
-
-/// Steady cheap requests, as from cameras polling: each idle handler thread gets one now and then.
-fn steady_requests(url: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<usize> {
-    thread::spawn(move || {
-        let agent = agent(Duration::from_secs(10));
-        let mut answered = 0;
-        while !stop.load(Ordering::SeqCst) {
-            answered += usize::from(try_get(&agent, &format!("{url}/health"), None).is_some());
-            thread::sleep(Duration::from_millis(4));
-        }
-        answered
-    })
-}
-
-#[test]
-fn the_handler_pool_shrinks_after_a_burst_while_requests_keep_coming() {
-    let _serial = IN_PROCESS.lock();
-    let idle_exit = Duration::from_secs(1);
-    let system = TestServer::start(ServerConfig { worker_idle: idle_exit, ..test_config() });
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_all = StopOnDrop(Arc::clone(&stop));
-    let mute = mute_poller(system.url.clone(), Arc::clone(&stop));
-    system.wait_for_camera("mute");
-    // About 200 requests a second: with the old per-thread idle clock, each of the burst's
-    // threads was woken well within `idle_exit` and none ever retired.
-    let steady = steady_requests(system.url.clone(), Arc::clone(&stop));
-    let handler_threads = || system.server_stats()["handlerThreads"].as_u64().expect("a count");
-    let before = wait_for("a settled pool", PATIENCE, || {
-        let first = handler_threads();
-        thread::sleep(idle_exit * 2);
-        let second = handler_threads();
-        if first == second {
-            Ok(second)
-        } else {
-            Err(format!("{first} then {second} handler threads"))
-        }
-    });
-
-    // A burst: 40 calls held at once (the mute camera never answers), so 40 more threads.
-    let burst: Vec<_> = (0..40)
-        .map(|_| spawn_logs(format!("{}/logs?cameraId=mute&timeout=1", system.url)))
-        .collect();
-    // The peak is sampled for as long as the burst lasts: the pool grows as the calls arrive and
-    // starts shrinking as soon as they end, so a single reading after the fact could miss it.
-    let mut peak = 0;
-    let deadline = Instant::now() + PATIENCE;
-    while burst.iter().any(|call| !call.is_finished()) && Instant::now() < deadline {
-        peak = peak.max(handler_threads());
-        thread::sleep(POLL_EVERY);
-    }
-    // Some calls wait a moment for a thread while the pool grows, so not all 40 need one at once:
-    // peaks of 28 to 43 were seen over 30 runs; growth by 10 is enough to make the shrink count.
-    assert!(
-        peak >= before + 10,
-        "the burst did not grow the pool: {peak} handler threads at most, {before} before it"
-    );
-    for call in burst {
-        let (resp, _) = call.join().unwrap();
-        resp.assert_json_error(&[504], "a call to the mute camera");
-    }
-    let burst_over = Instant::now();
-
-    // Surplus is judged over a whole `idle_exit` (two halves), so the pool is back within a few
-    // of them; PATIENCE only bounds a stalled machine.
-    let after = wait_for("the pool to shrink back", PATIENCE, || {
-        let now = system.server_stats();
-        match now["handlerThreads"].as_u64() {
-            Some(threads) if threads <= before + 2 => Ok(threads),
-            _ => {
-                Err(format!("{now}; {before} handler threads before the burst, {peak} at its peak"))
-            }
-        }
-    });
-    let took = burst_over.elapsed();
-    drop(stop_all);
-    let answered = steady.join().unwrap();
-    drop(system); // answers the mute poller's held poll
-    assert!(mute.join().unwrap() > 0, "the mute camera never received a command");
-    assert!(answered > 100, "only {answered} steady requests were answered");
-    eprintln!(
-        "handler threads: {before} before, {peak} at the burst, {after} {took:?} after it, \
-         with {answered} steady requests in all"
-    );
-}
-
-// ---------------------------------------------------------------------------------------------
-
 #[test]
 fn log_file_survives_sigkill_and_a_torn_line() {
-    let api = start_api(&env(&[("ACK_TIMEOUT_SECS", "0.5"), ("CAMERA_GRACE_SECS", "1")]));
+    let api = start_api(&envs(&[("ACK_TIMEOUT_SECS", "0.5"), ("CAMERA_GRACE_SECS", "1")]));
     let dir = TempDir::new("faults-log-file");
     let file = dir.0.join("events.jsonl");
-    let camera_env = env(&[
+    let camera_env = envs(&[
         ("CAMERA_ID", "persistent"),
         ("EVENT_INTERVAL_SECS", "0.1"),
         ("BACKOFF_MAX_SECS", "1"),

@@ -2,8 +2,9 @@
 //! WebDriver (HTTP JSON, spoken here with ureq and serde_json). With `API_TOKEN` set, the page
 //! first says the token is missing, then lists the cameras once it is typed in; for each range
 //! (last 5 minutes, last hour, all, custom local dates) the rows it renders must be exactly
-//! `/logs`' answer for that range, in local time and epoch seconds; a backwards range and an
-//! offline camera are explained in sentences. A screenshot is saved under target/tmp.
+//! `/logs`' answer for that range, newest first, in local time and epoch seconds; a backwards
+//! range and an offline camera are explained in sentences. A screenshot is saved under
+//! target/tmp.
 //!
 //! Skips, with one line saying why, where chromium or chromedriver is not installed
 //! (`apt-get install chromium chromium-driver`). Chromedriver is stopped by its pid.
@@ -233,7 +234,7 @@ fn datetime_local(epoch_secs: f64) -> String {
 fn utc_timestamp(epoch_secs: f64) -> String {
     let millis = Duration::from_secs_f64(epoch_secs).as_millis();
     let (mut days, rem) = ((millis / 86_400_000) as u64, (millis % 86_400_000) as u64);
-    let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
     let mut year = 1970;
     while days >= if leap(year) { 366 } else { 365 } {
         days -= if leap(year) { 366 } else { 365 };
@@ -329,11 +330,13 @@ fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
     server.wait_for_camera("front");
     server.wait_for_camera("back");
     let api = agent(Duration::from_secs(60));
+    // The page shows `/logs`' answer newest first.
     let logs = |query: &str| -> Vec<Vec<String>> {
         get_with(&api, &format!("{base}/logs?cameraId=front{query}"), Some(TOKEN))
             .expect_logs()
             .logs
             .iter()
+            .rev()
             .map(row_of)
             .collect()
     };
@@ -384,7 +387,7 @@ fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
     let all = show(&browser, "all");
     assert_eq!(all, logs(""));
     assert_eq!(all.len(), front.len());
-    assert_eq!(all[0][2], "<b>not bold</b>", "descriptions are text, not HTML");
+    assert_eq!(all[all.len() - 1][2], "<b>not bold</b>", "descriptions are text, not HTML");
 
     // Custom dates, typed as local time (UTC here), whole seconds.
     let (from, to) = (t - 3000.0, t - 100.0);

@@ -186,10 +186,7 @@ impl Usage {
 /// Waits until `pid` holds no more descriptors and threads than `baseline` plus `slack` each;
 /// the time it took, or `None` with the last reading if `within` passes first.
 pub fn settle(
-    pid: u32,
-    baseline: Usage,
-    slack: usize,
-    within: Duration,
+    pid: u32, baseline: Usage, slack: usize, within: Duration,
 ) -> Result<Duration, Usage> {
     let started = Instant::now();
     loop {

@@ -13,9 +13,7 @@ pub struct FakeCamera {
 
 impl FakeCamera {
     pub fn start(
-        base: &str,
-        camera: &str,
-        mut on_command: impl FnMut(&Value) + Send + 'static,
+        base: &str, camera: &str, mut on_command: impl FnMut(&Value) + Send + 'static,
     ) -> FakeCamera {
         let stop = Arc::new(AtomicBool::new(false));
         let (commands_tx, commands) = unbounded();
@@ -139,10 +137,7 @@ impl Drop for Relay {
 }
 
 fn relay_one(
-    mut connection: TcpStream,
-    upstream: &str,
-    permits: &Receiver<()>,
-    posts: &Sender<Value>,
+    mut connection: TcpStream, upstream: &str, permits: &Receiver<()>, posts: &Sender<Value>,
 ) {
     let _ = connection.set_read_timeout(Some(Duration::from_secs(60)));
     let Some((method, target, body)) = read_request(&mut connection) else {

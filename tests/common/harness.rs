@@ -104,10 +104,7 @@ impl TestServer {
     /// Starts a real camera serving `events`, and waits until a `/logs` call to it succeeds
     /// (sent with `api_token`, if the server wants one).
     pub fn add_camera(
-        &mut self,
-        config: CameraConfig,
-        events: &[LogEntry],
-        api_token: Option<&str>,
+        &mut self, config: CameraConfig, events: &[LogEntry], api_token: Option<&str>,
     ) {
         let id = config.camera_id.clone();
         self.cameras.push(start_camera(config, events));
@@ -165,9 +162,7 @@ pub fn start_camera(config: CameraConfig, events: &[LogEntry]) -> CameraHandle {
 
 /// A server and one real camera `camera_id` serving `events`, polling already.
 pub fn server_with_camera(
-    config: ServerConfig,
-    camera_id: &str,
-    events: &[LogEntry],
+    config: ServerConfig, camera_id: &str, events: &[LogEntry],
 ) -> (TestServer, Camera) {
     let server = TestServer::start(config);
     let camera = Camera::start(&server.url, camera_id, events);

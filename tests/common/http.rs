@@ -174,6 +174,17 @@ pub fn spawn_get(url: String) -> JoinHandle<(Resp, Duration)> {
     })
 }
 
+/// `GET url` on another thread through an agent of its own (keep-alive, a 120 s client
+/// timeout); yields the response and how long it took.
+pub fn spawn_logs(url: String) -> JoinHandle<(Resp, Duration)> {
+    thread::spawn(move || {
+        let agent = agent(Duration::from_secs(120));
+        let started = Instant::now();
+        let resp = get_with(&agent, &url, None);
+        (resp, started.elapsed())
+    })
+}
+
 /// `POST /send_logs?cameraId=camera` with a JSON body.
 pub fn post_answer(base: &str, camera: &str, body: &Value) -> Resp {
     request(
@@ -218,11 +229,7 @@ pub fn post_with(agent: &ureq::Agent, url: &str, body: &[u8], token: Option<&str
 
 /// `/logs` URL with the given optional parameters.
 pub fn logs_url(
-    base: &str,
-    camera: &str,
-    start: Option<f64>,
-    end: Option<f64>,
-    timeout: Option<f64>,
+    base: &str, camera: &str, start: Option<f64>, end: Option<f64>, timeout: Option<f64>,
 ) -> String {
     let mut url = format!("{base}/logs?cameraId={camera}");
     if let Some(start) = start {
@@ -290,10 +297,7 @@ pub fn raw_post_answer(base: &str, camera: &str, body: &[u8]) -> Resp {
 /// `None` means the server closed the connection without answering. Write errors are tolerated:
 /// a server may answer and close before reading everything.
 pub fn raw_exchange(
-    addr: SocketAddr,
-    request: &[u8],
-    half_close: bool,
-    patience: Duration,
+    addr: SocketAddr, request: &[u8], half_close: bool, patience: Duration,
 ) -> Option<Resp> {
     let mut stream = TcpStream::connect(addr).expect("connect to the server");
     stream.set_read_timeout(Some(patience)).unwrap();

@@ -114,9 +114,7 @@ pub fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> b
 /// Like [`wait_until`], for conditions that yield a value or say what is still missing: returns
 /// the first `Ok`, or panics with the last `Err` after `patience`.
 pub fn wait_for<T>(
-    what: &str,
-    patience: Duration,
-    mut probe: impl FnMut() -> Result<T, String>,
+    what: &str, patience: Duration, mut probe: impl FnMut() -> Result<T, String>,
 ) -> T {
     let deadline = Instant::now() + patience;
     loop {
@@ -130,6 +128,10 @@ pub fn wait_for<T>(
         thread::sleep(POLL_EVERY);
     }
 }
+
+/// Held by the tests that put an in-process server under heavy load or measure its handler
+/// pool, so that they never run at the same time as each other.
+pub static IN_PROCESS: Mutex<()> = Mutex::new(());
 
 /// Sets a stop flag when dropped, so a helper thread ends even if its test panics.
 pub struct StopOnDrop(pub Arc<AtomicBool>);

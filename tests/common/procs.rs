@@ -36,11 +36,7 @@ impl Proc {
     }
 
     fn start(
-        name: &str,
-        program: &str,
-        args: &[&str],
-        envs: &[(&str, String)],
-        group: bool,
+        name: &str, program: &str, args: &[&str], envs: &[(&str, String)], group: bool,
     ) -> Proc {
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(program);
@@ -207,6 +203,11 @@ pub fn try_start_api(port: u16, envs: &[(&str, String)]) -> Result<ApiProc, Stri
 
 pub fn start_api(envs: &[(&str, String)]) -> ApiProc {
     try_start_api(0, envs).unwrap_or_else(|stderr| panic!("api exited at start:\n{stderr}"))
+}
+
+/// An environment for [`start_api`] or [`start_camera_bin`] from string pairs.
+pub fn envs(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
 }
 
 /// Starts the `camera` binary with `API_BASE_URL=url` and `envs`.

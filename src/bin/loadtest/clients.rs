@@ -51,10 +51,7 @@ pub(crate) fn client_agent() -> ureq::Agent {
 }
 
 fn logs_url(
-    base: &str,
-    camera: &str,
-    (start, end): (Option<f64>, Option<f64>),
-    extra: &str,
+    base: &str, camera: &str, (start, end): (Option<f64>, Option<f64>), extra: &str,
 ) -> String {
     // `{}` of an f64 is the shortest text that parses back to the same number.
     let start = start.map(|s| format!("&startTimestamp={s}")).unwrap_or_default();
@@ -64,12 +61,8 @@ fn logs_url(
 
 /// Calls `GET /logs` once and checks a 200 against the exact events expected.
 pub(crate) fn call_logs(
-    agent: &ureq::Agent,
-    base: &str,
-    prefix: &str,
-    events: &EventSet,
-    range: (Option<f64>, Option<f64>),
-    extra: &str,
+    agent: &ureq::Agent, base: &str, prefix: &str, events: &EventSet,
+    range: (Option<f64>, Option<f64>), extra: &str,
 ) -> CallResult {
     let id = camera_id(prefix, events.camera);
     let url = logs_url(base, &id, range, extra);
@@ -88,11 +81,7 @@ pub(crate) fn call_logs(
 /// What one `/logs` response amounts to: any status but 200 is an error by status; a 200 is
 /// checked against the events expected.
 fn judge(
-    status: u16,
-    body: &[u8],
-    id: &str,
-    events: &EventSet,
-    range: (Option<f64>, Option<f64>),
+    status: u16, body: &[u8], id: &str, events: &EventSet, range: (Option<f64>, Option<f64>),
     url: &str,
 ) -> CallResult {
     if status != 200 {
@@ -102,11 +91,7 @@ fn judge(
 }
 
 fn check_answer(
-    body: &[u8],
-    id: &str,
-    events: &EventSet,
-    (start, end): (Option<f64>, Option<f64>),
-    url: &str,
+    body: &[u8], id: &str, events: &EventSet, (start, end): (Option<f64>, Option<f64>), url: &str,
 ) -> CallResult {
     let answer: LogsResponse = match serde_json::from_slice(body) {
         Ok(answer) => answer,

@@ -54,9 +54,7 @@ impl Monitor {
     }
 
     fn get_from<T: serde::de::DeserializeOwned>(
-        &self,
-        base: &str,
-        path: &str,
+        &self, base: &str, path: &str,
     ) -> Result<T, String> {
         let url = format!("{base}{path}");
         let mut response = self
@@ -115,10 +113,7 @@ struct Awaited<'a> {
 
 /// Waits until `want` of this run's cameras are online (polled within the server's grace).
 pub(crate) fn wait_online(
-    monitor: &Monitor,
-    fleet: &Fleet,
-    want: usize,
-    server: &mut Option<ServerProcess>,
+    monitor: &Monitor, fleet: &Fleet, want: usize, server: &mut Option<ServerProcess>,
 ) -> Result<(), String> {
     let count = || monitor.online(&fleet.prefix);
     let awaited = Awaited { what: "cameras online", want, count: &count };
@@ -129,10 +124,7 @@ pub(crate) fn wait_online(
 /// which also counts other cameras of a --target server. A camera between two polls holds
 /// none, so 0.5 % may be missing at any instant.
 pub(crate) fn wait_open_polls(
-    monitor: &Monitor,
-    fleet: &Fleet,
-    cameras: usize,
-    server: &mut Option<ServerProcess>,
+    monitor: &Monitor, fleet: &Fleet, cameras: usize, server: &mut Option<ServerProcess>,
 ) -> Result<(), String> {
     let count = || {
         monitor
@@ -147,9 +139,7 @@ pub(crate) fn wait_open_polls(
 /// Polls a count until it reaches `want`; fails after a stretch without progress, or when the
 /// api this tool started has exited.
 fn wait_for(
-    awaited: &Awaited<'_>,
-    fleet: &Fleet,
-    server: &mut Option<ServerProcess>,
+    awaited: &Awaited<'_>, fleet: &Fleet, server: &mut Option<ServerProcess>,
 ) -> Result<(), String> {
     let mut best = 0usize;
     let mut last_progress = Instant::now();

@@ -153,9 +153,7 @@ type LoadOutcome = (ClientTally, Duration, Duration, Option<SampledFigures>, Opt
 
 /// Connects the cameras, waits for them, measures, then runs the clients for the duration.
 fn load_phase(
-    options: &Options,
-    harness: &mut Harness,
-    fleet: &Arc<Fleet>,
+    options: &Options, harness: &mut Harness, fleet: &Arc<Fleet>,
 ) -> Result<LoadOutcome, String> {
     let connecting = Instant::now();
     fleet.spawn_cameras(0..options.cameras)?;
@@ -188,10 +186,7 @@ fn load_phase(
 }
 
 fn server_figures(
-    pid: u32,
-    cameras: usize,
-    [before, with, end]: [SampledFigures; 3],
-    logs: ServerLogCounts,
+    pid: u32, cameras: usize, [before, with, end]: [SampledFigures; 3], logs: ServerLogCounts,
 ) -> ServerFigures {
     ServerFigures {
         pid,
@@ -210,13 +205,8 @@ fn server_figures(
 }
 
 fn load_summary(
-    options: &Options,
-    harness: &Harness,
-    fleet: &Fleet,
-    mut tally: ClientTally,
-    online_after: Duration,
-    elapsed: Duration,
-    server: Option<ServerFigures>,
+    options: &Options, harness: &Harness, fleet: &Fleet, mut tally: ClientTally,
+    online_after: Duration, elapsed: Duration, server: Option<ServerFigures>,
 ) -> LoadSummary {
     let camera = fleet.counts();
     let errors_by_status: BTreeMap<String, u64> =

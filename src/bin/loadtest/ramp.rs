@@ -124,12 +124,8 @@ pub(crate) fn run_idle_ramp(options: &Options) -> Result<bool, String> {
 
 /// Adds cameras `indices`, waits for them, measures the server and checks one `/logs` call.
 fn ramp_step(
-    options: &Options,
-    harness: &mut Harness,
-    fleet: &Arc<Fleet>,
-    indices: Range<usize>,
-    rng: &mut Rng,
-    before: Option<SampledFigures>,
+    options: &Options, harness: &mut Harness, fleet: &Arc<Fleet>, indices: Range<usize>,
+    rng: &mut Rng, before: Option<SampledFigures>,
 ) -> Result<RampStep, String> {
     let held = indices.end;
     let connecting = Instant::now();
@@ -159,11 +155,7 @@ fn ramp_step(
 
 /// One checked `/logs` call to a random connected camera; its latency in ms.
 fn probe(
-    harness: &Harness,
-    fleet: &Fleet,
-    held: usize,
-    events: usize,
-    rng: &mut Rng,
+    harness: &Harness, fleet: &Fleet, held: usize, events: usize, rng: &mut Rng,
 ) -> Result<f64, String> {
     let events = EventSet { camera: rng.below(held), count: events };
     let range = random_range(rng, &events);

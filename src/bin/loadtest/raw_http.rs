@@ -24,9 +24,7 @@ pub(crate) struct RawResponse {
 
 /// Sends one request on a fresh connection with `Connection: close` and reads the answer.
 pub(crate) fn raw_exchange(
-    stream: TcpStream,
-    request: &[u8],
-    read_timeout: Duration,
+    stream: TcpStream, request: &[u8], read_timeout: Duration,
 ) -> Result<RawResponse, String> {
     stream
         .set_read_timeout(Some(read_timeout))
