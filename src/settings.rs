@@ -257,7 +257,11 @@ fn read<T>(
     let fail = |expected| ConfigError {
         variable: name,
         // A token is never echoed, not even a malformed one.
-        value: if name.ends_with("TOKEN") { "(hidden)".to_string() } else { raw.clone() },
+        value: if name.ends_with("TOKEN") && !raw.is_empty() {
+            "(hidden)".into()
+        } else {
+            raw.clone()
+        },
         expected,
     };
     if raw.trim().is_empty() {

@@ -19,4 +19,5 @@ mod leaks;
 mod metrics;
 mod operators;
 mod protocol_errors;
+mod users;
 mod web;

@@ -41,5 +41,7 @@ fn without_thread_caches() {
         .args(std::env::args_os().skip(1))
         .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
         .exec();
-    eprintln!("api: could not restart without glibc's thread caches ({error}); carrying on with them");
+    eprintln!(
+        "api: could not restart without glibc's thread caches ({error}); carrying on with them"
+    );
 }

@@ -57,6 +57,10 @@ const REMEMBERED_ANSWERS: usize = 64;
 const OFFLINE_LINES_PER_TICK: usize = 5;
 /// Cameras per `/cameras` page when the caller does not say.
 pub const DEFAULT_PAGE: usize = 1000;
+/// A live camera polls again within milliseconds of its last poll's end: a process whose last
+/// poll ended longer ago than this (or left a command unanswered) may have died, and a new one
+/// takes over. A restart caught between two polls costs at most this.
+const REPOLL_WITHIN: Duration = Duration::from_secs(1);
 /// At most one log line per camera id this often about a second process polling for it.
 const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -198,16 +202,12 @@ impl Registry {
         &self, camera: &Camera, state: &mut CameraState, poll: HeldPoll,
     ) -> Result<Option<Command>, ApiError> {
         let now = Instant::now();
-        match &poll.instance {
-            Some(instance) => {
-                self.claim(camera, state, instance, now)?;
-                // Newest wins: an older poll of the same process is one its client gave up on.
-                state.polls.retain(|p| p.instance != poll.instance);
-            }
-            // Without identity, two processes may share the id: only dead polls are ended.
-            None => {
-                self.release_dead(state, |p| p.instance.is_none());
-            }
+        // Newest wins: an older poll of the same process is one its client gave up on. Without
+        // identity, two processes may share the id: an older poll is left to the watcher, and
+        // gets no command meanwhile (commands go to the newest).
+        if let Some(instance) = &poll.instance {
+            self.claim(camera, state, instance, now)?;
+            state.polls.retain(|p| p.instance != poll.instance);
         }
         state.poll_started(&camera.id);
         self.redispatch_if_overdue(camera, state, now);
@@ -220,7 +220,8 @@ impl Registry {
     }
 
     /// Lets `instance` hold the camera's id, unless another process holds it and is alive: it
-    /// has a live poll, or its last poll ended normally within `CAMERA_GRACE_SECS`.
+    /// has a live poll, or its last poll ended normally within [`REPOLL_WITHIN`]. A last poll that left a command unanswered may have gone to a process
+    /// that died: the new process takes over, and the command is sent to it.
     fn claim(
         &self, camera: &Camera, state: &mut CameraState, instance: &str, now: Instant,
     ) -> Result<(), ApiError> {
@@ -228,9 +229,12 @@ impl Registry {
             let holder = Some(current.as_str());
             let dead = self.release_dead(state, |p| p.instance.as_deref() == holder);
             let polling = state.open_polls > dead;
+            let unanswered = state.in_flight.as_ref().is_some_and(|c| c.sent_at.is_some());
             let recent = !state.instance_left
+                && !unanswered
                 && state.last_poll_end.is_some_and(|end| {
-                    now.saturating_duration_since(end) <= self.config.camera_grace
+                    now.saturating_duration_since(end)
+                        <= REPOLL_WITHIN.min(self.config.camera_grace)
                 });
             if polling || recent {
                 if state.conflict_logged.is_none_or(|at| at.elapsed() >= CONFLICT_LOG_EVERY) {
@@ -247,6 +251,9 @@ impl Registry {
                 "camera '{}' is now served by process {instance} (process {current} is gone)",
                 camera.id
             );
+            if let Some(command) = state.in_flight.as_mut() {
+                command.sent_at = None;
+            }
         }
         state.instance = Some(instance.to_string());
         state.instance_left = false;
@@ -295,14 +302,13 @@ impl Registry {
     /// off from when this server was down, or still held by another instance of a fleet): the
     /// call waits for its first poll, until the window or the call's `deadline` ends.
     fn await_arrival(&self, camera_id: &str, deadline: Instant) -> Result<Arc<Camera>, ApiError> {
-        let unknown = || ApiError::UnknownCamera {
+        let unknown = |waited: bool| ApiError::UnknownCamera {
             camera_id: camera_id.to_string(),
-            since_start: (self.config.camera_arrival > Duration::ZERO)
-                .then(|| self.started.elapsed()),
+            since_start: waited.then(|| self.started.elapsed()),
         };
         let window_end = self.started + self.config.camera_arrival;
         if Instant::now() >= window_end {
-            return Err(unknown());
+            return Err(unknown(false));
         }
         let _waiting = Counted::new(&self.awaiting_arrival);
         let _counted = Counted::new(&self.callers_waiting);
@@ -313,7 +319,7 @@ impl Registry {
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(unknown());
+                return Err(unknown(true));
             }
             // Looked for again every 50 ms: a window after start, not a hot path.
             let wait = left.min(Duration::from_millis(50));
