@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::common::edge::{nginx_or_skip, Edge, EdgeOptions};
+use crate::common::edge::{free_port, nginx_or_skip, Edge, EdgeOptions};
 use crate::common::*;
 use camera_logs::LogEntry;
 use parking_lot::Mutex;
@@ -45,10 +45,19 @@ fn api_env() -> Vec<(&'static str, String)> {
         ("CAMERA_GRACE_SECS", "5".to_string()),
         ("WORKER_IDLE_SECS", "2".to_string()),
         ("LOG_LEVEL", "warn".to_string()),
-        // A restarted instance waits for the cameras moving back to it; see the README's
-        // "Running a fleet" for why 2 x POLL_HOLD_SECS + 10.
+        // A restarted instance waits for the cameras moving back to it (docs/fleet.md).
         ("CAMERA_ARRIVAL_SECS", (2 * POLL_HOLD_SECS + 10).to_string()),
     ]
+}
+
+/// The settings of instance `i` of the fleet on `ports`: it knows the others (PEERS).
+fn fleet_env(ports: &[u16], i: usize) -> Vec<(&'static str, String)> {
+    let url = |port: &u16| format!("http://127.0.0.1:{port}");
+    let others = ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| url(p));
+    let mut env = api_env();
+    env.push(("PEERS", others.collect::<Vec<_>>().join(",")));
+    env.push(("INSTANCE_NAME", url(&ports[i])));
+    env
 }
 
 fn camera_id(i: usize) -> String {
@@ -68,7 +77,8 @@ fn holdings(apis: &[Option<ApiProc>]) -> Vec<BTreeSet<String>> {
             let Some(api) = api else {
                 return BTreeSet::new();
             };
-            let Some(response) = try_get(&agent, &format!("{}/cameras", api.url), None) else {
+            let own = format!("{}/cameras?scope=instance", api.url);
+            let Some(response) = try_get(&agent, &own, None) else {
                 return BTreeSet::new();
             };
             response.expect_json(200)["cameras"]
@@ -179,8 +189,10 @@ fn a_fleet_routes_by_camera_and_survives_losing_an_instance() {
     else {
         return;
     };
-    let mut apis: Vec<Option<ApiProc>> =
-        (0..INSTANCES).map(|_| Some(start_api(&api_env()))).collect();
+    let ports: Vec<u16> = (0..INSTANCES).map(|_| free_port()).collect();
+    let mut apis: Vec<Option<ApiProc>> = (0..INSTANCES)
+        .map(|i| Some(try_start_api(ports[i], &fleet_env(&ports, i)).expect("an instance starts")))
+        .collect();
     let upstreams: Vec<String> =
         apis.iter().flatten().map(|api| host_port(&api.url).to_string()).collect();
     let edge = Edge::start_with(
@@ -217,6 +229,15 @@ fn a_fleet_routes_by_camera_and_survives_losing_an_instance() {
         }
     }
     assert_eq!(owner.len(), CAMERAS, "{held:?}");
+    // Through the edge, /cameras is the whole fleet, each camera with the instance holding it.
+    let view = get(&format!("{}/cameras", edge.url)).expect_json(200);
+    assert_eq!(view["scope"], "fleet", "{view}");
+    let rows = view["cameras"].as_array().expect("a camera list");
+    assert_eq!(rows.len(), CAMERAS, "{view}");
+    for row in rows {
+        let holder = format!("http://{}", upstreams[owner[row["cameraId"].as_str().unwrap()]]);
+        assert_eq!(row["instance"].as_str(), Some(holder.as_str()), "{row}");
+    }
     let counts: Vec<usize> = held.iter().map(BTreeSet::len).collect();
     eprintln!("cameras per instance: {counts:?}");
     let victim = (0..INSTANCES).max_by_key(|&i| counts[i]).expect("an instance");
@@ -270,7 +291,7 @@ fn a_fleet_routes_by_camera_and_survives_losing_an_instance() {
     let restarted = Instant::now();
     let mut last_error = String::new();
     for _ in 0..20 {
-        match try_start_api(victim_port, &api_env()) {
+        match try_start_api(victim_port, &fleet_env(&ports, victim)) {
             Ok(api) => {
                 apis[victim] = Some(api);
                 break;

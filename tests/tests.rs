@@ -9,6 +9,7 @@ mod api;
 mod binaries;
 mod camera_tls;
 mod connections;
+mod contract;
 mod edge;
 mod edge_attacks;
 mod faults;

@@ -326,9 +326,7 @@ fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
     let server = TestServer::start(config);
     let base = server.url.clone();
     let _front = Camera::start(&base, "front", &front);
-    let back = Camera::start(&base, "back", &[entry(t - 10.0, "back event")]);
     server.wait_for_camera("front");
-    server.wait_for_camera("back");
     let api = agent(Duration::from_secs(60));
     // The page shows `/logs`' answer newest first.
     let logs = |query: &str| -> Vec<Vec<String>> {
@@ -352,6 +350,17 @@ fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
         }
     });
     browser.type_into("#token", TOKEN);
+    // A lone camera is chosen for the user; the list says it is this instance's own.
+    wait_until("'front' chosen", PATIENCE, || {
+        browser.script("return document.getElementById('camera').value;", json!([])) == "front"
+    });
+    assert!(
+        browser.text("#scope").contains("This instance's own cameras"),
+        "{}",
+        browser.text("#scope")
+    );
+    let back = Camera::start(&base, "back", &[entry(t - 10.0, "back event")]);
+    server.wait_for_camera("back");
     let cameras = wait_for("the camera list", PATIENCE, || {
         let rows = browser.rows("#cameras");
         if rows.len() == 2 {
@@ -374,7 +383,12 @@ fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
         "the token is kept for the tab"
     );
 
+    // A click on a camera shows its events, for the range chosen (the last 5 minutes).
     browser.click("#cameras tr[data-camera-id=\"front\"]");
+    wait_until("the click shows front's events", PATIENCE, || {
+        browser.text("#events-info").contains("from camera 'front' for the last 5 minutes")
+    });
+    assert_eq!(browser.rows("#events"), logs(&format!("&startTimestamp={}", now() - 300.0)));
     let last_hour = show(&browser, "1h");
     assert_eq!(last_hour, logs(&format!("&startTimestamp={}", now() - 3600.0)));
     assert_eq!(last_hour.len(), 9, "{last_hour:?}");
@@ -433,44 +447,52 @@ fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
 }
 
 #[test]
-fn the_page_and_the_contract_are_served_without_a_token() {
-    let config = ServerConfig { api_token: Some(TOKEN.to_string()), ..test_config() };
-    let server = TestServer::start(config);
-    let page = get(&format!("{}/", server.url));
-    assert_eq!(page.status, 200);
-    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
-    assert!(page
-        .header("content-security-policy")
-        .is_some_and(|p| p.contains("default-src 'none'") && p.contains("connect-src 'self'")));
-    assert!(page.text().contains("<title>camera-logs</title>"));
-    assert!(
-        !page.text().contains("http://") && !page.text().contains("https://"),
-        "the page loads nothing from elsewhere"
-    );
+fn the_page_shows_the_fleet_with_the_instance_holding_each_camera() {
+    let (Some(chromedriver), Some(chromium)) = (
+        find(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"], "CHROMEDRIVER"),
+        find(&["/usr/bin/chromium", "/usr/lib/chromium/chromium"], "CHROMIUM"),
+    ) else {
+        println!("skipped: chromium or chromedriver is not installed (apt-get install chromium chromium-driver)");
+        return;
+    };
+    let (p1, p2) = (crate::common::edge::free_port(), crate::common::edge::free_port());
+    let (url1, url2) = (format!("http://127.0.0.1:{p1}"), format!("http://127.0.0.1:{p2}"));
+    let fleet = |port: u16, own: &str, peer: &str| ServerConfig {
+        port,
+        peers: Some(vec![peer.to_string()]),
+        instance_name: Some(own.to_string()),
+        ..test_config()
+    };
+    let one = TestServer::start(fleet(p1, &url1, &url2));
+    let two = TestServer::start(fleet(p2, &url2, &url1));
+    let _a = Camera::start(&one.url, "a", &[entry(1.0, "a")]);
+    let _b = Camera::start(&two.url, "b", &[entry(1.0, "b")]);
+    one.wait_for_camera("a");
+    two.wait_for_camera("b");
 
-    let spec = get(&format!("{}/openapi.yaml", server.url));
-    assert_eq!(spec.status, 200);
-    assert_eq!(spec.header("content-type"), Some("application/yaml"));
-    let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml"))
-        .expect("docs/openapi.yaml");
-    assert_eq!(spec.text(), file, "served exactly as written");
-    assert!(file.starts_with("# ") && file.contains("\nopenapi: 3.1.0\n"));
+    let browser = Browser::start(&chromedriver, &chromium);
+    browser.open(&format!("{}/", one.url));
+    let rows = wait_for("both instances' cameras", PATIENCE, || {
+        let rows = browser.rows("#cameras");
+        if rows.len() == 2 {
+            Ok(rows)
+        } else {
+            Err(format!("rows {rows:?}"))
+        }
+    });
+    assert_eq!((rows[0][0].as_str(), rows[0][4].as_str()), ("a", url1.as_str()), "{rows:?}");
+    assert_eq!((rows[1][0].as_str(), rows[1][4].as_str()), ("b", url2.as_str()), "{rows:?}");
+    assert!(browser.text("#scope").contains("The whole fleet"), "{}", browser.text("#scope"));
 
-    // The spec's paths are exactly the routes (the metrics' route labels, less "other").
-    let documented: Vec<&str> = file
-        .lines()
-        .skip_while(|l| *l != "paths:")
-        .take_while(|l| *l != "components:")
-        .filter_map(|l| l.strip_prefix("  /").map(|p| p.trim_end_matches(':')))
-        .collect();
-    let mut documented: Vec<String> = documented.iter().map(|p| format!("/{p}")).collect();
-    documented.sort();
-    let mut routes: Vec<String> =
-        camera_logs::Route::ALL.iter().map(|r| r.path().to_string()).collect();
-    routes.sort();
-    assert_eq!(documented, routes);
-    for route in &routes {
-        let status = get(&format!("{}{route}", server.url)).status;
-        assert_ne!(status, 404, "{route} is routed");
-    }
+    // An instance that stops answering is named, and its cameras are said to be missing.
+    two.shutdown();
+    wait_for("the missing instance named", PATIENCE, || {
+        let text = browser.text("#unreachable");
+        if text.contains(&url2) {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    assert_eq!(browser.rows("#cameras").len(), 1);
 }
