@@ -80,7 +80,8 @@ impl Monitor {
     fn online(&self, prefix: &str) -> Result<usize, String> {
         let mut online = 0;
         for base in &self.instances {
-            let mut path = "/cameras".to_string();
+            // Each server's own cameras: with PEERS, its plain /cameras is the whole fleet's.
+            let mut path = "/cameras?scope=instance".to_string();
             loop {
                 let page: CamerasResponse = self.get_from(base, &path)?;
                 online += page
@@ -89,7 +90,7 @@ impl Monitor {
                     .filter(|c| c.online && c.camera_id.starts_with(prefix))
                     .count();
                 match page.next_after {
-                    Some(after) => path = format!("/cameras?after={after}"),
+                    Some(after) => path = format!("/cameras?scope=instance&after={after}"),
                     None => break,
                 }
             }

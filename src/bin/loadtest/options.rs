@@ -21,8 +21,8 @@ Options:
   --target URL      drive an already running server (http://HOST:PORT) instead of starting
                     the `api` binary found next to this executable
   --instances URLS  with --target an edge in front of several servers: their own http://
-                    roots, comma-separated, asked directly which cameras are online (through
-                    an edge, /cameras lists one server's cameras only)
+                    roots, comma-separated, each asked directly which cameras it holds
+                    (/cameras?scope=instance)
   --hold SECS       POLL_HOLD_SECS for the api this tool starts (not with --target)
   --idle-ramp       connect cameras in steps up to --cameras, probe /logs after each step, and
                     report the server's memory and threads; stops at the first failure
