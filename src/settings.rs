@@ -122,7 +122,7 @@ macro_rules! settings {
 settings! {
     /// Settings of the API server.
     ServerConfig, SERVER_SETTINGS, "api", "the camera-logs API server", {
-        host: String = required("HOST", "127.0.0.1", parse_text, "address to listen on; 0.0.0.0 only behind the nginx edge (deploy/nginx.conf)");
+        host: String = required("HOST", "127.0.0.1", |raw| Ok(raw.into()), "address to listen on; 0.0.0.0 only behind the nginx edge (deploy/nginx.conf)");
         port: u16 = required("PORT", "8080", parse_port, "port to listen on (0 picks a free one)");
         poll_hold: Duration = required("POLL_HOLD_SECS", "30", parse_secs, "how long a camera's poll is held open before it is answered with noop");
         logs_timeout: Duration = required("LOGS_TIMEOUT_SECS", "30", parse_logs_timeout, "default bound on a GET /logs call (a call may ask for up to 300 s with ?timeout=)");
@@ -139,9 +139,9 @@ settings! {
         camera_token: Option<String> = optional("CAMERA_TOKEN", parse_token, "when set, camera endpoints require 'Authorization: Bearer <token>' (one token shared by all cameras)");
         camera_tokens: Option<HashMap<String, String>> = optional("CAMERA_TOKENS_FILE", read_tokens_file, "lines 'cameraId token': each camera may poll and answer only for its own id (instead of CAMERA_TOKEN)");
         peers: Option<Vec<String>> = optional("PEERS", parse_peers, "the other instances of a fleet, as comma-separated base URLs: /cameras then lists every instance's cameras");
-        instance_name: Option<String> = optional("INSTANCE_NAME", parse_text, "this instance's name in the fleet's /cameras (set it to the URL its peers use for it)");
+        instance_name: Option<String> = optional("INSTANCE_NAME", |raw| Ok(raw.into()), "this instance's name in the fleet's /cameras (set it to the URL its peers use for it)");
         api_token: Option<String> = optional("API_TOKEN", parse_token, "when set, /logs, /cameras, /stats and /metrics require 'Authorization: Bearer <token>'");
-        log_level: Level = required("LOG_LEVEL", "info", parse_level, "what is logged to stderr: info, warn, error or off");
+        log_level: Level = required("LOG_LEVEL", "info", str::parse, "what is logged to stderr: info, warn, error or off");
     }
 }
 
@@ -156,9 +156,9 @@ settings! {
         backoff_max: Duration = required("BACKOFF_MAX_SECS", "30", parse_secs, "cap of the exponential backoff (from 0.5 s) while the server is unreachable");
         camera_token: Option<String> = optional("CAMERA_TOKEN", parse_token, "bearer token sent to the server's camera endpoints");
         ca_certs: Option<CaCerts> = optional("CA_CERT_FILE", CaCerts::read, "PEM file of the CA certificate(s) an https:// server must chain to (a private CA or a self-signed edge), instead of the bundled webpki roots");
-        log_file: Option<PathBuf> = optional("LOG_FILE", parse_path, "when set, events are appended here as JSON lines and reloaded at start");
+        log_file: Option<PathBuf> = optional("LOG_FILE", |raw| Ok(raw.into()), "when set, events are appended here as JSON lines and reloaded at start");
         max_events: usize = required("MAX_EVENTS", "100000", parse_count, "events kept in memory; the oldest go first");
-        log_level: Level = required("LOG_LEVEL", "info", parse_level, "what is logged to stderr: info, warn, error or off");
+        log_level: Level = required("LOG_LEVEL", "info", str::parse, "what is logged to stderr: info, warn, error or off");
     }
 }
 
@@ -219,16 +219,12 @@ pub fn from_args_and_env<C: Settings>() -> Result<C, ExitCode> {
         eprintln!("{program}: unexpected argument {arg:?}; configuration comes from the environment (see --help)");
         return Err(ExitCode::from(2));
     }
-    match C::from_env() {
-        Ok(config) => {
-            crate::log::set_level(config.log_level());
-            Ok(config)
-        }
-        Err(e) => {
-            eprintln!("{program}: {e}");
-            Err(ExitCode::from(2))
-        }
-    }
+    let config = C::from_env().map_err(|e| {
+        eprintln!("{program}: {e}");
+        ExitCode::from(2)
+    })?;
+    crate::log::set_level(config.log_level());
+    Ok(config)
 }
 
 fn env_lookup(name: &'static str) -> Result<Option<String>, ConfigError> {
@@ -280,10 +276,6 @@ fn parse_default<T>(
     })
 }
 
-fn parse_text(raw: &str) -> Result<String, &'static str> {
-    Ok(raw.to_string())
-}
-
 /// Positive, finite seconds; fractions allowed. Capped at a day so a typo cannot overflow.
 fn parse_secs(raw: &str) -> Result<Duration, &'static str> {
     match raw.parse::<f64>() {
@@ -324,14 +316,6 @@ fn parse_count(raw: &str) -> Result<usize, &'static str> {
         Ok(n) if n > 0 => Ok(n),
         _ => Err("a whole number greater than 0"),
     }
-}
-
-fn parse_level(raw: &str) -> Result<Level, &'static str> {
-    raw.parse()
-}
-
-fn parse_path(raw: &str) -> Result<PathBuf, &'static str> {
-    Ok(PathBuf::from(raw))
 }
 
 fn parse_camera_id(raw: &str) -> Result<String, &'static str> {

@@ -56,17 +56,12 @@ impl EventLog {
     /// A log backed by `path`: reloads what is there, then appends to it.
     pub fn open(path: &Path, max_events: usize) -> io::Result<(EventLog, LoadReport)> {
         let max_events = max_events.max(1);
-        let (mut events, mut report, clean) = load(path)?;
-        let lines = events.len() + report.skipped_lines;
+        let (mut events, mut report) = load(path)?;
         events.drain(..events.len().saturating_sub(max_events));
         report.loaded = events.len();
-        // A torn or damaged file is rewritten whole, so the next append starts on a fresh line.
-        let file = if clean {
-            let file = OpenOptions::new().create(true).append(true).open(path)?;
-            Persisted { path: path.to_path_buf(), file, lines }
-        } else {
-            rewrite(path, &events)?
-        };
+        // Rewritten whole at every start: a torn last line is gone, the next append starts on
+        // a fresh line, and the file holds no more than it should.
+        let file = rewrite(path, &events)?;
         let log = EventLog { inner: Mutex::new(Inner { events, max_events, file: Some(file) }) };
         Ok((log, report))
     }
@@ -121,18 +116,17 @@ impl Persisted {
     }
 }
 
-/// Reads every line; returns the events, the report, and whether the file was intact.
-fn load(path: &Path) -> io::Result<(VecDeque<LogEntry>, LoadReport, bool)> {
+/// Reads every line; returns the events, and the report of what was found.
+fn load(path: &Path) -> io::Result<(VecDeque<LogEntry>, LoadReport)> {
     let mut events = VecDeque::new();
     let mut report = LoadReport::default();
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((events, report, true)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((events, report)),
         Err(e) => return Err(e),
     };
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
-    let mut clean = true;
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line)? == 0 {
@@ -141,13 +135,10 @@ fn load(path: &Path) -> io::Result<(VecDeque<LogEntry>, LoadReport, bool)> {
         let complete = line.last() == Some(&b'\n');
         match serde_json::from_slice::<LogEntry>(&line) {
             Ok(entry) if complete && entry.timestamp.is_finite() => events.push_back(entry),
-            _ => {
-                report.skipped_lines += 1;
-                clean = false;
-            }
+            _ => report.skipped_lines += 1,
         }
     }
-    Ok((events, report, clean))
+    Ok((events, report))
 }
 
 /// Writes `events` to a temporary file beside `path`, syncs it and renames it over `path`.

@@ -15,12 +15,14 @@
 //! It knows nothing of routes; it answers no request of its own choosing.
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tiny_http::{Header, Request, Response};
 
 use crate::log::{log_error, log_warn};
@@ -45,16 +47,22 @@ pub struct ListenerStats {
 }
 
 /// One tiny_http server on the socket; older ones are drained while their connections last.
+/// Several handler threads wait on it at once ([`Listener::next`] takes `&self`).
 pub struct Listener {
     addr: SocketAddr,
     socket: TcpListener,
     header_timeout: Duration,
-    current: tiny_http::Server,
+    state: Mutex<State>,
+    pub stats: Arc<ListenerStats>,
+}
+
+struct State {
+    current: Arc<tiny_http::Server>,
     /// Servers whose accept loop ended, with when each last delivered a request.
-    draining: Vec<(tiny_http::Server, Instant)>,
+    draining: Vec<(Arc<tiny_http::Server>, Instant)>,
     last_nudge: Instant,
+    /// When to try starting another accept loop, and the wait after that if it fails.
     restart: Option<(Instant, Duration)>,
-    pub stats: std::sync::Arc<ListenerStats>,
 }
 
 impl Listener {
@@ -70,14 +78,17 @@ impl Listener {
             s.set_write_timeout(Some(header_timeout))?;
             s.set_nodelay(true)
         })?;
-        Ok(Listener {
-            addr: socket.local_addr()?,
-            current: serve_on(&socket)?,
-            socket,
-            header_timeout,
+        let state = State {
+            current: Arc::new(serve_on(&socket)?),
             draining: Vec::new(),
             last_nudge: Instant::now(),
             restart: None,
+        };
+        Ok(Listener {
+            addr: socket.local_addr()?,
+            socket,
+            header_timeout,
+            state: Mutex::new(state),
             stats: Default::default(),
         })
     }
@@ -86,63 +97,69 @@ impl Listener {
         self.addr
     }
 
-    /// The next request, within about `wait`. While `callers_waiting`, the pool is nudged every
-    /// call (the caller calls every [`TICK`]).
-    pub fn next(&mut self, wait: Duration, callers_waiting: bool) -> Option<Request> {
+    /// The next request, within about `wait`. The pool is nudged every [`TICK`] while
+    /// `callers_waiting`, else every half header timeout.
+    pub fn next(&self, wait: Duration, callers_waiting: bool) -> Option<Request> {
         let now = Instant::now();
-        let quiet_every = (self.header_timeout / 2).clamp(TICK, QUIET_NUDGE_MAX);
-        if callers_waiting || now >= self.last_nudge + quiet_every {
-            self.last_nudge = now;
+        let (current, nudge, draining) = {
+            let mut state = self.state.lock();
+            let quiet_every = (self.header_timeout / 2).clamp(TICK, QUIET_NUDGE_MAX);
+            let nudge = now >= state.last_nudge + if callers_waiting { TICK } else { quiet_every };
+            if nudge {
+                state.last_nudge = now;
+            }
+            if state.restart.is_some_and(|(at, _)| now >= at) {
+                self.start_another(&mut state);
+            }
+            let quiet_for = self.header_timeout * 2;
+            state.draining.retain(|(_, last)| now.saturating_duration_since(*last) < quiet_for);
+            for (server, last) in &mut state.draining {
+                if let Ok(Some(request)) = server.try_recv() {
+                    *last = now;
+                    return Some(request);
+                }
+            }
+            (Arc::clone(&state.current), nudge, !state.draining.is_empty())
+        };
+        if nudge {
             let _ = TcpStream::connect_timeout(&loopback(self.addr), Duration::from_secs(1));
         }
-        if self.restart.is_some_and(|(at, _)| now >= at) {
-            self.start_another();
-        }
-        let quiet_for = self.header_timeout * 2;
-        self.draining.retain(|(_, last)| now.saturating_duration_since(*last) < quiet_for);
-        for (server, last) in &mut self.draining {
-            if let Ok(Some(request)) = server.try_recv() {
-                *last = now;
-                return Some(request);
-            }
-        }
-        let wait =
-            if self.draining.is_empty() { wait } else { wait.min(Duration::from_millis(10)) };
-        match self.current.recv_timeout(wait) {
+        let wait = if draining { wait.min(Duration::from_millis(10)) } else { wait };
+        match current.recv_timeout(wait) {
             Ok(request) => request,
             Err(e) => {
                 // Reported once, by the accept thread as it ends. A timeout of accept() itself
                 // is the quiet nudge coming late: not worth a warning.
-                if !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) {
+                if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
                     log_warn!("the accept loop ended ({e}); starting another");
                 }
-                self.restart = Some((now, TICK));
-                self.start_another();
+                let mut state = self.state.lock();
+                if Arc::ptr_eq(&state.current, &current) {
+                    state.restart = Some((now, TICK));
+                    self.start_another(&mut state);
+                }
                 None
             }
         }
     }
 
     /// A new tiny_http server on a duplicate of the socket; the old one is drained.
-    fn start_another(&mut self) {
-        let Some((_, backoff)) = self.restart else {
+    fn start_another(&self, state: &mut State) {
+        let Some((_, backoff)) = state.restart else {
             return;
         };
         match serve_on(&self.socket) {
             Ok(server) => {
-                let old = std::mem::replace(&mut self.current, server);
-                self.draining.push((old, Instant::now()));
-                self.restart = None;
+                let old = std::mem::replace(&mut state.current, Arc::new(server));
+                state.draining.push((old, Instant::now()));
+                state.restart = None;
                 self.stats.accept_loop_restarts.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 // EMFILE and friends: retry, slower each time, never in a hot loop.
                 let ms = backoff.as_millis();
                 log_error!("cannot restart the accept loop: {e}; retrying in {ms} ms");
-                self.restart =
+                state.restart =
                     Some((Instant::now() + backoff, (backoff * 2).min(RESTART_BACKOFF_MAX)));
             }
         }

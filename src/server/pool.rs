@@ -1,9 +1,10 @@
-//! The handler threads. One dispatcher thread takes each request from the [`Listener`], takes a
-//! permit from a bounded channel (at most `MAX_HANDLERS` requests in service), and hands the
-//! request to the most recently idle handler thread, or to a new one. Long polls and `/logs`
-//! calls block their thread, so the pool grows while no thread is idle; a thread idle for
-//! `WORKER_IDLE_SECS` exits, and since the most recently idle thread is used first, the threads
-//! a burst left behind are the ones that stay idle and go.
+//! The handler threads, as leaders and followers: a few idle threads (the leaders) wait on the
+//! [`Listener`] at once; one that takes a request hands its place to the most recently idle
+//! thread (or starts one, up to `MAX_HANDLERS`) and serves the request itself, so no hand-off
+//! sits between tiny_http and the handler. Long polls and `/logs` calls block their thread, so
+//! the pool grows while no thread is idle; a follower idle for `WORKER_IDLE_SECS` exits, and
+//! since the most recently idle thread leads next, the threads a burst left behind are the
+//! ones that go.
 //!
 //! Requests of one connection are served one at a time, in order: tiny_http hands over every
 //! pipelined request at once, yet writes each response only after the one before it, so a
@@ -19,13 +20,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, select, Receiver, Sender};
+use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 use tiny_http::Request;
 
 use super::listener::{Listener, TICK};
 use crate::log::log_error;
 
+/// Threads waiting on the listener at once, at most: a thread that finishes a request leads
+/// again while fewer wait. More than one, so that taking the next request never waits for a
+/// thread to be woken.
+const LEADERS: usize = 4;
+/// Below this many waiting, a leader that takes a request wakes a follower (or starts a thread)
+/// to take its place; above, it does not, and saves a wake-up per request.
+const READY: usize = 2;
 /// Handlers parse JSON (serde_json stops at depth 128) and format responses: 256 KiB is ample,
 /// and only the pages actually touched count against memory.
 const HANDLER_STACK: usize = 256 * 1024;
@@ -45,12 +53,13 @@ pub type Handler = Arc<dyn Fn(Request) + Send + Sync>;
 
 struct Shared {
     handle: Handler,
-    /// Idle threads' inboxes, the most recently idle last.
-    idle: Mutex<Vec<Sender<Request>>>,
-    /// One message per request in service; a handler takes its own out when done.
-    permits: (Sender<()>, Receiver<()>),
+    listener: Listener,
+    callers_waiting: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Idle threads waiting to lead, the most recently idle last, and how many lead.
+    followers: Mutex<(Vec<Sender<()>>, usize)>,
     /// Connections with a request in service, and the requests they pipelined behind it.
     serving: Mutex<HashMap<SocketAddr, VecDeque<Request>>>,
+    max_handlers: usize,
     idle_exit: Duration,
     /// Disconnected at shutdown (its sender is the server's).
     stop: Receiver<()>,
@@ -59,107 +68,127 @@ struct Shared {
     stats: Arc<PoolStats>,
 }
 
-/// Starts the dispatcher on `listener`, with at most `max_handlers` requests in service and
-/// handler threads that exit after `idle_exit`. It runs until `stop` disconnects; every thread
-/// holds a clone of `done` until it ends.
+/// Starts the leaders on `listener`: at most `max_handlers` threads, followers exiting after
+/// `idle_exit` idle. They run until `stop` disconnects; each holds a clone
+/// of `done` until it ends.
 pub fn start(
     listener: Listener, handle: Handler, stats: Arc<PoolStats>,
     (max_handlers, idle_exit): (usize, Duration),
-    callers_waiting: impl Fn() -> bool + Send + 'static, (stop, done): (Receiver<()>, Sender<()>),
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+    callers_waiting: impl Fn() -> bool + Send + Sync + 'static,
+    (stop, done): (Receiver<()>, Sender<()>),
+) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
         handle,
-        idle: Mutex::new(Vec::new()),
-        permits: bounded(max_handlers),
+        listener,
+        callers_waiting: Box::new(callers_waiting),
+        followers: Mutex::new((Vec::new(), LEADERS)),
         serving: Mutex::new(HashMap::new()),
+        max_handlers,
         idle_exit,
         stop,
         done,
         stats,
     });
-    std::thread::Builder::new()
-        .name("dispatcher".into())
-        .spawn(move || dispatch(listener, &shared, callers_waiting))
-}
-
-fn dispatch(mut listener: Listener, shared: &Arc<Shared>, callers_waiting: impl Fn() -> bool) {
-    let _alive = shared.done.clone();
-    while !shared.stopped() {
-        let Some(request) = listener.next(TICK, callers_waiting()) else {
-            continue;
-        };
-        let Some(request) = shared.admit(request) else {
-            continue;
-        };
-        // At MAX_HANDLERS, further requests wait in tiny_http's queue until a handler is free.
-        select! {
-            send(shared.permits.0, ()) -> _ => shared.run(request),
-            recv(shared.stop) -> _ => break,
-        }
-    }
+    (0..LEADERS).try_for_each(|_| shared.spawn())
 }
 
 impl Shared {
-    fn stopped(&self) -> bool {
-        matches!(self.stop.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected))
-    }
-
-    /// Hands `request` to the most recently idle thread, or to a new one.
-    fn run(self: &Arc<Self>, mut request: Request) {
-        while let Some(inbox) = self.idle.lock().pop() {
-            match inbox.send(request) {
-                Ok(()) => return,
-                // It exited in the same instant (idle timeout).
-                Err(back) => request = back.0,
-            }
-        }
+    fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
         let shared = Arc::clone(self);
-        let peer = request.remote_addr().copied();
-        let (inbox_tx, inbox) = bounded(1);
+        self.stats.threads.fetch_add(1, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("handler".into())
             .stack_size(HANDLER_STACK)
-            .spawn(move || shared.handler_thread(request, inbox_tx, &inbox));
-        if let Err(e) = spawned {
-            log_error!("could not start a handler thread: {e}; serving with the threads there are");
-            // The request went with the closure, and with what its connection pipelined behind
-            // it: tiny_http answers a dropped request with 500.
-            if let Some(peer) = peer {
-                self.serving.lock().remove(&peer);
+            .spawn(move || shared.handler_thread());
+        if spawned.is_err() {
+            self.stats.threads.fetch_sub(1, Ordering::Relaxed);
+        }
+        spawned.map(|_| ())
+    }
+
+    fn handler_thread(self: Arc<Self>) {
+        let _alive = self.done.clone();
+        let (me, wake) = bounded(1);
+        while let Some(request) = self.lead() {
+            self.promote();
+            if let Some(request) = self.admit(request) {
+                self.serve_connection(request);
             }
-            let _ = self.permits.1.try_recv();
+            if !self.follow(&me, &wake) {
+                break;
+            }
+        }
+        self.stats.threads.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Waits, as a leader, for the next request; `None` once the server stops.
+    fn lead(&self) -> Option<Request> {
+        loop {
+            if matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected)) {
+                return None;
+            }
+            if let Some(request) = self.listener.next(TICK, (self.callers_waiting)()) {
+                return Some(request);
+            }
         }
     }
 
-    fn handler_thread(&self, first: Request, me: Sender<Request>, inbox: &Receiver<Request>) {
-        let _alive = self.done.clone();
-        self.stats.threads.fetch_add(1, Ordering::Relaxed);
-        let mut next = Some(first);
-        while let Some(request) = next.take() {
-            self.serve_connection(request);
-            let _ = self.permits.1.try_recv();
-            self.idle.lock().push(me.clone());
-            next = select! {
-                recv(inbox) -> request => request.ok(),
-                recv(self.stop) -> _ => None,
-                default(self.idle_exit) => {
-                    // Leave the idle list, unless the dispatcher took this thread just now:
-                    // then its request is on the way.
-                    let mut idle = self.idle.lock();
-                    match idle.iter().position(|s| s.same_channel(&me)) {
-                        Some(at) => {
-                            idle.remove(at);
-                            None
-                        }
-                        None => {
-                            drop(idle);
-                            inbox.recv().ok()
-                        }
+    /// Hands the place of a leader that took a request to the most recently idle thread, or to
+    /// a new one; at `MAX_HANDLERS`, to the next thread that finishes (further requests wait in
+    /// tiny_http's queue).
+    fn promote(self: &Arc<Self>) {
+        let mut followers = self.followers.lock();
+        followers.1 -= 1;
+        if followers.1 >= READY {
+            return;
+        }
+        followers.1 += 1;
+        while let Some(next) = followers.0.pop() {
+            // A follower that left in the same instant (its idle timeout) takes no lead.
+            if next.send(()).is_ok() {
+                return;
+            }
+        }
+        if self.stats.threads.load(Ordering::Relaxed) >= self.max_handlers {
+            followers.1 -= 1;
+            return;
+        }
+        drop(followers);
+        if let Err(e) = self.spawn() {
+            self.followers.lock().1 -= 1;
+            log_error!("could not start a handler thread: {e}; serving with the threads there are");
+        }
+    }
+
+    /// After a request: lead at once if a leader is missing, else wait to be handed a lead;
+    /// `false` when the thread should end (idle for `WORKER_IDLE_SECS`, or the server stops).
+    fn follow(&self, me: &Sender<()>, wake: &Receiver<()>) -> bool {
+        {
+            let mut followers = self.followers.lock();
+            if followers.1 < LEADERS {
+                followers.1 += 1;
+                return true;
+            }
+            followers.0.push(me.clone());
+        }
+        select! {
+            recv(wake) -> _ => true,
+            recv(self.stop) -> _ => false,
+            default(self.idle_exit) => {
+                // Leave the idle list, unless the lead was handed over just now.
+                let mut followers = self.followers.lock();
+                match followers.0.iter().position(|s| s.same_channel(me)) {
+                    Some(at) => {
+                        followers.0.remove(at);
+                        false
+                    }
+                    None => {
+                        drop(followers);
+                        wake.recv().is_ok()
                     }
                 }
-            };
+            }
         }
-        self.stats.threads.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Serves `request`, then every request its connection pipelined behind it, in order.

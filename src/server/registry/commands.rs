@@ -52,7 +52,7 @@ impl Registry {
         };
         let range = waiters.iter().fold(first.range, |acc, w| acc.union(&w.range));
         state.in_flight = Some(InFlight {
-            request_id: self.ids.next(),
+            request_id: self.request_id(),
             range,
             waiters,
             sent_at: None,

@@ -103,28 +103,15 @@ pub struct RegistryStats {
 
 type Reply = Result<LogSlice, ApiError>;
 
-/// Unguessable request ids without a random-number crate: SipHash keyed by `RandomState`, whose
-/// keys std draws from the operating system's random source, applied to a counter.
-struct RequestIds {
-    keys: RandomState,
-    counter: AtomicU64,
-}
-
-impl RequestIds {
-    fn next(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let (high, low) = (self.keys.hash_one((n, 0u8)), self.keys.hash_one((n, 1u8)));
-        format!("{high:016x}{low:016x}")
-    }
-}
-
 /// All cameras known to one server.
 pub struct Registry {
     config: ServerConfig,
     alive: ConnectionProbe,
     cameras: Mutex<HashMap<String, Arc<Camera>>>,
-    ids: RequestIds,
-    /// Ids of waiters and held polls.
+    /// Keys request ids: unguessable without a random-number crate, as SipHash keyed from the
+    /// operating system's random source (`RandomState`) applied to a counter.
+    id_keys: RandomState,
+    /// Numbers waiters, held polls and request ids.
     next_id: AtomicU64,
     /// `/logs` calls waiting right now; cheap to read from other threads.
     callers_waiting: AtomicUsize,
@@ -144,7 +131,7 @@ impl Registry {
             config: config.clone(),
             alive,
             cameras: Mutex::new(HashMap::new()),
-            ids: RequestIds { keys: RandomState::new(), counter: AtomicU64::new(0) },
+            id_keys: RandomState::new(),
             next_id: AtomicU64::new(0),
             callers_waiting: AtomicUsize::new(0),
             metrics,
@@ -160,6 +147,12 @@ impl Registry {
     pub fn tick_interval(&self) -> Duration {
         (self.config.ack_timeout.min(self.config.camera_grace) / 4)
             .clamp(Duration::from_millis(20), Duration::from_millis(250))
+    }
+
+    fn request_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (high, low) = (self.id_keys.hash_one((n, 0u8)), self.id_keys.hash_one((n, 1u8)));
+        format!("{high:016x}{low:016x}")
     }
 
     /// How many `/logs` calls are waiting for a camera right now (one atomic load).

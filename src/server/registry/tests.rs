@@ -221,7 +221,7 @@ fn waiting_calls_are_bounded() {
 #[test]
 fn request_ids_are_long_and_distinct() {
     let registry = registry();
-    let ids: std::collections::HashSet<String> = (0..1000).map(|_| registry.ids.next()).collect();
+    let ids: std::collections::HashSet<String> = (0..1000).map(|_| registry.request_id()).collect();
     assert_eq!(ids.len(), 1000);
     assert!(ids.iter().all(|id| id.len() == 32));
 }

@@ -110,6 +110,12 @@ impl Registry {
         }
     }
 
+    /// Whether a poll held since before `since` is still held.
+    pub fn holds_polls_since(&self, since: Instant) -> bool {
+        let cameras = self.all_cameras();
+        cameras.iter().any(|camera| camera.state.lock().polls.iter().any(|p| p.since < since))
+    }
+
     /// Ends the held polls whose client has left: those older than `connected` (the peers
     /// connected when it was read, at `taken`) whose peer is not in it. Returns how many.
     pub fn release_polls(&self, connected: &HashSet<SocketAddr>, taken: Instant) -> usize {
