@@ -184,7 +184,8 @@ fn tls_config(ca_certs: Option<&CaCerts>) -> ureq::tls::TlsConfig {
 pub fn describe_trust(config: &CameraConfig) -> String {
     match (&config.ca_certs, config.api_base_url.starts_with("https://")) {
         (Some(ca), true) => {
-            format!("; trusting only the CA certificate(s) of {}", ca.path.display())
+            let (n, path) = (ca.der.len(), ca.path.display());
+            format!("; trusting only the {n} CA certificate(s) of {path}")
         }
         (None, true) => "; trusting the bundled webpki roots".to_string(),
         (Some(_), false) => "; CA_CERT_FILE unused (the URL is not https://)".to_string(),
@@ -341,7 +342,7 @@ mod tests {
             ca_certs: Some(ca.clone()),
             ..CameraConfig::default()
         };
-        assert!(describe_trust(&https).contains("trusting only the CA certificate(s) of ca.pem"));
+        assert!(describe_trust(&https).contains("trusting only the 2 CA certificate(s) of ca.pem"));
         let http = CameraConfig { ca_certs: Some(ca), ..CameraConfig::default() };
         assert!(describe_trust(&http).contains("unused"));
         assert_eq!(describe_trust(&CameraConfig::default()), "");

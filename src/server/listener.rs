@@ -4,8 +4,10 @@
 //!
 //! - no timeouts: SO_RCVTIMEO/SO_SNDTIMEO on the listening socket, which accepted sockets
 //!   inherit (`connections::idle_connections_are_closed_after_the_header_timeout`);
-//! - an accept loop that ends for good on any `accept()` error: a new tiny_http server on a
-//!   duplicate of the socket, the old one drained (`connections::the_server_accepts_again_after_running_out_of_descriptors`);
+//! - an accept loop that ends for good on any `accept()` error, and without a word when it cannot
+//!   duplicate an accepted socket (it panics): a new tiny_http server on a duplicate of the
+//!   socket, the old one drained, the panic noticed by a hook
+//!   (`connections::the_server_accepts_again_after_running_out_of_descriptors`);
 //! - `accept()` itself times out through the same SO_RCVTIMEO, and a lost wake-up in its
 //!   connection pool can leave a connection queued: an empty loopback connection now and then
 //!   (`connections::an_idle_server_keeps_its_accept_loop`, `connections::a_burst_of_polls_is_taken_at_once`);
@@ -63,6 +65,8 @@ struct State {
     last_nudge: Instant,
     /// When to try starting another accept loop, and the wait after that if it fails.
     restart: Option<(Instant, Duration)>,
+    /// [`ACCEPT_LOOP_PANICS`] when last looked at.
+    panics_seen: usize,
 }
 
 impl Listener {
@@ -83,6 +87,7 @@ impl Listener {
             draining: Vec::new(),
             last_nudge: Instant::now(),
             restart: None,
+            panics_seen: ACCEPT_LOOP_PANICS.load(Ordering::Relaxed),
         };
         Ok(Listener {
             addr: socket.local_addr()?,
@@ -103,6 +108,12 @@ impl Listener {
         let now = Instant::now();
         let (current, nudge, draining) = {
             let mut state = self.state.lock();
+            let panics = ACCEPT_LOOP_PANICS.load(Ordering::Relaxed);
+            if panics != state.panics_seen {
+                state.panics_seen = panics;
+                log_warn!("tiny_http's accept loop panicked (above); starting another");
+                state.restart = Some((now, TICK));
+            }
             let quiet_every = (self.header_timeout / 2).clamp(TICK, QUIET_NUDGE_MAX);
             let nudge = now >= state.last_nudge + if callers_waiting { TICK } else { quiet_every };
             if nudge {
@@ -178,6 +189,27 @@ pub fn respond(
         return Ok(());
     }
     request.respond(response)
+}
+
+/// Panics of tiny_http's accept threads so far (see [`watch_accept_loops`]).
+static ACCEPT_LOOP_PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// tiny_http's accept thread panics when it cannot duplicate a socket it accepted
+/// (`util/refined_tcp_stream.rs`: `try_clone().unwrap()`, on EMFILE), and its accept loop is
+/// gone without a word: the hook counts those, for every listener to start another. Every panic
+/// is still reported as before.
+pub fn watch_accept_loops() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let file = info.location().map_or("", |at| at.file());
+            if file.contains("tiny_http") && file.ends_with("refined_tcp_stream.rs") {
+                ACCEPT_LOOP_PANICS.fetch_add(1, Ordering::Relaxed);
+            }
+            report(info)
+        }));
+    });
 }
 
 /// A tiny_http server accepting on a duplicate of `socket`.

@@ -1,5 +1,5 @@
-//! The API server: start-up and shutdown. It binds the [`Listener`], starts the dispatcher and
-//! its handler pool, and one upkeep thread (the registry's ticker, and the watcher that ends
+//! The API server: start-up and shutdown. It binds the [`Listener`], starts the handler pool on
+//! it, and one upkeep thread (the registry's ticker, and the watcher that ends
 //! held polls whose client has left). Everything stops when [`ApiServer`]'s stop sender is
 //! dropped, by a call to [`ApiServer::shutdown`] or by a start that fails half-way.
 
@@ -40,16 +40,18 @@ const WATCH_COST_SHARE: u32 = 50;
 pub struct ApiServer {
     addr: SocketAddr,
     registry: Arc<Registry>,
-    /// Never sent on: dropping it stops the dispatcher, the upkeep thread and every handler.
+    /// Never sent on: dropping it stops the upkeep thread and every handler.
     stop: Option<Sender<()>>,
     /// Disconnected once every thread of the server has ended (each holds a sender).
     done: Receiver<()>,
-    threads: Vec<JoinHandle<()>>,
+    /// The registry's ticker: without it commands are never re-sent nor cameras found offline.
+    upkeep: Option<JoinHandle<()>>,
 }
 
 impl ApiServer {
     /// Binds `HOST:PORT` and starts serving on background threads.
     pub fn start(config: ServerConfig) -> std::io::Result<ApiServer> {
+        listener::watch_accept_loops();
         let listener = Listener::bind(&config.host, config.port, config.header_timeout)?;
         let addr = listener.addr();
         let port = addr.port();
@@ -90,7 +92,7 @@ impl ApiServer {
         for line in routes::describe_authentication(&app.config) {
             announce(format_args!("authentication: {line}"));
         }
-        Ok(ApiServer { addr, registry, stop: Some(stop), done, threads: vec![upkeep] })
+        Ok(ApiServer { addr, registry, stop: Some(stop), done, upkeep: Some(upkeep) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -102,16 +104,13 @@ impl ApiServer {
         format!("http://{}", loopback(self.addr))
     }
 
-    /// Blocks while the server runs (the `api` binary's main thread). An error means one of its
-    /// threads panicked: the process should exit and be restarted.
+    /// Blocks while the server runs (the `api` binary's main thread). An error means the upkeep
+    /// thread panicked: the process should exit and be restarted.
     pub fn wait(mut self) -> std::io::Result<()> {
-        for thread in self.threads.drain(..) {
-            let name = thread.thread().name().unwrap_or("server").to_string();
-            if thread.join().is_err() {
-                return Err(std::io::Error::other(format!("the {name} thread panicked")));
-            }
+        match self.upkeep.take().map(JoinHandle::join) {
+            Some(Err(_)) => Err(std::io::Error::other("the upkeep thread panicked")),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Answers held polls and waiting calls at once, stops the threads and closes the listening
@@ -119,8 +118,8 @@ impl ApiServer {
     pub fn shutdown(mut self) {
         self.registry.shutdown();
         self.stop.take();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+        if let Some(upkeep) = self.upkeep.take() {
+            let _ = upkeep.join();
         }
         let _ = self.done.recv_timeout(SHUTDOWN_WAIT);
         log_info!("API server on {} stopped", self.addr);

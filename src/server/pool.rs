@@ -1,7 +1,7 @@
 //! The handler threads, as leaders and followers: a few idle threads (the leaders) wait on the
-//! [`Listener`] at once; one that takes a request hands its place to the most recently idle
-//! thread (or starts one, up to `MAX_HANDLERS`) and serves the request itself, so no hand-off
-//! sits between tiny_http and the handler. Long polls and `/logs` calls block their thread, so
+//! [`Listener`] at once and serve the request they take themselves, so no hand-off sits between
+//! tiny_http and the handler; when too few are left waiting, the one that took a request wakes
+//! the most recently idle thread to take its place (or starts one, up to `MAX_HANDLERS`). Long polls and `/logs` calls block their thread, so
 //! the pool grows while no thread is idle; a follower idle for `WORKER_IDLE_SECS` exits, and
 //! since the most recently idle thread leads next, the threads a burst left behind are the
 //! ones that go.
