@@ -34,6 +34,6 @@ pub use protocol::{
 };
 pub use server::ApiServer;
 pub use settings::{
-    from_args_and_env, help_text, CaCerts, CameraConfig, ConfigError, ServerConfig, Setting,
-    Settings, CAMERA_SETTINGS, SERVER_SETTINGS,
+    CaCerts, CameraConfig, ConfigError, ServerConfig, Setting, Settings, CAMERA_SETTINGS,
+    SERVER_SETTINGS,
 };

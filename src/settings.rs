@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::log::Level;
@@ -47,11 +46,8 @@ pub type Lookup<'a> = &'a dyn Fn(&'static str) -> Result<Option<String>, ConfigE
 
 /// A configuration read from one table of settings.
 pub trait Settings: Sized {
-    const PROGRAM: &'static str;
-    const ABOUT: &'static str;
     const TABLE: &'static [Setting];
     fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError>;
-    fn log_level(&self) -> Level;
 
     /// Reads every variable of the table from the process environment.
     fn from_env() -> Result<Self, ConfigError> {
@@ -63,7 +59,7 @@ pub trait Settings: Sized {
 /// required("NAME", "default", parser, "help")` or `optional("NAME", parser, "help")` (an
 /// `Option` field, unset by default; set but empty is an error).
 macro_rules! settings {
-    ($(#[$doc:meta])* $config:ident, $table:ident, $program:literal, $about:literal, {
+    ($(#[$doc:meta])* $config:ident, $table:ident, {
         $($(#[$fdoc:meta])* $field:ident: $ty:ty = $kind:ident($name:literal, $($rest:tt)*);)*
     }) => {
         $(#[$doc])*
@@ -77,8 +73,6 @@ macro_rules! settings {
         ];
 
         impl Settings for $config {
-            const PROGRAM: &'static str = $program;
-            const ABOUT: &'static str = $about;
             const TABLE: &'static [Setting] = $table;
 
             fn from_lookup(lookup: Lookup<'_>) -> Result<$config, ConfigError> {
@@ -88,10 +82,6 @@ macro_rules! settings {
                 config.check()?;
                 Ok(config)
             }
-
-            fn log_level(&self) -> Level {
-                self.log_level
-            }
         }
 
         impl Default for $config {
@@ -100,7 +90,7 @@ macro_rules! settings {
             fn default() -> Self {
                 match $config::from_lookup(&|_| Ok(None)) {
                     Ok(config) => config,
-                    Err(e) => panic!("a default in the {} table is invalid: {e}", $program),
+                    Err(e) => panic!("a default in the {} table is invalid: {e}", stringify!($table)),
                 }
             }
         }
@@ -121,7 +111,7 @@ macro_rules! settings {
 
 settings! {
     /// Settings of the API server.
-    ServerConfig, SERVER_SETTINGS, "api", "the camera-logs API server", {
+    ServerConfig, SERVER_SETTINGS, {
         host: String = required("HOST", "127.0.0.1", |raw| Ok(raw.into()), "address to listen on; 0.0.0.0 only behind the nginx edge (deploy/nginx.conf)");
         port: u16 = required("PORT", "8080", parse_port, "port to listen on (0 picks a free one)");
         poll_hold: Duration = required("POLL_HOLD_SECS", "30", parse_secs, "how long a camera's poll is held open before it is answered with noop");
@@ -147,7 +137,7 @@ settings! {
 
 settings! {
     /// Settings of the camera.
-    CameraConfig, CAMERA_SETTINGS, "camera", "a camera-logs camera client", {
+    CameraConfig, CAMERA_SETTINGS, {
         api_base_url: String = required("API_BASE_URL", "http://localhost:8080", parse_base_url, "where the API server is: http://, or https:// (e.g. through the nginx edge)");
         camera_id: String = required("CAMERA_ID", "default", parse_camera_id, "this camera's id (letters, digits, '.', '_', '-'; at most 64)");
         /// `None`: no generated events (a camera that serves only what its log holds).
@@ -191,40 +181,6 @@ impl CameraConfig {
     fn check(&self) -> Result<(), ConfigError> {
         Ok(())
     }
-}
-
-/// The `--help` text: what the program is, then every variable with its default.
-pub fn help_text<C: Settings>() -> String {
-    let (program, about) = (C::PROGRAM, C::ABOUT);
-    let mut text =
-        format!("{program}: {about}\n\nUsage: {program} [--help]\n\nEnvironment variables:\n");
-    for s in C::TABLE {
-        let default = s.default.unwrap_or("(unset)");
-        text.push_str(&format!("  {:<24} default {default:<24} {}\n", s.name, s.help));
-    }
-    text
-}
-
-/// How both binaries start: `--help` prints every variable and exits 0; a stray argument or a
-/// malformed variable is reported and exits 2; otherwise the configuration is read once and
-/// its log level applied.
-pub fn from_args_and_env<C: Settings>() -> Result<C, ExitCode> {
-    let program = C::PROGRAM;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{}", help_text::<C>());
-        return Err(ExitCode::SUCCESS);
-    }
-    if let Some(arg) = args.first() {
-        eprintln!("{program}: unexpected argument {arg:?}; configuration comes from the environment (see --help)");
-        return Err(ExitCode::from(2));
-    }
-    let config = C::from_env().map_err(|e| {
-        eprintln!("{program}: {e}");
-        ExitCode::from(2)
-    })?;
-    crate::log::set_level(config.log_level());
-    Ok(config)
 }
 
 fn env_lookup(name: &'static str) -> Result<Option<String>, ConfigError> {

@@ -2,14 +2,18 @@
 
 use std::process::ExitCode;
 
-use camera_logs::{from_args_and_env, ApiServer, ServerConfig};
+use camera_logs::{set_log_level, ApiServer, ServerConfig};
+
+#[path = "shared/cli.rs"]
+mod cli;
 
 fn main() -> ExitCode {
     without_thread_caches();
-    let config: ServerConfig = match from_args_and_env() {
+    let config: ServerConfig = match cli::config_from_env("api", "the camera-logs API server") {
         Ok(config) => config,
         Err(exit) => return exit,
     };
+    set_log_level(config.log_level);
     match ApiServer::start(config).map(ApiServer::wait) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {

@@ -3,13 +3,17 @@
 
 use std::process::ExitCode;
 
-use camera_logs::{from_args_and_env, CameraConfig, CameraHandle};
+use camera_logs::{set_log_level, CameraConfig, CameraHandle};
+
+#[path = "shared/cli.rs"]
+mod cli;
 
 fn main() -> ExitCode {
-    let config: CameraConfig = match from_args_and_env() {
+    let config: CameraConfig = match cli::config_from_env("camera", "a camera-logs camera client") {
         Ok(config) => config,
         Err(exit) => return exit,
     };
+    set_log_level(config.log_level);
     match CameraHandle::start(config).map(CameraHandle::wait) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
