@@ -85,19 +85,12 @@ pub struct LogEntry {
 
 /// What the server answers to `GET /poll_for_command`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "snake_case")]
+#[serde(tag = "command", rename_all = "snake_case", rename_all_fields = "camelCase")]
 pub enum Command {
     /// The hold ended with nothing to do: poll again.
     Noop,
     /// Send the events within `[start_timestamp, end_timestamp]` to `POST /send_logs`.
-    SendLogs {
-        #[serde(rename = "requestId")]
-        request_id: String,
-        #[serde(rename = "startTimestamp")]
-        start_timestamp: f64,
-        #[serde(rename = "endTimestamp")]
-        end_timestamp: f64,
-    },
+    SendLogs { request_id: String, start_timestamp: f64, end_timestamp: f64 },
 }
 
 /// The body of `POST /send_logs`.
@@ -105,30 +98,29 @@ pub enum Command {
 /// `request_id` is optional so that cameras written before request ids existed still work:
 /// their answer is matched to the camera's oldest command in flight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SendLogsBody {
-    #[serde(rename = "requestId", default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     pub logs: Vec<LogEntry>,
 }
 
 /// The body of a successful `GET /logs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LogsResponse {
-    #[serde(rename = "cameraId")]
     pub camera_id: String,
     pub logs: Vec<LogEntry>,
 }
 
 /// One row of `GET /cameras`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CameraInfo {
-    #[serde(rename = "cameraId")]
     pub camera_id: String,
     pub online: bool,
     /// Epoch seconds of the last poll that started or ended.
-    #[serde(rename = "lastSeen")]
     pub last_seen: f64,
-    #[serde(rename = "waitingRequests")]
     pub waiting_requests: usize,
     /// In a fleet's view, the instance that holds the camera.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,10 +129,10 @@ pub struct CameraInfo {
 
 /// The body of `GET /cameras`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CamerasResponse {
     pub cameras: Vec<CameraInfo>,
     /// Pass as `after` for the next page; `null` on the last page.
-    #[serde(rename = "nextAfter")]
     pub next_after: Option<String>,
     /// `instance`: this instance's own cameras only; `fleet`: every instance's (`PEERS`).
     #[serde(default)]
@@ -148,6 +140,20 @@ pub struct CamerasResponse {
     /// In the fleet view, the instances that did not answer: their cameras are missing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreachable: Vec<String>,
+}
+
+impl CamerasResponse {
+    /// One page of `rows`, sorted by id: at most `limit` after `after`, and `nextAfter` when more
+    /// remain (`more`: a source of the rows had more than it gave).
+    pub fn page(mut rows: Vec<CameraInfo>, after: Option<&str>, limit: usize, more: bool) -> Self {
+        rows.retain(|row| after.is_none_or(|after| row.camera_id.as_str() > after));
+        rows.sort_by(|a, b| a.camera_id.cmp(&b.camera_id));
+        let more = more || rows.len() > limit;
+        rows.truncate(limit);
+        let next_after = more.then(|| rows.last().map(|row| row.camera_id.clone())).flatten();
+        let scope = "instance".to_string();
+        CamerasResponse { cameras: rows, next_after, scope, unreachable: Vec::new() }
+    }
 }
 
 /// The body of every error response.

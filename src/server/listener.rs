@@ -242,37 +242,21 @@ fn park(request: Request, response: Response<std::io::Cursor<Vec<u8>>>) {
 /// Binds `host:port`, with errors that name what to change: `HOST` when it does not resolve, the
 /// address (and `PORT`) when it cannot be bound.
 fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
-    use std::io::{Error, ErrorKind};
     use std::net::ToSocketAddrs;
-    let addrs: Vec<SocketAddr> = match (host, port).to_socket_addrs() {
-        Ok(addrs) => addrs.collect(),
-        Err(e) => {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("HOST={host:?} does not resolve to an address ({e}); use an IP address such as 127.0.0.1 or 0.0.0.0, or a resolvable name"),
-            ))
-        }
-    };
-    let mut last = None;
-    for addr in &addrs {
-        match TcpListener::bind(addr) {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last = Some((*addr, e)),
-        }
-    }
-    let Some((addr, e)) = last else {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!("HOST={host:?} resolves to no address"),
-        ));
-    };
-    let hint = match e.kind() {
-        ErrorKind::AddrInUse => "; another process listens there: stop it, or choose another PORT (and the cameras' API_BASE_URL with it)",
-        ErrorKind::AddrNotAvailable => "; HOST is not an address of this machine",
-        ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose a PORT of 1024 or more",
-        _ => "",
-    };
-    Err(Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}")))
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs().map(Iterator::collect).map_err(|e| {
+        let why = format!("HOST={host:?} does not resolve to an address ({e}); use an IP address such as 127.0.0.1 or 0.0.0.0, or a resolvable name");
+        std::io::Error::new(ErrorKind::InvalidInput, why)
+    })?;
+    TcpListener::bind(&addrs[..]).map_err(|e| {
+        let hint = match e.kind() {
+            ErrorKind::AddrInUse => "; another process listens there: stop it, or choose another PORT (and the cameras' API_BASE_URL with it)",
+            ErrorKind::AddrNotAvailable => "; HOST is not an address of this machine",
+            ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose a PORT of 1024 or more",
+            _ => "",
+        };
+        let addr = addrs.first().map_or(format!("{host}:{port}"), SocketAddr::to_string);
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}"))
+    })
 }
 
 /// Runs socket options std only offers on `TcpStream` against the listening socket, through a

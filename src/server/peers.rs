@@ -12,10 +12,10 @@ use crate::protocol::{CameraInfo, CamerasResponse, Route};
 /// A peer that has not answered within this is reported as unreachable.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One page of the fleet's cameras: at most `limit` ids after `after`, each camera once (where
-/// it is online, else where it was seen last).
+/// One page of the fleet's cameras: this instance's (`own`) and the peers', at most `limit` ids
+/// after `after`, each camera once (where it is online, else where it was seen last).
 pub fn fleet_page(
-    (own_name, own): (&str, CamerasResponse), peers: &[String],
+    (own_name, own): (&str, Vec<CameraInfo>), peers: &[String],
     (after, limit): (Option<&str>, usize), authorization: Option<&str>,
 ) -> CamerasResponse {
     let answers: Vec<Result<CamerasResponse, String>> = std::thread::scope(|scope| {
@@ -23,23 +23,24 @@ pub fn fleet_page(
             .iter()
             .map(|peer| scope.spawn(move || ask(peer, after, limit, authorization)))
             .collect();
-        asked
-            .into_iter()
-            .map(|a| a.join().unwrap_or_else(|_| Err("panicked".to_string())))
-            .collect()
+        let joined = asked.into_iter().map(|a| a.join().unwrap_or(Err("panicked".into())));
+        joined.collect()
     });
-    let mut more = own.next_after.is_some();
-    let mut rows = tagged(own.cameras, own_name);
-    let mut unreachable = Vec::new();
-    for (peer, answer) in peers.iter().zip(answers) {
+    let (mut rows, mut more, mut unreachable) = (Vec::new(), false, Vec::new());
+    let pages = std::iter::once((own_name, Ok(CamerasResponse::page(own, after, limit, false))));
+    for (instance, answer) in pages.chain(peers.iter().map(String::as_str).zip(answers)) {
         match answer {
             Ok(page) => {
                 more |= page.next_after.is_some();
-                rows.extend(tagged(page.cameras, peer));
+                rows.extend(
+                    page.cameras
+                        .into_iter()
+                        .map(|row| CameraInfo { instance: Some(instance.to_string()), ..row }),
+                );
             }
             Err(why) => {
-                log_warn!("peer {peer} did not list its cameras: {why}");
-                unreachable.push(peer.clone());
+                log_warn!("peer {instance} did not list its cameras: {why}");
+                unreachable.push(instance.to_string());
             }
         }
     }
@@ -48,17 +49,8 @@ pub fn fleet_page(
         id.then(b.online.cmp(&a.online)).then(b.last_seen.total_cmp(&a.last_seen))
     });
     rows.dedup_by(|later, first| later.camera_id == first.camera_id);
-    more |= rows.len() > limit;
-    rows.truncate(limit);
-    let next_after = more.then(|| rows.last().map(|row| row.camera_id.clone())).flatten();
-    CamerasResponse { cameras: rows, next_after, scope: "fleet".to_string(), unreachable }
-}
-
-fn tagged(mut rows: Vec<CameraInfo>, instance: &str) -> Vec<CameraInfo> {
-    for row in &mut rows {
-        row.instance = Some(instance.to_string());
-    }
-    rows
+    let page = CamerasResponse::page(rows, after, limit, more);
+    CamerasResponse { scope: "fleet".to_string(), unreachable, ..page }
 }
 
 /// One page of `peer`'s own cameras.

@@ -122,22 +122,16 @@ fn serve(app: &App, request: &mut Request, route: Route, query: &Query) -> Resul
         Route::Health => Reply::json(&serde_json::json!({"status": "ok"})),
         Route::Logs => logs(app, query, &client_address(request)),
         Route::Cameras => {
-            let (after, limit) = (query.after()?, query.limit()?);
-            let (cameras, next_after) = app.registry.cameras(after.as_deref(), limit);
-            let own = CamerasResponse {
-                cameras,
-                next_after,
-                scope: "instance".into(),
-                unreachable: vec![],
-            };
+            let (after, limit, fleet) = (query.after()?, query.limit()?, query.fleet_scope()?);
+            let own = app.registry.cameras();
             match &app.config.peers {
-                Some(peers) if query.fleet_scope()? => {
+                Some(peers) if fleet => {
                     let name = app.config.instance_name.as_deref().unwrap_or("self");
                     let auth = header(request, "Authorization");
                     let page = (after.as_deref(), limit);
                     Reply::json(&peers::fleet_page((name, own), peers, page, auth.as_deref()))
                 }
-                _ => Reply::json(&own),
+                _ => Reply::json(&CamerasResponse::page(own, after.as_deref(), limit, false)),
             }
         }
         Route::Stats => Reply::json(&stats(app)),
@@ -188,8 +182,8 @@ fn scrape(app: &App) -> String {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct LogsBody<'a> {
-    #[serde(rename = "cameraId")]
     camera_id: &'a str,
     logs: &'a [LogEntry],
 }

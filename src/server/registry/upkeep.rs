@@ -15,33 +15,20 @@ use crate::log::{epoch_secs, log_info, log_warn};
 use crate::protocol::CameraInfo;
 
 impl Registry {
-    /// One page of known cameras, sorted by id: at most `limit` ids after `after`, and the id to
-    /// pass as `after` for the next page when more remain.
-    pub fn cameras(&self, after: Option<&str>, limit: usize) -> (Vec<CameraInfo>, Option<String>) {
-        let mut page: Vec<Arc<Camera>> = self
-            .all_cameras()
-            .into_iter()
-            .filter(|camera| after.is_none_or(|after| camera.id.as_str() > after))
-            .collect();
-        page.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        let more = page.len() > limit;
-        page.truncate(limit);
+    /// Every known camera, as `/cameras` shows it.
+    pub fn cameras(&self) -> Vec<CameraInfo> {
         let now = Instant::now();
-        let rows: Vec<CameraInfo> = page
-            .iter()
-            .map(|camera| {
-                let state = camera.state.lock();
-                CameraInfo {
-                    camera_id: camera.id.clone(),
-                    online: state.online(now, self.config.camera_grace),
-                    last_seen: state.last_seen.map(epoch_secs).unwrap_or(0.0),
-                    waiting_requests: state.waiting(),
-                    instance: None,
-                }
-            })
-            .collect();
-        let next = more.then(|| rows.last().map(|row| row.camera_id.clone())).flatten();
-        (rows, next)
+        let rows = self.all_cameras().into_iter().map(|camera| {
+            let state = camera.state.lock();
+            CameraInfo {
+                camera_id: camera.id.clone(),
+                online: state.online(now, self.config.camera_grace),
+                last_seen: state.last_seen.map(epoch_secs).unwrap_or(0.0),
+                waiting_requests: state.waiting(),
+                instance: None,
+            }
+        });
+        rows.collect()
     }
 
     pub fn stats(&self) -> RegistryStats {
