@@ -7,20 +7,37 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Every endpoint of the API server. [`Route::ALL`] is the one table of paths, methods and
-/// query parameters: the server routes by it (404, 405 with `Allow`, 400 for a parameter the
-/// endpoint does not take), labels its metrics by it, and the camera builds its URLs from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Page,
-    Contract,
-    Logs,
-    Cameras,
-    Health,
-    Stats,
-    Metrics,
-    Poll,
-    SendLogs,
+/// Declares [`Route`] from one line per endpoint: its path, method and the query parameters it
+/// accepts.
+macro_rules! routes {
+    ($($route:ident = ($path:literal, $method:literal, [$($param:expr),*]);)*) => {
+        /// Every endpoint of the API server, in one table of paths, methods and query parameters:
+        /// the server routes by it (404, 405 with `Allow`, 400 for a parameter the endpoint does
+        /// not take), labels its metrics by it, and the camera builds its URLs from it.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Route { $($route),* }
+
+        impl Route {
+            pub const ALL: &[Route] = &[$(Route::$route),*];
+
+            /// Path, method and the query parameters the endpoint accepts.
+            pub fn spec(self) -> (&'static str, &'static str, &'static [&'static str]) {
+                match self { $(Route::$route => ($path, $method, &[$($param),*]),)* }
+            }
+        }
+    };
+}
+
+routes! {
+    Page = ("/", "GET", []);
+    Contract = ("/openapi.yaml", "GET", []);
+    Logs = ("/logs", "GET", [CAMERA_ID, "startTimestamp", "endTimestamp", "timeout"]);
+    Cameras = ("/cameras", "GET", ["after", "limit", "scope"]);
+    Health = ("/health", "GET", []);
+    Stats = ("/stats", "GET", []);
+    Metrics = ("/metrics", "GET", []);
+    Poll = ("/poll_for_command", "GET", [CAMERA_ID, INSTANCE_ID]);
+    SendLogs = ("/send_logs", "POST", [CAMERA_ID, INSTANCE_ID]);
 }
 
 /// The query parameter naming a camera, on every camera-scoped endpoint.
@@ -29,35 +46,6 @@ pub const CAMERA_ID: &str = "cameraId";
 pub const INSTANCE_ID: &str = "instanceId";
 
 impl Route {
-    pub const ALL: [Route; 9] = [
-        Route::Page,
-        Route::Contract,
-        Route::Logs,
-        Route::Cameras,
-        Route::Health,
-        Route::Stats,
-        Route::Metrics,
-        Route::Poll,
-        Route::SendLogs,
-    ];
-
-    /// Path, method and the query parameters the endpoint accepts.
-    pub fn spec(self) -> (&'static str, &'static str, &'static [&'static str]) {
-        match self {
-            Route::Page => ("/", "GET", &[]),
-            Route::Contract => ("/openapi.yaml", "GET", &[]),
-            Route::Logs => {
-                ("/logs", "GET", &[CAMERA_ID, "startTimestamp", "endTimestamp", "timeout"])
-            }
-            Route::Cameras => ("/cameras", "GET", &["after", "limit", "scope"]),
-            Route::Health => ("/health", "GET", &[]),
-            Route::Stats => ("/stats", "GET", &[]),
-            Route::Metrics => ("/metrics", "GET", &[]),
-            Route::Poll => ("/poll_for_command", "GET", &[CAMERA_ID, INSTANCE_ID]),
-            Route::SendLogs => ("/send_logs", "POST", &[CAMERA_ID, INSTANCE_ID]),
-        }
-    }
-
     pub fn path(self) -> &'static str {
         self.spec().0
     }
@@ -70,8 +58,18 @@ impl Route {
         self.spec().2
     }
 
+    /// The endpoint under `base` (which may have a path of its own), with `query` encoded.
+    pub fn url(self, base: &url::Url, query: &[(&str, &str)]) -> url::Url {
+        let mut url = base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().push(self.path().trim_start_matches('/'));
+        }
+        url.query_pairs_mut().extend_pairs(query);
+        url
+    }
+
     pub fn from_path(path: &str) -> Option<Route> {
-        Route::ALL.into_iter().find(|route| route.path() == path)
+        Route::ALL.iter().copied().find(|route| route.path() == path)
     }
 }
 
@@ -185,15 +183,8 @@ impl TimeRange {
 
     /// The smallest range that covers both, so one camera round trip can serve many callers.
     pub fn union(&self, other: &TimeRange) -> TimeRange {
-        let start = match (self.start, other.start) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            _ => None,
-        };
-        let end = match (self.end, other.end) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            _ => None,
-        };
-        TimeRange { start, end }
+        let start = self.start.zip(other.start).map(|(a, b)| a.min(b));
+        TimeRange { start, end: self.end.zip(other.end).map(|(a, b)| a.max(b)) }
     }
 
     /// The bounds as sent to a camera: an open side becomes the most extreme finite f64, so a
@@ -205,20 +196,18 @@ impl TimeRange {
     /// The index range of `sorted` (ascending by timestamp) that falls within this range.
     /// Two binary searches, so every caller sharing one camera answer costs O(log n), not a copy.
     pub fn slice_of(&self, sorted: &[LogEntry]) -> std::ops::Range<usize> {
-        let lo = match self.start {
-            Some(start) => sorted.partition_point(|e| e.timestamp < start),
-            None => 0,
-        };
-        let hi = match self.end {
-            Some(end) => sorted.partition_point(|e| e.timestamp <= end),
-            None => sorted.len(),
-        };
+        let lo = self.start.map_or(0, |start| sorted.partition_point(|e| e.timestamp < start));
+        let hi =
+            self.end.map_or(sorted.len(), |end| sorted.partition_point(|e| e.timestamp <= end));
         lo..hi.max(lo)
     }
 }
 
 /// Longest camera id accepted, so ids stay readable in logs and cheap as map keys.
 pub const MAX_CAMERA_ID_LEN: usize = 64;
+
+/// What [`valid_camera_id`] accepts, for error messages.
+pub const ID_CHARACTERS: &str = "1 to 64 letters, digits, '.', '_' or '-'";
 
 /// Camera ids are 1 to 64 of `[A-Za-z0-9._-]`: safe in logs, URLs, file lines and map keys.
 pub fn valid_camera_id(id: &str) -> bool {

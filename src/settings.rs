@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::log::Level;
-use crate::protocol::valid_camera_id;
+use crate::protocol::{valid_camera_id, ID_CHARACTERS};
 
 /// One environment variable as `--help` shows it.
 #[derive(Debug, Clone, Copy)]
@@ -57,9 +57,10 @@ pub trait Settings: Sized {
 
 /// Declares a config struct and its table: one line per setting, `field: Type =
 /// required("NAME", "default", parser, "help")` or `optional("NAME", parser, "help")` (an
-/// `Option` field, unset by default; set but empty is an error).
+/// `Option` field, unset by default; set but empty is an error), and `$check` for what no one
+/// variable can say.
 macro_rules! settings {
-    ($(#[$doc:meta])* $config:ident, $table:ident, {
+    ($(#[$doc:meta])* $config:ident, $table:ident, $check:expr, {
         $($(#[$fdoc:meta])* $field:ident: $ty:ty = $kind:ident($name:literal, $($rest:tt)*);)*
     }) => {
         $(#[$doc])*
@@ -79,7 +80,7 @@ macro_rules! settings {
                 let config = $config {
                     $($field: settings!(@read lookup, $kind $name, $($rest)*),)*
                 };
-                config.check()?;
+                ($check)(&config)?;
                 Ok(config)
             }
         }
@@ -111,7 +112,7 @@ macro_rules! settings {
 
 settings! {
     /// Settings of the API server.
-    ServerConfig, SERVER_SETTINGS, {
+    ServerConfig, SERVER_SETTINGS, ServerConfig::check_together, {
         host: String = required("HOST", "127.0.0.1", |raw| Ok(raw.into()), "address to listen on; 0.0.0.0 only behind the nginx edge (deploy/nginx.conf)");
         port: u16 = required("PORT", "8080", parse_port, "port to listen on (0 picks a free one)");
         poll_hold: Duration = required("POLL_HOLD_SECS", "30", parse_secs, "how long a camera's poll is held open before it is answered with noop");
@@ -137,7 +138,7 @@ settings! {
 
 settings! {
     /// Settings of the camera.
-    CameraConfig, CAMERA_SETTINGS, {
+    CameraConfig, CAMERA_SETTINGS, |_: &CameraConfig| Ok(()), {
         api_base_url: String = required("API_BASE_URL", "http://localhost:8080", parse_base_url, "where the API server is: http://, or https:// (e.g. through the nginx edge)");
         camera_id: String = required("CAMERA_ID", "default", parse_camera_id, "this camera's id (letters, digits, '.', '_', '-'; at most 64)");
         /// `None`: no generated events (a camera that serves only what its log holds).
@@ -158,7 +159,7 @@ pub const CAMERA_POLL_TIMEOUT: Duration = Duration::from_secs(60);
 const HOLD_MARGIN: Duration = Duration::from_secs(5);
 
 impl ServerConfig {
-    fn check(&self) -> Result<(), ConfigError> {
+    fn check_together(&self) -> Result<(), ConfigError> {
         if self.poll_hold + HOLD_MARGIN > CAMERA_POLL_TIMEOUT {
             return Err(ConfigError {
                 variable: "POLL_HOLD_SECS",
@@ -173,12 +174,6 @@ impl ServerConfig {
                 expected: "CAMERA_TOKEN unset (use one of CAMERA_TOKEN and CAMERA_TOKENS_FILE)",
             });
         }
-        Ok(())
-    }
-}
-
-impl CameraConfig {
-    fn check(&self) -> Result<(), ConfigError> {
         Ok(())
     }
 }
@@ -278,7 +273,7 @@ fn parse_camera_id(raw: &str) -> Result<String, &'static str> {
     if valid_camera_id(raw) {
         Ok(raw.to_string())
     } else {
-        Err("1 to 64 letters, digits, '.', '_' or '-'")
+        Err(ID_CHARACTERS)
     }
 }
 
@@ -345,8 +340,7 @@ pub struct CaCerts {
 
 impl fmt::Debug for CaCerts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (path, n) = (self.path.display(), self.der.len());
-        write!(f, "CaCerts({path}, {n} certificate(s))")
+        write!(f, "CaCerts({}, {} certificate(s))", self.path.display(), self.der.len())
     }
 }
 
@@ -382,19 +376,11 @@ fn parse_ca_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
 /// A cheap shape check of a DER certificate (one SEQUENCE spanning exactly the bytes), so a
 /// corrupted block fails at start-up rather than as "unknown issuer" on every connection.
 fn is_der_sequence(der: &[u8]) -> bool {
-    let [0x30, first, rest @ ..] = der else {
-        return false;
-    };
-    let (len, body) = match *first {
-        n @ 0..=0x7f => (usize::from(n), rest),
-        n @ 0x81..=0x84 => {
-            let count = usize::from(n & 0x7f);
-            if rest.len() < count {
-                return false;
-            }
-            let (len_bytes, body) = rest.split_at(count);
-            let len = len_bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-            (len, body)
+    let (len, body) = match der {
+        [0x30, n @ 0..=0x7f, body @ ..] => (usize::from(*n), body),
+        [0x30, n @ 0x81..=0x84, rest @ ..] if rest.len() >= usize::from(n & 0x7f) => {
+            let (len, body) = rest.split_at(usize::from(n & 0x7f));
+            (len.iter().fold(0, |acc, b| (acc << 8) | usize::from(*b)), body)
         }
         _ => return false,
     };

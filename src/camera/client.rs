@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use crate::log::log_warn;
-use crate::protocol::{valid_camera_id, Command, Route, SendLogsBody, CAMERA_ID, INSTANCE_ID};
+use crate::protocol::{
+    valid_camera_id, Command, Route, SendLogsBody, CAMERA_ID, ID_CHARACTERS, INSTANCE_ID,
+};
 use crate::settings::{parse_base_url, CaCerts, CameraConfig};
 
 /// Client timeout of one `send_logs` post.
@@ -49,15 +51,11 @@ impl std::fmt::Display for CallError {
             CallError::Untrusted { origin, cause, hint } => {
                 write!(f, "TLS certificate of {origin} not trusted: {cause}; {hint}")
             }
-            CallError::Handshake { origin, error } => write!(
-                f,
-                "TLS handshake with {origin} failed: {error}; is the server speaking https:// on that port?"
-            ),
-            CallError::PollTimeout(after) => write!(
-                f,
-                "no answer to a poll within POLL_TIMEOUT_SECS ({} s): the server's POLL_HOLD_SECS must be shorter (it is 30 s unless set)",
-                after.as_secs_f64()
-            ),
+            CallError::Handshake { origin, error } => write!(f, "TLS handshake with {origin} failed: {error}; is the server speaking https:// on that port?"),
+            CallError::PollTimeout(after) => {
+                let after = after.as_secs_f64();
+                write!(f, "no answer to a poll within POLL_TIMEOUT_SECS ({after} s): the server's POLL_HOLD_SECS must be shorter (it is 30 s unless set)")
+            }
             CallError::Unreachable(error) => write!(f, "{error}"),
             CallError::Status { status, body } => write!(f, "HTTP {status}: {body}"),
             CallError::Unreadable(error) => write!(f, "unreadable command: {error}"),
@@ -85,7 +83,7 @@ impl Client {
         let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
         if !valid_camera_id(&config.camera_id) {
             return Err(invalid(format!(
-                "invalid camera id {:?}: 1 to 64 letters, digits, '.', '_' or '-'",
+                "invalid camera id {:?}: {ID_CHARACTERS}",
                 config.camera_id
             )));
         }
@@ -94,16 +92,7 @@ impl Client {
             .map_err(|e| {
                 invalid(format!("invalid API base URL {:?}: expected {e}", config.api_base_url))
             })?;
-        let url = |route: Route| {
-            let mut url = base.clone();
-            if let Ok(mut path) = url.path_segments_mut() {
-                path.pop_if_empty().push(route.path().trim_start_matches('/'));
-            }
-            url.query_pairs_mut()
-                .append_pair(CAMERA_ID, &config.camera_id)
-                .append_pair(INSTANCE_ID, instance);
-            url.to_string()
-        };
+        let query = [(CAMERA_ID, config.camera_id.as_str()), (INSTANCE_ID, instance)];
         let tls = tls_config(config.ca_certs.as_ref());
         let agent = |timeout: Duration| {
             ureq::Agent::new_with_config(
@@ -115,8 +104,8 @@ impl Client {
             )
         };
         Ok(Client {
-            poll_url: url(Route::Poll),
-            send_url: url(Route::SendLogs),
+            poll_url: Route::Poll.url(&base, &query).to_string(),
+            send_url: Route::SendLogs.url(&base, &query).to_string(),
             origin: base.origin().ascii_serialization(),
             authorization: config.camera_token.as_ref().map(|t| format!("Bearer {t}")),
             poll_timeout: config.poll_timeout,
@@ -168,15 +157,12 @@ impl Client {
 
 /// TLS for an https:// server: exactly the roots of `CA_CERT_FILE` when set, else webpki's.
 fn tls_config(ca_certs: Option<&CaCerts>) -> ureq::tls::TlsConfig {
-    let roots = match ca_certs {
-        Some(ca) => ureq::tls::RootCerts::new_with_certs(
-            &ca.der
-                .iter()
-                .map(|der| ureq::tls::Certificate::from_der(der).to_owned())
-                .collect::<Vec<_>>(),
-        ),
-        None => ureq::tls::RootCerts::WebPki,
-    };
+    use ureq::tls::{Certificate, RootCerts};
+    let roots = ca_certs.map_or(RootCerts::WebPki, |ca| {
+        RootCerts::new_with_certs(
+            &ca.der.iter().map(|der| Certificate::from_der(der).to_owned()).collect::<Vec<_>>(),
+        )
+    });
     ureq::tls::TlsConfig::builder().root_certs(roots).build()
 }
 
@@ -184,8 +170,11 @@ fn tls_config(ca_certs: Option<&CaCerts>) -> ureq::tls::TlsConfig {
 pub fn describe_trust(config: &CameraConfig) -> String {
     match (&config.ca_certs, config.api_base_url.starts_with("https://")) {
         (Some(ca), true) => {
-            let (n, path) = (ca.der.len(), ca.path.display());
-            format!("; trusting only the {n} CA certificate(s) of {path}")
+            format!(
+                "; trusting only the {} CA certificate(s) of {}",
+                ca.der.len(),
+                ca.path.display()
+            )
         }
         (None, true) => "; trusting the bundled webpki roots".to_string(),
         (Some(_), false) => "; CA_CERT_FILE unused (the URL is not https://)".to_string(),

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -120,20 +120,15 @@ impl Persisted {
 fn load(path: &Path) -> io::Result<(VecDeque<LogEntry>, LoadReport)> {
     let mut events = VecDeque::new();
     let mut report = LoadReport::default();
-    let file = match File::open(path) {
-        Ok(file) => file,
+    // At most twice MAX_EVENTS lines (it is compacted past that): read whole.
+    let text = match fs::read(path) {
+        Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((events, report)),
         Err(e) => return Err(e),
     };
-    let mut reader = BufReader::new(file);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
+    for line in text.split_inclusive(|b| *b == b'\n') {
         let complete = line.last() == Some(&b'\n');
-        match serde_json::from_slice::<LogEntry>(&line) {
+        match serde_json::from_slice::<LogEntry>(line) {
             Ok(entry) if complete && entry.timestamp.is_finite() => events.push_back(entry),
             _ => report.skipped_lines += 1,
         }

@@ -72,12 +72,8 @@ impl CameraHandle {
         let client = Client::new(&config, &instance)?;
         let token =
             if config.camera_token.is_some() { "on (sent as a bearer token)" } else { "off" };
-        log_info!(
-            "camera '{}' (process {instance}) starting; API server at {}{}; authentication: CAMERA_TOKEN {token}",
-            config.camera_id,
-            config.api_base_url,
-            describe_trust(&config),
-        );
+        let (id, url, trust) = (&config.camera_id, &config.api_base_url, describe_trust(&config));
+        log_info!("camera '{id}' (process {instance}) starting; API server at {url}{trust}; authentication: CAMERA_TOKEN {token}");
         let (stop, stop_rx) = bounded::<()>(0);
         let (done_tx, done) = bounded::<()>(0);
         let side = Arc::new(Side {
@@ -246,18 +242,13 @@ impl EventClock {
                 description: describe_event(self.jitter.next()),
             };
             self.next_due += self.interval;
-            match log.push(entry) {
-                Ok(()) if self.failing => {
-                    self.failing = false;
-                    log_info!("the event log file is writable again");
-                }
-                Ok(()) => {}
-                Err(e) if !self.failing => {
-                    self.failing = true;
-                    log_error!("could not persist an event (kept in memory): {e}");
-                }
-                Err(_) => {}
+            let written = log.push(entry);
+            match (&written, self.failing) {
+                (Ok(()), true) => log_info!("the event log file is writable again"),
+                (Err(e), false) => log_error!("could not persist an event (kept in memory): {e}"),
+                _ => {}
             }
+            self.failing = written.is_err();
         }
     }
 }

@@ -69,18 +69,16 @@ impl ApiError {
         self.status_and_rejection().0
     }
 
-    /// Extra headers the status calls for (RFC 9110: `Allow` on 405, `Retry-After` on 429/503).
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
+    /// The header the status calls for (RFC 9110: `Allow` on 405, `Retry-After` on 429/503).
+    pub fn header(&self) -> Option<(&'static str, &'static str)> {
         match self {
-            ApiError::MethodNotAllowed { allowed } => vec![("Allow", (*allowed).to_string())],
-            ApiError::TooManyWaiting { .. } | ApiError::ShuttingDown => {
-                vec![("Retry-After", "1".to_string())]
-            }
-            ApiError::CameraOffline { .. } => vec![("Retry-After", "5".to_string())],
+            ApiError::MethodNotAllowed { allowed } => Some(("Allow", allowed)),
+            ApiError::TooManyWaiting { .. } | ApiError::ShuttingDown => Some(("Retry-After", "1")),
+            ApiError::CameraOffline { .. } => Some(("Retry-After", "5")),
             // Room is made only as offline cameras are forgotten: minutes, not seconds.
-            ApiError::TooManyCameras { .. } => vec![("Retry-After", "60".to_string())],
-            ApiError::Unauthorized => vec![("WWW-Authenticate", "Bearer".to_string())],
-            _ => Vec::new(),
+            ApiError::TooManyCameras { .. } => Some(("Retry-After", "60")),
+            ApiError::Unauthorized => Some(("WWW-Authenticate", "Bearer")),
+            _ => None,
         }
     }
 
@@ -102,15 +100,11 @@ impl fmt::Display for ApiError {
             E::UnknownCamera { camera_id: id, since_start: None } => {
                 write!(f, "camera '{id}' is unknown: it has never polled this server")
             }
-            E::UnknownCamera { camera_id: id, since_start: Some(since) } => write!(
-                f,
-                "camera '{id}' has not polled this instance since it started {:.0} s ago (cameras that were backing off may still arrive; CAMERA_ARRIVAL_SECS)",
-                since.as_secs_f64()
-            ),
-            E::Conflict { camera_id: id } => write!(
-                f,
-                "camera '{id}' is already polling from another running process: two cameras share this id; give each camera its own CAMERA_ID"
-            ),
+            E::UnknownCamera { camera_id: id, since_start: Some(since) } => {
+                let since = since.as_secs_f64();
+                write!(f, "camera '{id}' has not polled this instance since it started {since:.0} s ago (cameras that were backing off may still arrive; CAMERA_ARRIVAL_SECS)")
+            }
+            E::Conflict { camera_id: id } => write!(f, "camera '{id}' is already polling from another running process: two cameras share this id; give each camera its own CAMERA_ID"),
             E::PayloadTooLarge { limit } => {
                 write!(f, "request body is larger than the limit of {limit} bytes")
             }
@@ -178,10 +172,10 @@ mod tests {
     #[test]
     fn statuses_carry_their_headers() {
         assert_eq!(
-            ApiError::MethodNotAllowed { allowed: "POST" }.headers(),
-            vec![("Allow", "POST".to_string())]
+            ApiError::MethodNotAllowed { allowed: "POST" }.header(),
+            Some(("Allow", "POST"))
         );
         let too_many = ApiError::TooManyWaiting { camera_id: "c".into(), limit: 1 };
-        assert_eq!(too_many.headers()[0].0, "Retry-After");
+        assert_eq!(too_many.header(), Some(("Retry-After", "1")));
     }
 }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tiny_http::{Header, Request, Response};
 
+use super::ServerStats;
 use crate::log::{log_error, log_warn};
 
 /// While `/logs` calls wait, the pool is nudged this often: a lost wake-up may have queued the
@@ -41,13 +42,6 @@ const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// timeout); beyond it, its allocation could abort the process.
 const SAFE_TO_DISCARD: usize = 64 * 1024 * 1024;
 
-/// Counters of what the listener did, for `/stats`.
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    pub accept_loop_restarts: AtomicUsize,
-    pub parked_connections: AtomicUsize,
-}
-
 /// One tiny_http server on the socket; older ones are drained while their connections last.
 /// Several handler threads wait on it at once ([`Listener::next`] takes `&self`).
 pub struct Listener {
@@ -55,7 +49,7 @@ pub struct Listener {
     socket: TcpListener,
     header_timeout: Duration,
     state: Mutex<State>,
-    pub stats: Arc<ListenerStats>,
+    stats: Arc<ServerStats>,
 }
 
 struct State {
@@ -71,17 +65,20 @@ struct State {
 
 impl Listener {
     /// Binds `host:port` with errors that name what to change, and starts accepting.
-    pub fn bind(host: &str, port: u16, header_timeout: Duration) -> std::io::Result<Listener> {
+    pub fn bind(
+        host: &str, port: u16, header_timeout: Duration, stats: Arc<ServerStats>,
+    ) -> std::io::Result<Listener> {
         let socket = bind(host, port)?;
         // Inherited by every accepted socket on Linux: a connection silent for the header
         // timeout is closed, and a client that stops reading cannot pin a thread. TCP_NODELAY:
         // tiny_http writes head and body separately, and Nagle would hold the body for the
         // client's delayed ACK (40 ms on every keep-alive answer over 1 KiB).
-        with_socket(&socket, |s| {
-            s.set_read_timeout(Some(header_timeout))?;
-            s.set_write_timeout(Some(header_timeout))?;
-            s.set_nodelay(true)
-        })?;
+        // std offers these options only on a TcpStream: set through a duplicate descriptor (std's
+        // safe conversions), they act on the socket itself.
+        let options = TcpStream::from(OwnedFd::from(socket.try_clone()?));
+        options.set_read_timeout(Some(header_timeout))?;
+        options.set_write_timeout(Some(header_timeout))?;
+        options.set_nodelay(true)?;
         let state = State {
             current: Arc::new(serve_on(&socket)?),
             draining: Vec::new(),
@@ -94,7 +91,7 @@ impl Listener {
             socket,
             header_timeout,
             state: Mutex::new(state),
-            stats: Default::default(),
+            stats,
         })
     }
 
@@ -180,7 +177,7 @@ impl Listener {
 /// Writes `response` to `request`; a request whose declared body is too large to discard (and
 /// was not read, being over `max_body`) is answered and its connection parked instead.
 pub fn respond(
-    request: Request, response: Response<std::io::Cursor<Vec<u8>>>, stats: &ListenerStats,
+    request: Request, response: Response<std::io::Cursor<Vec<u8>>>, stats: &ServerStats,
     max_body: usize,
 ) -> std::io::Result<()> {
     if request.body_length().is_some_and(|len| len > SAFE_TO_DISCARD.max(max_body)) {
@@ -259,14 +256,6 @@ fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
     })
 }
 
-/// Runs socket options std only offers on `TcpStream` against the listening socket, through a
-/// duplicate descriptor (std's safe conversions): options act on the socket, not the descriptor.
-fn with_socket<T>(
-    listener: &TcpListener, f: impl FnOnce(&TcpStream) -> std::io::Result<T>,
-) -> std::io::Result<T> {
-    f(&TcpStream::from(OwnedFd::from(listener.try_clone()?)))
-}
-
 /// The address that reaches a server bound to `addr`: loopback in place of an unspecified one.
 pub fn loopback(mut addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
@@ -331,20 +320,15 @@ impl Connections {
 /// the kernel prints it; an IPv4-mapped IPv6 address comes back as IPv4, as std reports peers.
 fn parse_address(field: &str) -> Option<SocketAddr> {
     let (ip, port) = field.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let words: Vec<u32> = (0..ip.len() / 8)
-        .map(|i| ip.get(i * 8..i * 8 + 8).and_then(|w| u32::from_str_radix(w, 16).ok()))
-        .collect::<Option<_>>()?;
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    let ip = match bytes.len() {
-        4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
-        16 => {
-            let v6 = Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?);
-            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-        }
-        _ => return None,
+    let mut bytes = Vec::with_capacity(16);
+    for word in (0..ip.len()).step_by(8).map(|i| ip.get(i..i + 8)) {
+        bytes.extend(u32::from_str_radix(word?, 16).ok()?.to_le_bytes());
+    }
+    let ip = match <[u8; 16]>::try_from(bytes.as_slice()) {
+        Ok(v6) => Ipv6Addr::from(v6).to_canonical(),
+        Err(_) => IpAddr::from(<[u8; 4]>::try_from(bytes.as_slice()).ok()?),
     };
-    Some(SocketAddr::new(ip, port))
+    Some(SocketAddr::new(ip, u16::from_str_radix(port, 16).ok()?))
 }
 
 #[cfg(test)]

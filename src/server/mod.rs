@@ -4,6 +4,7 @@
 //! dropped, by a call to [`ApiServer::shutdown`] or by a start that fails half-way.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -36,6 +37,19 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// many times what the last read cost before the next: at most 2 % of a core.
 const WATCH_COST_SHARE: u32 = 50;
 
+/// Counters of the pool and the listener, kept where they change, for `/stats` and `/metrics`.
+#[derive(Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStats {
+    handler_threads: AtomicUsize,
+    /// Requests in service (held polls and waiting calls among them).
+    busy_handlers: AtomicUsize,
+    /// Requests waiting behind an earlier request of the same connection.
+    pipelined_waiting: AtomicUsize,
+    parked_connections: AtomicUsize,
+    accept_loop_restarts: AtomicUsize,
+}
+
 /// A running API server. Dropping it does not stop it; call [`ApiServer::shutdown`].
 pub struct ApiServer {
     addr: SocketAddr,
@@ -52,7 +66,9 @@ impl ApiServer {
     /// Binds `HOST:PORT` and starts serving on background threads.
     pub fn start(config: ServerConfig) -> std::io::Result<ApiServer> {
         listener::watch_accept_loops();
-        let listener = Listener::bind(&config.host, config.port, config.header_timeout)?;
+        let stats = Arc::new(ServerStats::default());
+        let listener =
+            Listener::bind(&config.host, config.port, config.header_timeout, Arc::clone(&stats))?;
         let addr = listener.addr();
         let port = addr.port();
         let metrics = Arc::new(Metrics::new());
@@ -62,12 +78,10 @@ impl ApiServer {
         let registry = Arc::new(Registry::new(&config, Arc::clone(&metrics), alive));
         let (stop, stopped) = bounded::<()>(0);
         let (done_tx, done) = bounded::<()>(0);
-        let pool_stats = Arc::new(pool::PoolStats::default());
         let app = Arc::new(App {
             registry: Arc::clone(&registry),
             metrics,
-            pool: Arc::clone(&pool_stats),
-            listener: Arc::clone(&listener.stats),
+            stats: Arc::clone(&stats),
             port,
             config,
         });
@@ -77,7 +91,7 @@ impl ApiServer {
         pool::start(
             listener,
             Arc::new(move |request| routes::handle(&handler_app, request)),
-            pool_stats,
+            stats,
             (max, idle),
             move || waiting.callers_waiting() > 0,
             (stopped.clone(), done_tx.clone()),

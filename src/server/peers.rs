@@ -57,14 +57,11 @@ pub fn fleet_page(
 fn ask(
     peer: &str, after: Option<&str>, limit: usize, authorization: Option<&str>,
 ) -> Result<CamerasResponse, String> {
-    let mut url = url::Url::parse(peer).map_err(|e| e.to_string())?;
-    if let Ok(mut path) = url.path_segments_mut() {
-        path.pop_if_empty().push(Route::Cameras.path().trim_start_matches('/'));
-    }
-    url.query_pairs_mut().append_pair("scope", "instance").append_pair("limit", &limit.to_string());
-    if let Some(after) = after {
-        url.query_pairs_mut().append_pair("after", after);
-    }
+    let base = url::Url::parse(peer).map_err(|e| e.to_string())?;
+    let limit = limit.to_string();
+    let mut query = vec![("scope", "instance"), ("limit", limit.as_str())];
+    query.extend(after.map(|after| ("after", after)));
+    let url = Route::Cameras.url(&base, &query);
     let config = ureq::Agent::config_builder().timeout_global(Some(PEER_TIMEOUT)).build();
     let mut request = ureq::Agent::new_with_config(config).get(url.as_str());
     if let Some(authorization) = authorization {

@@ -16,7 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use tiny_http::Request;
 
 use super::listener::{Listener, TICK};
+use super::ServerStats;
 use crate::log::log_error;
 
 /// Threads waiting on the listener at once, at most: a thread that finishes a request leads
@@ -37,16 +38,6 @@ const READY: usize = 2;
 /// Handlers parse JSON (serde_json stops at depth 128) and format responses: 256 KiB is ample,
 /// and only the pages actually touched count against memory.
 const HANDLER_STACK: usize = 256 * 1024;
-
-/// What `/stats` and `/metrics` show of the pool.
-#[derive(Debug, Default)]
-pub struct PoolStats {
-    pub threads: AtomicUsize,
-    /// Requests in service (held polls and waiting calls among them).
-    pub busy: AtomicUsize,
-    /// Requests waiting behind an earlier request of the same connection.
-    pub pipelined: AtomicUsize,
-}
 
 /// Serves one request to completion (the routes).
 pub type Handler = Arc<dyn Fn(Request) + Send + Sync>;
@@ -65,14 +56,14 @@ struct Shared {
     stop: Receiver<()>,
     /// Held by every thread until it ends; the server waits for all of them to be dropped.
     done: Sender<()>,
-    stats: Arc<PoolStats>,
+    stats: Arc<ServerStats>,
 }
 
 /// Starts the leaders on `listener`: at most `max_handlers` threads, followers exiting after
 /// `idle_exit` idle. They run until `stop` disconnects; each holds a clone
 /// of `done` until it ends.
 pub fn start(
-    listener: Listener, handle: Handler, stats: Arc<PoolStats>,
+    listener: Listener, handle: Handler, stats: Arc<ServerStats>,
     (max_handlers, idle_exit): (usize, Duration),
     callers_waiting: impl Fn() -> bool + Send + Sync + 'static,
     (stop, done): (Receiver<()>, Sender<()>),
@@ -95,13 +86,13 @@ pub fn start(
 impl Shared {
     fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
         let shared = Arc::clone(self);
-        self.stats.threads.fetch_add(1, Ordering::Relaxed);
+        self.stats.handler_threads.fetch_add(1, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("handler".into())
             .stack_size(HANDLER_STACK)
             .spawn(move || shared.handler_thread());
         if spawned.is_err() {
-            self.stats.threads.fetch_sub(1, Ordering::Relaxed);
+            self.stats.handler_threads.fetch_sub(1, Ordering::Relaxed);
         }
         spawned.map(|_| ())
     }
@@ -118,7 +109,7 @@ impl Shared {
                 break;
             }
         }
-        self.stats.threads.fetch_sub(1, Ordering::Relaxed);
+        self.stats.handler_threads.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Waits, as a leader, for the next request; `None` once the server stops.
@@ -149,7 +140,7 @@ impl Shared {
                 return;
             }
         }
-        if self.stats.threads.load(Ordering::Relaxed) >= self.max_handlers {
+        if self.stats.handler_threads.load(Ordering::Relaxed) >= self.max_handlers {
             followers.1 -= 1;
             return;
         }
@@ -193,7 +184,7 @@ impl Shared {
 
     /// Serves `request`, then every request its connection pipelined behind it, in order.
     fn serve_connection(&self, request: Request) {
-        self.stats.busy.fetch_add(1, Ordering::Relaxed);
+        self.stats.busy_handlers.fetch_add(1, Ordering::Relaxed);
         let mut next = Some(request);
         while let Some(request) = next {
             let peer = request.remote_addr().copied();
@@ -202,7 +193,7 @@ impl Shared {
             }
             next = peer.and_then(|peer| self.finished(peer));
         }
-        self.stats.busy.fetch_sub(1, Ordering::Relaxed);
+        self.stats.busy_handlers.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The request back when it may be served now; `None` when it waits behind an earlier
@@ -215,7 +206,7 @@ impl Shared {
         match serving.get_mut(&peer) {
             Some(waiting) => {
                 waiting.push_back(request);
-                self.stats.pipelined.fetch_add(1, Ordering::Relaxed);
+                self.stats.pipelined_waiting.fetch_add(1, Ordering::Relaxed);
                 None
             }
             None => {
@@ -230,7 +221,7 @@ impl Shared {
         let mut serving = self.serving.lock();
         let next = serving.get_mut(&peer)?.pop_front();
         if next.is_some() {
-            self.stats.pipelined.fetch_sub(1, Ordering::Relaxed);
+            self.stats.pipelined_waiting.fetch_sub(1, Ordering::Relaxed);
         } else {
             serving.remove(&peer);
         }

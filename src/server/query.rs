@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::error::ApiError;
 use super::registry::DEFAULT_PAGE;
 use crate::log::clean;
-use crate::protocol::{valid_camera_id, Route, CAMERA_ID, INSTANCE_ID, MAX_CAMERA_ID_LEN};
+use crate::protocol::{valid_camera_id, Route, CAMERA_ID, ID_CHARACTERS, INSTANCE_ID};
 use crate::settings::MAX_LOGS_TIMEOUT;
 
 /// Epoch seconds beyond this (the year 5138) can only be milliseconds.
@@ -28,17 +28,13 @@ impl Query {
                     [] => "it takes none".to_string(),
                     names => format!("it accepts {}", names.join(", ")),
                 };
-                return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter '{}' for {}: {accepted}",
-                    clean(&key, 64),
-                    route.path()
-                )));
+                let (key, path) = (clean(&key, 64), route.path());
+                let why = format!("unknown query parameter '{key}' for {path}: {accepted}");
+                return Err(ApiError::BadRequest(why));
             }
             if params.insert(key.to_string(), value.into_owned()).is_some() {
-                return Err(ApiError::BadRequest(format!(
-                    "query parameter '{}' is given more than once",
-                    clean(&key, 64)
-                )));
+                let why = format!("query parameter '{}' is given more than once", clean(&key, 64));
+                return Err(ApiError::BadRequest(why));
             }
         }
         Ok(Query { params })
@@ -68,10 +64,7 @@ impl Query {
         match self.get("scope") {
             None | Some("fleet") => Ok(true),
             Some("instance") => Ok(false),
-            Some(other) => Err(ApiError::BadRequest(format!(
-                "scope must be 'fleet' or 'instance'; got '{}'",
-                clean(other, 64)
-            ))),
+            Some(other) => Err(invalid("scope", "'fleet' or 'instance'", other)),
         }
     }
 
@@ -80,10 +73,7 @@ impl Query {
         match self.get(name) {
             None => Ok(None),
             Some(id) if valid_camera_id(id) => Ok(Some(id.to_string())),
-            Some(id) => Err(ApiError::BadRequest(format!(
-                "{name} must be 1 to {MAX_CAMERA_ID_LEN} letters, digits, '.', '_' or '-'; got '{}'",
-                clean(id, 64)
-            ))),
+            Some(id) => Err(invalid(name, ID_CHARACTERS, id)),
         }
     }
 
@@ -94,10 +84,7 @@ impl Query {
         };
         match raw.parse::<usize>() {
             Ok(n) if (1..=DEFAULT_PAGE).contains(&n) => Ok(n),
-            _ => Err(ApiError::BadRequest(format!(
-                "limit must be a whole number from 1 to {DEFAULT_PAGE}; got '{}'",
-                clean(raw, 64)
-            ))),
+            _ => Err(invalid("limit", &format!("a whole number from 1 to {DEFAULT_PAGE}"), raw)),
         }
     }
 
@@ -107,10 +94,8 @@ impl Query {
             return Ok(None);
         };
         if seconds > LATEST_PLAUSIBLE_SECONDS {
-            return Err(ApiError::BadRequest(format!(
-                "{name}={seconds} is after the year 5000: it looks like milliseconds; send seconds since the epoch (e.g. {})",
-                seconds / 1000.0
-            )));
+            let seconds_meant = seconds / 1000.0;
+            return Err(ApiError::BadRequest(format!("{name}={seconds} is after the year 5000: it looks like milliseconds; send seconds since the epoch (e.g. {seconds_meant})")));
         }
         Ok(Some(seconds))
     }
@@ -122,10 +107,11 @@ impl Query {
             Some(secs) if secs > 0.0 && secs <= MAX_LOGS_TIMEOUT.as_secs_f64() => {
                 Ok(Duration::from_secs_f64(secs))
             }
-            Some(secs) => Err(ApiError::BadRequest(format!(
-                "timeout must be greater than 0 and at most {} seconds; got {secs}",
-                MAX_LOGS_TIMEOUT.as_secs()
-            ))),
+            Some(secs) => {
+                let expected =
+                    format!("greater than 0 and at most {} seconds", MAX_LOGS_TIMEOUT.as_secs());
+                Err(invalid("timeout", &expected, &secs.to_string()))
+            }
         }
     }
 
@@ -140,12 +126,14 @@ impl Query {
             .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
         match raw.parse::<f64>().ok().filter(|v| plain && v.is_finite()) {
             Some(value) => Ok(Some(value)),
-            None => Err(ApiError::BadRequest(format!(
-                "{name} must be a finite number of seconds; got '{}'",
-                clean(raw, 64)
-            ))),
+            None => Err(invalid(name, "a finite number of seconds", raw)),
         }
     }
+}
+
+/// `{name} must be {expected}; got '{raw}'`, with the client's text made safe to echo.
+fn invalid(name: &str, expected: &str, raw: &str) -> ApiError {
+    ApiError::BadRequest(format!("{name} must be {expected}; got '{}'", clean(raw, 64)))
 }
 
 #[cfg(test)]

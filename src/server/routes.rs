@@ -14,12 +14,12 @@ use serde::Serialize;
 use tiny_http::{Header, Request, Response};
 
 use super::error::ApiError;
-use super::listener::{self, Connections, ListenerStats};
+use super::listener::{self, Connections};
 use super::metrics::{self, Metrics};
 use super::peers;
-use super::pool::PoolStats;
 use super::query::Query;
 use super::registry::{PollFrom, Registry};
+use super::ServerStats;
 use crate::log::{clean, log_info, log_warn};
 use crate::protocol::{CamerasResponse, LogEntry, Route, SendLogsBody, TimeRange};
 use crate::settings::ServerConfig;
@@ -29,30 +29,30 @@ pub struct App {
     pub config: ServerConfig,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
-    pub pool: Arc<PoolStats>,
-    pub listener: Arc<ListenerStats>,
+    pub stats: Arc<ServerStats>,
     pub port: u16,
 }
 
 /// A response ready to be written.
-struct Reply {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
-    headers: Vec<(&'static str, String)>,
-}
+type Reply = Response<std::io::Cursor<Vec<u8>>>;
 
 const JSON: &str = "application/json";
 
-impl Reply {
-    fn json(value: &impl Serialize) -> Result<Reply, ApiError> {
-        let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(Reply::ok(JSON, body))
+/// A response of `content_type`, with one more header when `extra` says.
+fn reply(status: u16, content_type: &str, body: Vec<u8>, extra: Option<(&str, &str)>) -> Reply {
+    let mut response = Response::from_data(body).with_status_code(status);
+    for (name, value) in std::iter::once(("Content-Type", content_type)).chain(extra) {
+        // Names and values are ours and plain ASCII, so conversion cannot fail in practice.
+        if let Ok(header) = Header::from_bytes(name, value) {
+            response.add_header(header);
+        }
     }
+    response
+}
 
-    fn ok(content_type: &'static str, body: Vec<u8>) -> Reply {
-        Reply { status: 200, content_type, body, headers: Vec::new() }
-    }
+fn json(value: &impl Serialize) -> Result<Reply, ApiError> {
+    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(reply(200, JSON, body, None))
 }
 
 /// Serves one request to completion: route, respond, log. Never panics on client input.
@@ -80,23 +80,12 @@ pub fn handle(app: &App, mut request: Request) {
             if !matches!(error, ApiError::Conflict { .. }) {
                 log_warn!("{method} {path} from {client} -> {status}: {error} ({ms} ms)");
             }
-            let reply =
-                Reply { status, content_type: JSON, body: error.body(), headers: error.headers() };
-            (reply, Some(error))
+            (reply(status, JSON, error.body(), error.header()), Some(error))
         }
     };
     // Counted before the write: a scrape then shows every request answered before it began.
-    app.metrics.request(route, reply.status, error.as_ref(), started.elapsed());
-    let mut response = Response::from_data(reply.body).with_status_code(reply.status);
-    let headers =
-        std::iter::once(("Content-Type", reply.content_type.to_string())).chain(reply.headers);
-    for (name, value) in headers {
-        // Names and values are ours and plain ASCII, so conversion cannot fail in practice.
-        if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(header);
-        }
-    }
-    if let Err(e) = listener::respond(request, response, &app.listener, app.config.max_body_bytes) {
+    app.metrics.request(route, reply.status_code().0, error.as_ref(), started.elapsed());
+    if let Err(e) = listener::respond(request, reply, &app.stats, app.config.max_body_bytes) {
         log_warn!("{method} {}: could not write the response: {e}", clean(path, 64));
     }
 }
@@ -114,12 +103,12 @@ fn serve(app: &App, request: &mut Request, route: Route, query: &Query) -> Resul
         authorize(request, app.config.api_token.as_deref())?;
     }
     match route {
-        Route::Page => Ok(Reply {
-            headers: vec![("Content-Security-Policy", PAGE_POLICY.to_string())],
-            ..Reply::ok("text/html; charset=utf-8", PAGE.as_bytes().to_vec())
-        }),
-        Route::Contract => Ok(Reply::ok("application/yaml", CONTRACT.as_bytes().to_vec())),
-        Route::Health => Reply::json(&serde_json::json!({"status": "ok"})),
+        Route::Page => {
+            let policy = Some(("Content-Security-Policy", PAGE_POLICY));
+            Ok(reply(200, "text/html; charset=utf-8", PAGE.as_bytes().to_vec(), policy))
+        }
+        Route::Contract => Ok(reply(200, "application/yaml", CONTRACT.as_bytes().to_vec(), None)),
+        Route::Health => json(&serde_json::json!({"status": "ok"})),
         Route::Logs => logs(app, query, &client_address(request)),
         Route::Cameras => {
             let (after, limit, fleet) = (query.after()?, query.limit()?, query.fleet_scope()?);
@@ -129,18 +118,18 @@ fn serve(app: &App, request: &mut Request, route: Route, query: &Query) -> Resul
                     let name = app.config.instance_name.as_deref().unwrap_or("self");
                     let auth = header(request, "Authorization");
                     let page = (after.as_deref(), limit);
-                    Reply::json(&peers::fleet_page((name, own), peers, page, auth.as_deref()))
+                    json(&peers::fleet_page((name, own), peers, page, auth.as_deref()))
                 }
-                _ => Reply::json(&CamerasResponse::page(own, after.as_deref(), limit, false)),
+                _ => json(&CamerasResponse::page(own, after.as_deref(), limit, false)),
             }
         }
-        Route::Stats => Reply::json(&stats(app)),
-        Route::Metrics => Ok(Reply::ok(metrics::CONTENT_TYPE, scrape(app).into_bytes())),
+        Route::Stats => json(&stats(app)),
+        Route::Metrics => Ok(reply(200, metrics::CONTENT_TYPE, scrape(app).into_bytes(), None)),
         Route::Poll => {
             let camera_id = authorize_camera(app, request, query)?;
             let from =
                 PollFrom { instance: query.instance()?, peer: request.remote_addr().copied() };
-            Reply::json(&app.registry.poll(&camera_id, &from)?)
+            json(&app.registry.poll(&camera_id, &from)?)
         }
         Route::SendLogs => {
             let camera_id = authorize_camera(app, request, query)?;
@@ -152,32 +141,23 @@ fn serve(app: &App, request: &mut Request, route: Route, query: &Query) -> Resul
 /// `/stats`: the sizes of the registry, the pool and the listener, for operators and leak tests.
 fn stats(app: &App) -> serde_json::Value {
     let connections = Connections::of_port(app.port).unwrap_or_default();
-    serde_json::json!({
-        "registry": app.registry.stats(),
-        "server": {
-            "handlerThreads": app.pool.threads.load(Ordering::Relaxed),
-            "busyHandlers": app.pool.busy.load(Ordering::Relaxed),
-            "pipelinedWaiting": app.pool.pipelined.load(Ordering::Relaxed),
-            "connections": connections.established.len(),
-            "connectionsClientLeft": connections.client_left,
-            "parkedConnections": app.listener.parked_connections.load(Ordering::Relaxed),
-            "acceptLoopRestarts": app.listener.accept_loop_restarts.load(Ordering::Relaxed),
-        },
-    })
+    let mut server = serde_json::to_value(&*app.stats).unwrap_or_default();
+    server["connections"] = connections.established.len().into();
+    server["connectionsClientLeft"] = connections.client_left.into();
+    serde_json::json!({"registry": app.registry.stats(), "server": server})
 }
 
 /// The exposition, with the gauges read from their owners now.
 fn scrape(app: &App) -> String {
-    let r = app.registry.stats();
-    let connections = Connections::of_port(app.port).map_or(0, |c| c.established.len());
-    let threads = app.pool.threads.load(Ordering::Relaxed);
+    let (r, threads) = (app.registry.stats(), app.stats.handler_threads.load(Ordering::Relaxed));
+    let open = Connections::of_port(app.port).map_or(0, |c| c.established.len());
     app.metrics.render([
         r.cameras,
         r.cameras_online,
         r.open_polls,
         r.waiting_requests,
         threads,
-        connections,
+        open,
     ])
 }
 
@@ -195,14 +175,13 @@ fn logs(app: &App, query: &Query, client: &str) -> Result<Reply, ApiError> {
         TimeRange::new(query.timestamp("startTimestamp")?, query.timestamp("endTimestamp")?);
     if let (Some(start), Some(end)) = (range.start, range.end) {
         if start > end {
-            return Err(ApiError::BadRequest(format!(
-                "startTimestamp ({start}) is after endTimestamp ({end})"
-            )));
+            let why = format!("startTimestamp ({start}) is after endTimestamp ({end})");
+            return Err(ApiError::BadRequest(why));
         }
     }
     let timeout = query.timeout(app.config.logs_timeout)?;
     let slice = app.registry.fetch_logs(&camera_id, range, timeout)?;
-    let reply = Reply::json(&LogsBody { camera_id: &camera_id, logs: slice.entries() })?;
+    let reply = json(&LogsBody { camera_id: &camera_id, logs: slice.entries() })?;
     let (count, ms) = (slice.entries().len(), started.elapsed().as_millis());
     log_info!("logs returned for camera '{camera_id}' to {client}: {count} event(s) in {ms} ms");
     Ok(reply)
@@ -215,7 +194,7 @@ fn send_logs(
     let answer: SendLogsBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed send_logs body: {e}")))?;
     app.registry.complete(camera_id, instance, answer)?;
-    Reply::json(&serde_json::json!({"status": "ok"}))
+    json(&serde_json::json!({"status": "ok"}))
 }
 
 /// Reads at most `limit` bytes; a declared or actual larger body is 413 without buffering it.

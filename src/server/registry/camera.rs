@@ -171,16 +171,9 @@ impl InFlight {
     pub(super) fn mark_sent(&mut self, camera_id: &str) {
         self.sent_at = Some(Instant::now());
         self.times_sent += 1;
-        let attempt = if self.times_sent > 1 {
-            format!(" (attempt {})", self.times_sent)
-        } else {
-            String::new()
-        };
-        log_info!(
-            "command {} sent to camera '{camera_id}' for {} caller(s){attempt}",
-            self.request_id,
-            self.waiters.len(),
-        );
+        let (id, callers, n) = (&self.request_id, self.waiters.len(), self.times_sent);
+        let attempt = if n > 1 { format!(" (attempt {n})") } else { String::new() };
+        log_info!("command {id} sent to camera '{camera_id}' for {callers} caller(s){attempt}");
     }
 
     pub(super) fn to_wire(&self) -> Command {

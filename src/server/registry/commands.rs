@@ -103,12 +103,9 @@ impl Registry {
         }
         state.answered.push_back(command.request_id.clone());
         self.start_next_command(camera, state);
-        let (callers, events, ms) =
-            (command.waiters.len(), logs.len(), command.created.elapsed().as_millis());
-        log_info!(
-            "camera '{}' answered command {}: {events} event(s) for {callers} caller(s), {ms} ms after the command",
-            camera.id, command.request_id
-        );
+        let (id, request_id, callers) = (&camera.id, &command.request_id, command.waiters.len());
+        let (events, ms) = (logs.len(), command.created.elapsed().as_millis());
+        log_info!("camera '{id}' answered command {request_id}: {events} event(s) for {callers} caller(s), {ms} ms after the command");
         Ok(())
     }
 

@@ -232,17 +232,14 @@ impl Registry {
             if polling || recent {
                 if state.conflict_logged.is_none_or(|at| at.elapsed() >= CONFLICT_LOG_EVERY) {
                     state.conflict_logged = Some(now);
-                    log_warn!(
-                        "camera '{}': refused a poll from a second process (instance {instance}) while instance {current} is polling; two cameras may share this id (next line about it in {} s at the earliest)",
-                        camera.id,
-                        CONFLICT_LOG_EVERY.as_secs()
-                    );
+                    let (id, every) = (&camera.id, CONFLICT_LOG_EVERY.as_secs());
+                    log_warn!("camera '{id}': refused a poll from a second process (instance {instance}) while instance {current} is polling; two cameras may share this id (next line about it in {every} s at the earliest)");
                 }
                 return Err(ApiError::Conflict { camera_id: camera.id.clone() });
             }
+            let id = &camera.id;
             log_info!(
-                "camera '{}' is now served by process {instance} (process {current} is gone)",
-                camera.id
+                "camera '{id}' is now served by process {instance} (process {current} is gone)"
             );
             if let Some(command) = state.in_flight.as_mut() {
                 command.sent_at = None;

@@ -130,12 +130,8 @@ impl Registry {
         if waited < self.config.ack_timeout {
             return;
         }
-        log_warn!(
-            "camera '{}' did not answer command {} within {:.1} s (the poll may have died); sending it again",
-            camera.id,
-            command.request_id,
-            waited.as_secs_f64()
-        );
+        let (id, request_id, waited) = (&camera.id, &command.request_id, waited.as_secs_f64());
+        log_warn!("camera '{id}' did not answer command {request_id} within {waited:.1} s (the poll may have died); sending it again");
         command.sent_at = None;
         self.metrics.resend();
         state.dispatch(&camera.id);
