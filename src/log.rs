@@ -51,12 +51,8 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
     if level as u8 > LEVEL.load(Ordering::Relaxed) {
         return;
     }
-    let label = match level {
-        Level::Info => "INFO",
-        Level::Warn => "WARN",
-        Level::Error | Level::Off => "ERROR",
-    };
-    write_line(label, args);
+    // Indexed by level; `off` is never written.
+    write_line(["ERROR", "ERROR", "WARN", "INFO"][level as usize], args);
 }
 
 fn write_line(level: &str, args: fmt::Arguments<'_>) {

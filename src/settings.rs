@@ -142,7 +142,7 @@ settings! {
         api_base_url: String = required("API_BASE_URL", "http://localhost:8080", parse_base_url, "where the API server is: http://, or https:// (e.g. through the nginx edge)");
         camera_id: String = required("CAMERA_ID", "default", parse_camera_id, "this camera's id (letters, digits, '.', '_', '-'; at most 64)");
         /// `None`: no generated events (a camera that serves only what its log holds).
-        event_interval: Option<Duration> = required("EVENT_INTERVAL_SECS", "10", parse_interval, "a new event is logged this often (fractions allowed; 0: none)");
+        event_interval: Option<Duration> = required("EVENT_INTERVAL_SECS", "10", |raw| Ok(Some(parse_secs_or_zero(raw)?).filter(|d| !d.is_zero())), "a new event is logged this often (fractions allowed; 0: none)");
         poll_timeout: Duration = required("POLL_TIMEOUT_SECS", "60", parse_secs, "client-side timeout of one long poll");
         backoff_max: Duration = required("BACKOFF_MAX_SECS", "30", parse_secs, "cap of the exponential backoff (from 0.5 s) while the server is unreachable");
         camera_token: Option<String> = optional("CAMERA_TOKEN", parse_token, "bearer token sent to the server's camera endpoints");
@@ -201,16 +201,9 @@ fn read<T>(
     let Some(raw) = lookup(name)? else {
         return Ok(None);
     };
-    let fail = |expected| ConfigError {
-        variable: name,
-        // A token is never echoed, not even a malformed one.
-        value: if name.ends_with("TOKEN") && !raw.is_empty() {
-            "(hidden)".into()
-        } else {
-            raw.clone()
-        },
-        expected,
-    };
+    // A token is never echoed, not even a malformed one.
+    let shown = if name.ends_with("TOKEN") && !raw.is_empty() { "(hidden)" } else { &raw };
+    let fail = |expected| ConfigError { variable: name, value: shown.to_string(), expected };
     if raw.trim().is_empty() {
         return Err(fail("a value (unset the variable for the default)"));
     }
@@ -222,7 +215,7 @@ fn parse_default<T>(
 ) -> Result<T, ConfigError> {
     parse(default).map_err(|expected| ConfigError {
         variable: name,
-        value: default.to_string(),
+        value: default.into(),
         expected,
     })
 }
@@ -242,10 +235,6 @@ fn parse_secs_or_zero(raw: &str) -> Result<Duration, &'static str> {
         _ => parse_secs(raw)
             .map_err(|_| "0, or a number of seconds greater than 0 and at most 86400"),
     }
-}
-
-fn parse_interval(raw: &str) -> Result<Option<Duration>, &'static str> {
-    parse_secs_or_zero(raw).map(|d| (!d.is_zero()).then_some(d))
 }
 
 /// The upper bound on any `/logs` timeout, from the wire protocol.

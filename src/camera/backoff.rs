@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::client::CallError;
-use crate::log::{log_error, log_info, log_warn};
+use crate::log::{self, log_info, Level};
 
 /// First retry delay after a failure; doubles per failure up to the cap.
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -48,11 +48,12 @@ impl Backoff {
             self.logged_tls |= tls;
             let (what, max) = (self.what, self.max.as_secs_f64());
             // Another process holding this camera's id is a mistake to fix, not a network fault.
-            if matches!(why, CallError::Status { status: 409, .. }) {
-                log_error!("could not {what}: {why}; retrying with backoff (up to {max:.0} s)");
-            } else {
-                log_warn!("could not {what}: {why}; retrying with backoff (up to {max:.0} s)");
-            }
+            let conflict = matches!(why, CallError::Status { status: 409, .. });
+            let level = if conflict { Level::Error } else { Level::Warn };
+            log::write(
+                level,
+                format_args!("could not {what}: {why}; retrying with backoff (up to {max:.0} s)"),
+            );
         }
         let delay = self.delay();
         !matches!(stop.recv_timeout(delay), Err(RecvTimeoutError::Disconnected))

@@ -44,13 +44,8 @@ struct Persisted {
 impl EventLog {
     /// A log kept only in memory, holding at most `max_events` (at least 1).
     pub fn in_memory(max_events: usize) -> EventLog {
-        EventLog {
-            inner: Mutex::new(Inner {
-                events: VecDeque::new(),
-                max_events: max_events.max(1),
-                file: None,
-            }),
-        }
+        let inner = Inner { events: VecDeque::new(), max_events: max_events.max(1), file: None };
+        EventLog { inner: Mutex::new(inner) }
     }
 
     /// A log backed by `path`: reloads what is there, then appends to it.
@@ -70,15 +65,19 @@ impl EventLog {
     /// write fails the event is still kept in memory and the error is returned for reporting.
     pub fn push(&self, entry: LogEntry) -> io::Result<()> {
         let mut inner = self.inner.lock();
-        let written = match inner.file.as_mut() {
-            Some(persisted) => persisted.append(&entry),
-            None => Ok(()),
-        };
-        inner.events.push_back(entry);
-        if inner.events.len() > inner.max_events {
-            inner.events.pop_front();
+        let Inner { events, max_events, file } = &mut *inner;
+        let written = file.as_mut().map_or(Ok(()), |file| file.append(&entry));
+        events.push_back(entry);
+        if events.len() > *max_events {
+            events.pop_front();
         }
-        let compacted = inner.compact_if_large();
+        // The file may hold up to twice `max_events` lines before it is rewritten.
+        let compacted = match file {
+            Some(file) if file.lines > max_events.saturating_mul(2) => {
+                rewrite(&file.path.clone(), events).map(|rewritten| *file = rewritten)
+            }
+            _ => Ok(()),
+        };
         written.and(compacted)
     }
 
@@ -86,21 +85,6 @@ impl EventLog {
     pub fn in_range(&self, range: TimeRange) -> Vec<LogEntry> {
         let inner = self.inner.lock();
         inner.events.iter().filter(|e| range.contains(e.timestamp)).cloned().collect()
-    }
-}
-
-impl Inner {
-    /// The file may hold up to twice `max_events` lines before it is rewritten.
-    fn compact_if_large(&mut self) -> io::Result<()> {
-        let Some(persisted) = &self.file else {
-            return Ok(());
-        };
-        if persisted.lines <= self.max_events.saturating_mul(2) {
-            return Ok(());
-        }
-        let path = persisted.path.clone();
-        self.file = Some(rewrite(&path, &self.events)?);
-        Ok(())
     }
 }
 

@@ -52,11 +52,8 @@ impl CameraHandle {
         let log = match &config.log_file {
             Some(path) => {
                 let (log, report) = EventLog::open(path, config.max_events)?;
-                let skipped = match report.skipped_lines {
-                    0 => String::new(),
-                    n => format!("; skipped {n} damaged line(s) (a torn last write)"),
-                };
-                log_info!("reloaded {} event(s) from {}{skipped}", report.loaded, path.display());
+                let (loaded, path, n) = (report.loaded, path.display(), report.skipped_lines);
+                log_info!("reloaded {loaded} event(s) from {path}; skipped {n} damaged line(s) (a torn last write leaves one)");
                 log
             }
             None => EventLog::in_memory(config.max_events),

@@ -283,15 +283,10 @@ const CLOSE_WAIT: &str = "08";
 impl Connections {
     /// `None` where the tables cannot be read (not Linux).
     pub fn of_port(port: u16) -> Option<Connections> {
+        let tables = ["/proc/net/tcp", "/proc/net/tcp6"].map(std::fs::read_to_string);
         let mut found = Connections::default();
-        let mut read_any = false;
-        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            if let Ok(text) = std::fs::read_to_string(table) {
-                read_any = true;
-                found.add_table(&text, port);
-            }
-        }
-        read_any.then_some(found)
+        tables.iter().flatten().for_each(|text| found.add_table(text, port));
+        tables.iter().any(Result::is_ok).then_some(found)
     }
 
     fn add_table(&mut self, text: &str, port: u16) {

@@ -78,24 +78,8 @@ impl ApiServer {
         let registry = Arc::new(Registry::new(&config, Arc::clone(&metrics), alive));
         let (stop, stopped) = bounded::<()>(0);
         let (done_tx, done) = bounded::<()>(0);
-        let app = Arc::new(App {
-            registry: Arc::clone(&registry),
-            metrics,
-            stats: Arc::clone(&stats),
-            port,
-            config,
-        });
-        let (max, idle) = (app.config.max_handlers, app.config.worker_idle);
-        let waiting = Arc::clone(&registry);
-        let handler_app = Arc::clone(&app);
-        pool::start(
-            listener,
-            Arc::new(move |request| routes::handle(&handler_app, request)),
-            stats,
-            (max, idle),
-            move || waiting.callers_waiting() > 0,
-            (stopped.clone(), done_tx.clone()),
-        )?;
+        let app = Arc::new(App { registry: Arc::clone(&registry), metrics, stats, port, config });
+        pool::start(listener, Arc::clone(&app), (stopped.clone(), done_tx.clone()))?;
         let upkeep_registry = Arc::clone(&registry);
         let upkeep = std::thread::Builder::new()
             .name("upkeep".into())

@@ -1,8 +1,8 @@
 //! The handler threads, as leaders and followers: a few idle threads (the leaders) wait on the
 //! [`Listener`] at once and serve the request they take themselves, so no hand-off sits between
 //! tiny_http and the handler; when too few are left waiting, the one that took a request wakes
-//! the most recently idle thread to take its place (or starts one, up to `MAX_HANDLERS`). Long polls and `/logs` calls block their thread, so
-//! the pool grows while no thread is idle; a follower idle for `WORKER_IDLE_SECS` exits, and
+//! the most recently idle thread to take its place (or starts one, up to `MAX_HANDLERS`). Long
+//! polls and `/logs` calls block their thread, so the pool grows while no thread is idle; a follower idle for `WORKER_IDLE_SECS` exits, and
 //! since the most recently idle thread leads next, the threads a burst left behind are the
 //! ones that go.
 //!
@@ -11,21 +11,21 @@
 //! handler given request 2 while request 1 is a held poll would block for the whole hold
 //! (`connections::pipelined_requests_behind_a_poll_take_one_handler` fails without it).
 //!
-//! It owns thread lifetimes; it knows nothing of routes, cameras or sockets.
+//! It owns thread lifetimes and hands each request to [`routes::handle`]; it knows nothing of
+//! cameras or sockets.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 use tiny_http::Request;
 
 use super::listener::{Listener, TICK};
-use super::ServerStats;
+use super::routes::{self, App};
 use crate::log::log_error;
 
 /// Threads waiting on the listener at once, at most: a thread that finishes a request leads
@@ -39,60 +39,42 @@ const READY: usize = 2;
 /// and only the pages actually touched count against memory.
 const HANDLER_STACK: usize = 256 * 1024;
 
-/// Serves one request to completion (the routes).
-pub type Handler = Arc<dyn Fn(Request) + Send + Sync>;
-
 struct Shared {
-    handle: Handler,
+    /// What a request is served with (the routes).
+    app: Arc<App>,
     listener: Listener,
-    callers_waiting: Box<dyn Fn() -> bool + Send + Sync>,
     /// Idle threads waiting to lead, the most recently idle last, and how many lead.
     followers: Mutex<(Vec<Sender<()>>, usize)>,
     /// Connections with a request in service, and the requests they pipelined behind it.
     serving: Mutex<HashMap<SocketAddr, VecDeque<Request>>>,
-    max_handlers: usize,
-    idle_exit: Duration,
     /// Disconnected at shutdown (its sender is the server's).
     stop: Receiver<()>,
     /// Held by every thread until it ends; the server waits for all of them to be dropped.
     done: Sender<()>,
-    stats: Arc<ServerStats>,
 }
 
-/// Starts the leaders on `listener`: at most `max_handlers` threads, followers exiting after
-/// `idle_exit` idle. They run until `stop` disconnects; each holds a clone
-/// of `done` until it ends.
+/// Starts the leaders on `listener`: at most `MAX_HANDLERS` threads, followers exiting after
+/// `WORKER_IDLE_SECS` idle. They run until `stop` disconnects; each holds a clone of `done`
+/// until it ends.
 pub fn start(
-    listener: Listener, handle: Handler, stats: Arc<ServerStats>,
-    (max_handlers, idle_exit): (usize, Duration),
-    callers_waiting: impl Fn() -> bool + Send + Sync + 'static,
-    (stop, done): (Receiver<()>, Sender<()>),
+    listener: Listener, app: Arc<App>, (stop, done): (Receiver<()>, Sender<()>),
 ) -> std::io::Result<()> {
-    let shared = Arc::new(Shared {
-        handle,
-        listener,
-        callers_waiting: Box::new(callers_waiting),
-        followers: Mutex::new((Vec::new(), LEADERS)),
-        serving: Mutex::new(HashMap::new()),
-        max_handlers,
-        idle_exit,
-        stop,
-        done,
-        stats,
-    });
+    let followers = Mutex::new((Vec::new(), LEADERS));
+    let serving = Mutex::new(HashMap::new());
+    let shared = Arc::new(Shared { app, listener, followers, serving, stop, done });
     (0..LEADERS).try_for_each(|_| shared.spawn())
 }
 
 impl Shared {
     fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
         let shared = Arc::clone(self);
-        self.stats.handler_threads.fetch_add(1, Ordering::Relaxed);
+        self.app.stats.handler_threads.fetch_add(1, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("handler".into())
             .stack_size(HANDLER_STACK)
             .spawn(move || shared.handler_thread());
         if spawned.is_err() {
-            self.stats.handler_threads.fetch_sub(1, Ordering::Relaxed);
+            self.app.stats.handler_threads.fetch_sub(1, Ordering::Relaxed);
         }
         spawned.map(|_| ())
     }
@@ -109,7 +91,7 @@ impl Shared {
                 break;
             }
         }
-        self.stats.handler_threads.fetch_sub(1, Ordering::Relaxed);
+        self.app.stats.handler_threads.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Waits, as a leader, for the next request; `None` once the server stops.
@@ -118,7 +100,8 @@ impl Shared {
             if matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected)) {
                 return None;
             }
-            if let Some(request) = self.listener.next(TICK, (self.callers_waiting)()) {
+            if let Some(request) = self.listener.next(TICK, self.app.registry.callers_waiting() > 0)
+            {
                 return Some(request);
             }
         }
@@ -140,7 +123,7 @@ impl Shared {
                 return;
             }
         }
-        if self.stats.handler_threads.load(Ordering::Relaxed) >= self.max_handlers {
+        if self.app.stats.handler_threads.load(Ordering::Relaxed) >= self.app.config.max_handlers {
             followers.1 -= 1;
             return;
         }
@@ -165,7 +148,7 @@ impl Shared {
         select! {
             recv(wake) -> _ => true,
             recv(self.stop) -> _ => false,
-            default(self.idle_exit) => {
+            default(self.app.config.worker_idle) => {
                 // Leave the idle list, unless the lead was handed over just now.
                 let mut followers = self.followers.lock();
                 match followers.0.iter().position(|s| s.same_channel(me)) {
@@ -184,16 +167,16 @@ impl Shared {
 
     /// Serves `request`, then every request its connection pipelined behind it, in order.
     fn serve_connection(&self, request: Request) {
-        self.stats.busy_handlers.fetch_add(1, Ordering::Relaxed);
+        self.app.stats.busy_handlers.fetch_add(1, Ordering::Relaxed);
         let mut next = Some(request);
         while let Some(request) = next {
             let peer = request.remote_addr().copied();
-            if catch_unwind(AssertUnwindSafe(|| (self.handle)(request))).is_err() {
+            if catch_unwind(AssertUnwindSafe(|| routes::handle(&self.app, request))).is_err() {
                 log_error!("a request handler panicked; the request got a 500 and the server keeps serving");
             }
             next = peer.and_then(|peer| self.finished(peer));
         }
-        self.stats.busy_handlers.fetch_sub(1, Ordering::Relaxed);
+        self.app.stats.busy_handlers.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The request back when it may be served now; `None` when it waits behind an earlier
@@ -206,7 +189,7 @@ impl Shared {
         match serving.get_mut(&peer) {
             Some(waiting) => {
                 waiting.push_back(request);
-                self.stats.pipelined_waiting.fetch_add(1, Ordering::Relaxed);
+                self.app.stats.pipelined_waiting.fetch_add(1, Ordering::Relaxed);
                 None
             }
             None => {
@@ -221,7 +204,7 @@ impl Shared {
         let mut serving = self.serving.lock();
         let next = serving.get_mut(&peer)?.pop_front();
         if next.is_some() {
-            self.stats.pipelined_waiting.fetch_sub(1, Ordering::Relaxed);
+            self.app.stats.pipelined_waiting.fetch_sub(1, Ordering::Relaxed);
         } else {
             serving.remove(&peer);
         }

@@ -54,11 +54,6 @@ impl Query {
         self.id(INSTANCE_ID)
     }
 
-    /// `after` of `/cameras`: a camera id, when given.
-    pub fn after(&self) -> Result<Option<String>, ApiError> {
-        self.id("after")
-    }
-
     /// `scope` of `/cameras`: the fleet's cameras (the default), or this instance's own.
     pub fn fleet_scope(&self) -> Result<bool, ApiError> {
         match self.get("scope") {
@@ -68,8 +63,8 @@ impl Query {
         }
     }
 
-    /// An id parameter: 1 to 64 of `[A-Za-z0-9._-]`.
-    fn id(&self, name: &str) -> Result<Option<String>, ApiError> {
+    /// An id parameter (`after` of `/cameras` among them): 1 to 64 of `[A-Za-z0-9._-]`.
+    pub fn id(&self, name: &str) -> Result<Option<String>, ApiError> {
         match self.get(name) {
             None => Ok(None),
             Some(id) if valid_camera_id(id) => Ok(Some(id.to_string())),

@@ -111,7 +111,7 @@ fn serve(app: &App, request: &mut Request, route: Route, query: &Query) -> Resul
         Route::Health => json(&serde_json::json!({"status": "ok"})),
         Route::Logs => logs(app, query, &client_address(request)),
         Route::Cameras => {
-            let (after, limit, fleet) = (query.after()?, query.limit()?, query.fleet_scope()?);
+            let (after, limit, fleet) = (query.id("after")?, query.limit()?, query.fleet_scope()?);
             let own = app.registry.cameras();
             match &app.config.peers {
                 Some(peers) if fleet => {
@@ -264,13 +264,9 @@ fn authorize(request: &Request, expected: Option<&str>) -> Result<(), ApiError> 
 
 /// Compares without an early exit, so the time taken does not reveal how much of a guess matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let len = a.len().max(b.len());
-    let mut diff = a.len() ^ b.len();
-    for i in 0..len {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
+    let byte = |s: &[u8], i: usize| s.get(i).copied().unwrap_or(0);
+    let diff = (0..a.len().max(b.len()))
+        .fold(a.len() ^ b.len(), |diff, i| diff | usize::from(byte(a, i) ^ byte(b, i)));
     std::hint::black_box(diff) == 0
 }
 

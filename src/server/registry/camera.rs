@@ -3,13 +3,12 @@
 //! under the camera's own lock; deciding what happens to a call (the races) is the registry's.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
-use super::Reply;
+use super::{PollFrom, Reply};
 use crate::log::log_info;
 use crate::protocol::{Command, TimeRange};
 use crate::server::error::ApiError;
@@ -35,8 +34,7 @@ pub(super) struct InFlight {
 /// the sender ends the poll with noop (a newer poll took over, or its client left).
 pub(super) struct HeldPoll {
     pub(super) id: u64,
-    pub(super) instance: Option<String>,
-    pub(super) peer: Option<SocketAddr>,
+    pub(super) from: PollFrom,
     pub(super) since: Instant,
     pub(super) wake: Sender<String>,
 }
@@ -159,7 +157,7 @@ impl CameraState {
         let mut holder_left = false;
         self.polls.retain(|poll| {
             let gone = dead(poll);
-            holder_left |= gone && poll.instance.is_some() && poll.instance == *instance;
+            holder_left |= gone && poll.from.instance.is_some() && poll.from.instance == *instance;
             !gone
         });
         self.instance_left |= holder_left;

@@ -166,13 +166,7 @@ impl Registry {
         let camera = self.camera_for_poll(camera_id)?;
         let poll_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (wake, woken) = bounded(1);
-        let held = HeldPoll {
-            id: poll_id,
-            instance: from.instance.clone(),
-            peer: from.peer,
-            since: Instant::now(),
-            wake,
-        };
+        let held = HeldPoll { id: poll_id, from: from.clone(), since: Instant::now(), wake };
         let ready = camera.lock_and(|state| self.start_poll(&camera, state, held))?;
         let _open = OpenPoll(&camera, poll_id);
         if let Some(command) = ready {
@@ -198,9 +192,9 @@ impl Registry {
         // Newest wins: an older poll of the same process is one its client gave up on. Without
         // identity, two processes may share the id: an older poll is left to the watcher, and
         // gets no command meanwhile (commands go to the newest).
-        if let Some(instance) = &poll.instance {
+        if let Some(instance) = &poll.from.instance {
             self.claim(camera, state, instance, now)?;
-            state.polls.retain(|p| p.instance != poll.instance);
+            state.polls.retain(|p| p.from.instance != poll.from.instance);
         }
         state.poll_started(&camera.id);
         self.redispatch_if_overdue(camera, state, now);
@@ -220,7 +214,7 @@ impl Registry {
     ) -> Result<(), ApiError> {
         if let Some(current) = state.instance.clone().filter(|c| c != instance) {
             let holder = Some(current.as_str());
-            let dead = self.release_dead(state, |p| p.instance.as_deref() == holder);
+            let dead = self.release_dead(state, |p| p.from.instance.as_deref() == holder);
             let polling = state.open_polls > dead;
             let unanswered = state.in_flight.as_ref().is_some_and(|c| c.sent_at.is_some());
             let recent = !state.instance_left
@@ -259,7 +253,7 @@ impl Registry {
         let Some(connected) = (self.alive)() else {
             return 0;
         };
-        state.release(|p| which(p) && p.peer.is_some_and(|peer| !connected.contains(&peer)))
+        state.release(|p| which(p) && p.from.peer.is_some_and(|peer| !connected.contains(&peer)))
     }
 
     /// Serves one `/logs` call: blocks until its answer, its timeout, or an offline verdict.

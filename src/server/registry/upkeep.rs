@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::camera::{Camera, CameraState, HeldPoll, Waiter};
+use super::camera::{Camera, CameraState, HeldPoll};
 use super::{Registry, RegistryStats, OFFLINE_LINES_PER_TICK};
 use crate::log::{epoch_secs, log_info, log_warn};
 use crate::protocol::CameraInfo;
@@ -108,8 +108,9 @@ impl Registry {
     pub fn release_polls(&self, connected: &HashSet<SocketAddr>, taken: Instant) -> usize {
         let mut released = 0;
         for camera in self.all_cameras() {
-            let gone =
-                |p: &HeldPoll| p.since < taken && p.peer.is_some_and(|a| !connected.contains(&a));
+            let gone = |p: &HeldPoll| {
+                p.since < taken && p.from.peer.is_some_and(|a| !connected.contains(&a))
+            };
             released += camera.lock_and(|state| state.release(gone));
         }
         if released > 0 {
@@ -156,17 +157,12 @@ impl Registry {
         if state.waiting() == 0 {
             return went_offline;
         }
-        let error = state.offline_error(&camera.id, now);
-        let abandoned = state.in_flight.take();
-        let waiters: Vec<Waiter> = abandoned
-            .into_iter()
-            .flat_map(|c| c.waiters)
-            .chain(state.next_batch.drain(..))
-            .collect();
-        for waiter in &waiters {
+        let (error, failed) = (state.offline_error(&camera.id, now), state.waiting());
+        let in_flight = state.in_flight.take().map(|c| c.waiters).unwrap_or_default();
+        for waiter in in_flight.into_iter().chain(state.next_batch.drain(..)) {
             let _ = waiter.reply.try_send(Err(error.clone()));
         }
-        let (failed, camera_id) = (waiters.len(), &camera.id);
+        let camera_id = &camera.id;
         log_warn!("failed {failed} waiting call(s) for camera '{camera_id}': it is offline");
         went_offline
     }
