@@ -290,6 +290,8 @@ impl Connections {
     }
 
     fn add_table(&mut self, text: &str, port: u16) {
+        // Most lines are other ports' and TIME_WAIT: told apart by text, without parsing.
+        let local_port = format!(":{port:04X}");
         for line in text.lines().skip(1) {
             let mut fields = line.split_whitespace().skip(1);
             let (Some(local), Some(remote), Some(state)) =
@@ -297,14 +299,10 @@ impl Connections {
             else {
                 continue;
             };
-            if parse_address(local).map(|a| a.port()) != Some(port) {
-                continue;
-            }
-            match (state, parse_address(remote)) {
-                (ESTABLISHED, Some(peer)) => {
-                    self.established.insert(peer);
-                }
-                (CLOSE_WAIT, _) => self.client_left += 1,
+            match state {
+                _ if !local.ends_with(&local_port) => {}
+                ESTABLISHED => self.established.extend(parse_address(remote)),
+                CLOSE_WAIT => self.client_left += 1,
                 _ => {}
             }
         }
