@@ -10,9 +10,11 @@
 //!   (`connections::the_server_accepts_again_after_running_out_of_descriptors`);
 //! - `accept()` itself times out through the same SO_RCVTIMEO, and a lost wake-up in its
 //!   connection pool can leave a connection queued: an empty loopback connection now and then
-//!   (`connections::an_idle_server_keeps_its_accept_loop`, `connections::a_burst_of_polls_is_taken_at_once`);
+//!   (`connections::an_idle_server_keeps_its_accept_loop`,
+//!   `connections::bursts_of_calls_on_fresh_connections_are_taken_at_once`);
 //! - an unread body is discarded by allocating its declared length: a body declared beyond
-//!   memory is answered and its connection parked (`protocol_errors::a_huge_declared_content_length_is_413_and_the_server_keeps_serving`);
+//!   memory is answered and its connection parked
+//!   (`protocol_errors::a_huge_declared_content_length_is_413_and_the_server_keeps_serving`);
 //!
 //! It knows nothing of routes; it answers no request of its own choosing.
 
@@ -75,6 +77,7 @@ impl Listener {
         // client's delayed ACK (40 ms on every keep-alive answer over 1 KiB).
         // std offers these options only on a TcpStream: set through a duplicate descriptor (std's
         // safe conversions), they act on the socket itself.
+        // Test of the timeouts: connections::idle_connections_are_closed_after_the_header_timeout.
         let options = TcpStream::from(OwnedFd::from(socket.try_clone()?));
         options.set_read_timeout(Some(header_timeout))?;
         options.set_write_timeout(Some(header_timeout))?;
@@ -111,6 +114,8 @@ impl Listener {
                 log_warn!("tiny_http's accept loop panicked (above); starting another");
                 state.restart = Some((now, TICK));
             }
+            // Tests: connections::an_idle_server_keeps_its_accept_loop (quiet),
+            // connections::bursts_of_calls_on_fresh_connections_are_taken_at_once (calls waiting).
             let quiet_every = (self.header_timeout / 2).clamp(TICK, QUIET_NUDGE_MAX);
             let nudge = now >= state.last_nudge + if callers_waiting { TICK } else { quiet_every };
             if nudge {
@@ -152,6 +157,7 @@ impl Listener {
     }
 
     /// A new tiny_http server on a duplicate of the socket; the old one is drained.
+    /// Test: connections::the_server_accepts_again_after_running_out_of_descriptors.
     fn start_another(&self, state: &mut State) {
         let Some((_, backoff)) = state.restart else {
             return;
@@ -176,6 +182,7 @@ impl Listener {
 
 /// Writes `response` to `request`; a request whose declared body is too large to discard (and
 /// was not read, being over `max_body`) is answered and its connection parked instead.
+/// Test: protocol_errors::a_huge_declared_content_length_is_413_and_the_server_keeps_serving.
 pub fn respond(
     request: Request, response: Response<std::io::Cursor<Vec<u8>>>, stats: &ServerStats,
     max_body: usize,
@@ -195,6 +202,7 @@ static ACCEPT_LOOP_PANICS: AtomicUsize = AtomicUsize::new(0);
 /// (`util/refined_tcp_stream.rs`: `try_clone().unwrap()`, on EMFILE), and its accept loop is
 /// gone without a word: the hook counts those, for every listener to start another. Every panic
 /// is still reported as before.
+/// Test: connections::the_server_accepts_again_after_running_out_of_descriptors.
 pub fn watch_accept_loops() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {

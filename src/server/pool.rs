@@ -2,9 +2,9 @@
 //! [`Listener`] at once and serve the request they take themselves, so no hand-off sits between
 //! tiny_http and the handler; when too few are left waiting, the one that took a request wakes
 //! the most recently idle thread to take its place (or starts one, up to `MAX_HANDLERS`). Long
-//! polls and `/logs` calls block their thread, so the pool grows while no thread is idle; a follower idle for `WORKER_IDLE_SECS` exits, and
-//! since the most recently idle thread leads next, the threads a burst left behind are the
-//! ones that go.
+//! polls and `/logs` calls block their thread, so the pool grows while no thread is idle; a
+//! follower idle for `WORKER_IDLE_SECS` exits, and since the most recently idle thread leads
+//! next, the threads a burst left behind are the ones that go.
 //!
 //! Requests of one connection are served one at a time, in order: tiny_http hands over every
 //! pipelined request at once, yet writes each response only after the one before it, so a
@@ -181,6 +181,7 @@ impl Shared {
 
     /// The request back when it may be served now; `None` when it waits behind an earlier
     /// request of its connection (identified by its peer's address and port).
+    /// Test: connections::pipelined_requests_behind_a_poll_take_one_handler.
     fn admit(&self, request: Request) -> Option<Request> {
         let Some(peer) = request.remote_addr().copied() else {
             return Some(request);

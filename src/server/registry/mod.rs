@@ -207,8 +207,9 @@ impl Registry {
     }
 
     /// Lets `instance` hold the camera's id, unless another process holds it and is alive: it
-    /// has a live poll, or its last poll ended normally within [`REPOLL_WITHIN`]. A last poll that left a command unanswered may have gone to a process
-    /// that died: the new process takes over, and the command is sent to it.
+    /// has a live poll, or its last poll ended normally within [`REPOLL_WITHIN`]. A last poll
+    /// that left a command unanswered may have gone to a process that died: the new process
+    /// takes over, and the command is sent to it.
     fn claim(
         &self, camera: &Camera, state: &mut CameraState, instance: &str, now: Instant,
     ) -> Result<(), ApiError> {
