@@ -10,6 +10,7 @@ use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
+use crate::common::mutate::{mutate, BASE_QUERIES, QUERY_SPECIALS};
 use crate::common::*;
 use camera_logs::{valid_camera_id, Route, SendLogsBody};
 
@@ -23,62 +24,6 @@ fn raw_post(path: &str, body: &[u8]) -> Vec<u8> {
     request.extend_from_slice(body);
     request
 }
-
-const BASE_QUERIES: &[&str] = &[
-    "cameraId=cam&startTimestamp=1700000000.25&endTimestamp=1700000004&timeout=5",
-    "cameraId=front-door_1.a&startTimestamp=-0&timeout=0.5",
-    "startTimestamp=1e3&endTimestamp=%2B2.5e3",
-    "cameraId=cam&endTimestamp=.5&timeout=300",
-    "cameraId=cam",
-    "",
-];
-
-const QUERY_SPECIALS: &[&str] = &[
-    "%",
-    "%F",
-    "%FF",
-    "%FE%FF",
-    "%C3%28",
-    "%00",
-    "&",
-    "=",
-    "&&",
-    "==",
-    "+",
-    "%2B",
-    "%20",
-    "?",
-    "#",
-    ";",
-    "NaN",
-    "nan",
-    "inf",
-    "-inf",
-    "Infinity",
-    "1e400",
-    "-1e400",
-    "1e-400",
-    "0x10",
-    "-0",
-    "-",
-    ".",
-    "e",
-    "E5",
-    "1_0",
-    "9999999999999999999999999",
-    "é",
-    "\u{FFFD}",
-    "\u{0}",
-    "startTimestamp=",
-    "endTimestamp=",
-    "timeout=",
-    "cameraId=",
-    "&cameraId=cam",
-    "&timeout=0",
-    "&timeout=301",
-    "&startTimestamp=1",
-    "&endTimestamp=0",
-];
 
 const BASE_BODIES: &[&str] = &[
     r#"{"requestId":"0123456789abcdef0123456789abcdef","logs":[{"timestamp":1700000000.25,"description":"motion detected at (812, 403)"}]}"#,
@@ -119,45 +64,6 @@ const BODY_SPECIALS: &[&str] = &[
     "\"requestId\":",
     "99999999999999999999",
 ];
-
-/// One to four random mutations of `base`: byte flips, truncation, duplication, deletion and
-/// insertion of special strings or raw bytes.
-fn mutate(rng: &mut Rng, base: &[u8], specials: &[&str]) -> Vec<u8> {
-    let mut out = base.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        let at = if out.is_empty() { 0 } else { rng.below(out.len() + 1) };
-        match rng.below(7) {
-            0 if !out.is_empty() => {
-                let i = rng.below(out.len());
-                out[i] ^= 1 << rng.below(8);
-            }
-            1 if !out.is_empty() => {
-                let i = rng.below(out.len());
-                out[i] = rng.below(256) as u8;
-            }
-            2 => out.truncate(at),
-            3 if !out.is_empty() => {
-                let start = rng.below(out.len());
-                let end = start + rng.below(out.len() - start) + 1;
-                let copy = out[start..end].to_vec();
-                out.splice(at..at, copy);
-            }
-            4 if !out.is_empty() => {
-                let i = rng.below(out.len());
-                out.remove(i);
-            }
-            5 => {
-                let number = format!("{}", rng.next_u64() as i64 as f64 / 7.0);
-                out.splice(at..at, number.into_bytes());
-            }
-            _ => {
-                let special = rng.pick(specials).as_bytes().to_vec();
-                out.splice(at..at, special);
-            }
-        }
-    }
-    out
-}
 
 /// The status `GET /logs?{query}` must get from a server that knows camera `cam` (and no
 /// camera `default`), worked out from the contract rather than by the server's own parser: a

@@ -169,12 +169,8 @@ fn tls_config(ca_certs: Option<&CaCerts>) -> ureq::tls::TlsConfig {
 /// The start-up line's note on what an https:// server is trusted by (empty for plain http).
 pub fn describe_trust(config: &CameraConfig) -> String {
     match (&config.ca_certs, config.api_base_url.starts_with("https://")) {
-        (Some(ca), true) => {
-            format!(
-                "; trusting only the {} CA certificate(s) of {}",
-                ca.der.len(),
-                ca.path.display()
-            )
+        (Some(CaCerts { path, der }), true) => {
+            format!("; trusting only the {} CA certificate(s) of {}", der.len(), path.display())
         }
         (None, true) => "; trusting the bundled webpki roots".to_string(),
         (Some(_), false) => "; CA_CERT_FILE unused (the URL is not https://)".to_string(),

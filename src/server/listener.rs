@@ -31,6 +31,7 @@ use tiny_http::{Header, Request, Response};
 
 use super::ServerStats;
 use crate::log::{log_error, log_warn};
+use crate::settings::MAX_LOGS_TIMEOUT;
 
 /// While `/logs` calls wait, the pool is nudged this often: a lost wake-up may have queued the
 /// very connection they wait for.
@@ -38,8 +39,9 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// When quiet, nudge only this often: enough to keep `accept()` from timing out, rare enough
 /// that tiny_http's idle pool threads (each wake restarts their 5 s exit clock) can retire.
 const QUIET_NUDGE_MAX: Duration = Duration::from_secs(4);
-/// Longest wait between attempts to restart an accept loop that ended.
-const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// The wait before another attempt to start an accept loop, after one failed (EMFILE and the
+/// like): never a hot loop.
+const RESTART_RETRY: Duration = Duration::from_secs(1);
 /// A declared body up to this size is discarded as tiny_http does (lazily, bounded by the read
 /// timeout); beyond it, its allocation could abort the process.
 const SAFE_TO_DISCARD: usize = 64 * 1024 * 1024;
@@ -59,8 +61,8 @@ struct State {
     /// Servers whose accept loop ended, with when each last delivered a request.
     draining: Vec<(Arc<tiny_http::Server>, Instant)>,
     last_nudge: Instant,
-    /// When to try starting another accept loop, and the wait after that if it fails.
-    restart: Option<(Instant, Duration)>,
+    /// When to try starting another accept loop.
+    restart: Option<Instant>,
     /// [`ACCEPT_LOOP_PANICS`] when last looked at.
     panics_seen: usize,
 }
@@ -112,7 +114,7 @@ impl Listener {
             if panics != state.panics_seen {
                 state.panics_seen = panics;
                 log_warn!("tiny_http's accept loop panicked (above); starting another");
-                state.restart = Some((now, TICK));
+                state.restart = Some(now);
             }
             // Tests: connections::an_idle_server_keeps_its_accept_loop (quiet),
             // connections::bursts_of_calls_on_fresh_connections_are_taken_at_once (calls waiting).
@@ -121,10 +123,12 @@ impl Listener {
             if nudge {
                 state.last_nudge = now;
             }
-            if state.restart.is_some_and(|(at, _)| now >= at) {
+            if state.restart.is_some_and(|at| now >= at) {
                 self.start_another(&mut state);
             }
-            let quiet_for = self.header_timeout * 2;
+            // A drained server's connections may still have a request in service (a hold, or a
+            // `/logs` call of up to 300 s) and send their next one after it.
+            let quiet_for = self.header_timeout * 2 + MAX_LOGS_TIMEOUT;
             state.draining.retain(|(_, last)| now.saturating_duration_since(*last) < quiet_for);
             for (server, last) in &mut state.draining {
                 if let Ok(Some(request)) = server.try_recv() {
@@ -148,7 +152,6 @@ impl Listener {
                 }
                 let mut state = self.state.lock();
                 if Arc::ptr_eq(&state.current, &current) {
-                    state.restart = Some((now, TICK));
                     self.start_another(&mut state);
                 }
                 None
@@ -159,9 +162,6 @@ impl Listener {
     /// A new tiny_http server on a duplicate of the socket; the old one is drained.
     /// Test: connections::the_server_accepts_again_after_running_out_of_descriptors.
     fn start_another(&self, state: &mut State) {
-        let Some((_, backoff)) = state.restart else {
-            return;
-        };
         match serve_on(&self.socket) {
             Ok(server) => {
                 let old = std::mem::replace(&mut state.current, Arc::new(server));
@@ -170,11 +170,9 @@ impl Listener {
                 self.stats.accept_loop_restarts.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                // EMFILE and friends: retry, slower each time, never in a hot loop.
-                let ms = backoff.as_millis();
-                log_error!("cannot restart the accept loop: {e}; retrying in {ms} ms");
-                state.restart =
-                    Some((Instant::now() + backoff, (backoff * 2).min(RESTART_BACKOFF_MAX)));
+                let retry = RESTART_RETRY.as_secs();
+                log_error!("cannot restart the accept loop: {e}; retrying in {retry} s");
+                state.restart = Some(Instant::now() + RESTART_RETRY);
             }
         }
     }
@@ -188,6 +186,8 @@ pub fn respond(
     max_body: usize,
 ) -> std::io::Result<()> {
     if request.body_length().is_some_and(|len| len > SAFE_TO_DISCARD.max(max_body)) {
+        let (declared, status) = (request.body_length().unwrap_or(0), response.status_code().0);
+        log_warn!("a request declared a {declared}-byte body: answered {status} and parked its connection");
         park(request, response);
         stats.parked_connections.fetch_add(1, Ordering::Relaxed);
         return Ok(());
@@ -318,7 +318,8 @@ impl Connections {
 }
 
 /// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6), each 32-bit word in host order as
-/// the kernel prints it; an IPv4-mapped IPv6 address comes back as IPv4, as std reports peers.
+/// the kernel prints it. An IPv4 client of a dual-stack socket (`HOST=::`) stays IPv4-mapped
+/// IPv6, as std reports that peer.
 fn parse_address(field: &str) -> Option<SocketAddr> {
     let (ip, port) = field.split_once(':')?;
     let mut bytes = Vec::with_capacity(16);
@@ -326,7 +327,7 @@ fn parse_address(field: &str) -> Option<SocketAddr> {
         bytes.extend(u32::from_str_radix(word?, 16).ok()?.to_le_bytes());
     }
     let ip = match <[u8; 16]>::try_from(bytes.as_slice()) {
-        Ok(v6) => Ipv6Addr::from(v6).to_canonical(),
+        Ok(v6) => IpAddr::V6(Ipv6Addr::from(v6)),
         Err(_) => IpAddr::from(<[u8; 4]>::try_from(bytes.as_slice()).ok()?),
     };
     Some(SocketAddr::new(ip, u16::from_str_radix(port, 16).ok()?))
@@ -349,8 +350,9 @@ mod tests {
         let peer: SocketAddr = "127.0.0.1:54000".parse().unwrap();
         assert_eq!(found.established, HashSet::from([peer]));
         assert_eq!(found.client_left, 1);
+        // An IPv4 client of a dual-stack socket: listed as std reports its peer, mapped.
         let mapped = "0000000000000000FFFF00000100007F:1F90";
-        assert_eq!(parse_address(mapped), Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(parse_address(mapped), Some("[::ffff:127.0.0.1]:8080".parse().unwrap()));
         let v6 = "00000000000000000000000001000000:1F90";
         assert_eq!(parse_address(v6), Some("[::1]:8080".parse().unwrap()));
     }
@@ -366,5 +368,16 @@ mod tests {
         let left = Connections::of_port(port).unwrap();
         assert!(!left.established.contains(&peer));
         assert_eq!(left.client_left, 1);
+    }
+    #[test]
+    fn an_ipv4_client_of_a_dual_stack_socket_is_seen_as_std_reports_it() {
+        let Ok(listener) = TcpListener::bind("[::]:0") else {
+            return eprintln!("skipped: no IPv6 on this machine");
+        };
+        let port = listener.local_addr().unwrap().port();
+        let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_server_side, peer) = listener.accept().unwrap();
+        assert!(peer.is_ipv6(), "{peer}");
+        assert!(Connections::of_port(port).unwrap().established.contains(&peer), "{peer}");
     }
 }

@@ -1,5 +1,5 @@
-//! The handler threads, as leaders and followers: a few idle threads (the leaders) wait on the
-//! [`Listener`] at once and serve the request they take themselves, so no hand-off sits between
+//! The handler threads, as leaders and followers: a few idle threads (the leaders) take turns at
+//! the [`Listener`] and serve the request they take themselves, so no hand-off sits between
 //! tiny_http and the handler; when too few are left waiting, the one that took a request wakes
 //! the most recently idle thread to take its place (or starts one, up to `MAX_HANDLERS`). Long
 //! polls and `/logs` calls block their thread, so the pool grows while no thread is idle; a
@@ -28,9 +28,9 @@ use super::listener::{Listener, TICK};
 use super::routes::{self, App};
 use crate::log::log_error;
 
-/// Threads waiting on the listener at once, at most: a thread that finishes a request leads
-/// again while fewer wait. More than one, so that taking the next request never waits for a
-/// thread to be woken.
+/// Threads waiting to take the next request, at most: a thread that finishes a request leads
+/// again while fewer wait. More than one, so that the next turn never waits for a thread to be
+/// woken by a follower's hand-over.
 const LEADERS: usize = 4;
 /// Below this many waiting, a leader that takes a request wakes a follower (or starts a thread)
 /// to take its place; above, it does not, and saves a wake-up per request.
@@ -43,6 +43,8 @@ struct Shared {
     /// What a request is served with (the routes).
     app: Arc<App>,
     listener: Listener,
+    /// Held by the leader that takes the next request, until it is admitted.
+    taking: Mutex<()>,
     /// Idle threads waiting to lead, the most recently idle last, and how many lead.
     followers: Mutex<(Vec<Sender<()>>, usize)>,
     /// Connections with a request in service, and the requests they pipelined behind it.
@@ -61,7 +63,8 @@ pub fn start(
 ) -> std::io::Result<()> {
     let followers = Mutex::new((Vec::new(), LEADERS));
     let serving = Mutex::new(HashMap::new());
-    let shared = Arc::new(Shared { app, listener, followers, serving, stop, done });
+    let taking = Mutex::new(());
+    let shared = Arc::new(Shared { app, listener, taking, followers, serving, stop, done });
     (0..LEADERS).try_for_each(|_| shared.spawn())
 }
 
@@ -69,10 +72,8 @@ impl Shared {
     fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
         let shared = Arc::clone(self);
         self.app.stats.handler_threads.fetch_add(1, Ordering::Relaxed);
-        let spawned = std::thread::Builder::new()
-            .name("handler".into())
-            .stack_size(HANDLER_STACK)
-            .spawn(move || shared.handler_thread());
+        let builder = std::thread::Builder::new().name("handler".into()).stack_size(HANDLER_STACK);
+        let spawned = builder.spawn(move || shared.handler_thread());
         if spawned.is_err() {
             self.app.stats.handler_threads.fetch_sub(1, Ordering::Relaxed);
         }
@@ -84,9 +85,7 @@ impl Shared {
         let (me, wake) = bounded(1);
         while let Some(request) = self.lead() {
             self.promote();
-            if let Some(request) = self.admit(request) {
-                self.serve_connection(request);
-            }
+            self.serve_connection(request);
             if !self.follow(&me, &wake) {
                 break;
             }
@@ -94,14 +93,20 @@ impl Shared {
         self.app.stats.handler_threads.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Waits, as a leader, for the next request; `None` once the server stops.
+    /// Waits, as a leader, for the next request to serve; `None` once the server stops. A
+    /// request that waits behind an earlier one of its connection is left to that one's thread.
     fn lead(&self) -> Option<Request> {
         loop {
             if matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected)) {
                 return None;
             }
-            if let Some(request) = self.listener.next(TICK, self.app.registry.callers_waiting() > 0)
-            {
+            // One leader takes and admits at a time: two could admit a connection's pipelined
+            // requests in the wrong order, and tiny_http would hold the later one's answer for
+            // ever behind the earlier (connections::pipelined_requests_behind_a_poll_take_one_handler
+            // hangs one run in two without it).
+            let _taking = self.taking.lock();
+            let waiting = self.app.registry.callers_waiting() > 0;
+            if let Some(request) = self.listener.next(TICK, waiting).and_then(|r| self.admit(r)) {
                 return Some(request);
             }
         }

@@ -75,9 +75,9 @@ pub fn handle(app: &App, mut request: Request) {
             let (status, path, client) =
                 (error.status(), clean(path, 64), client_address(&request));
             let ms = started.elapsed().as_millis();
-            // A second camera process retries for as long as it runs: the registry says so once
-            // a minute instead.
-            if !matches!(error, ApiError::Conflict { .. }) {
+            // A second camera process polls for as long as it runs: the registry says so once a
+            // minute instead.
+            if !(route == Some(Route::Poll) && matches!(error, ApiError::Conflict { .. })) {
                 log_warn!("{method} {path} from {client} -> {status}: {error} ({ms} ms)");
             }
             (reply(status, JSON, error.body(), error.header()), Some(error))
@@ -206,7 +206,7 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut body = Vec::with_capacity(capacity);
     request
         .as_reader()
-        .take(limit as u64 + 1)
+        .take((limit as u64).saturating_add(1))
         .read_to_end(&mut body)
         .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
     if body.len() > limit {

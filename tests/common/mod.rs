@@ -18,11 +18,13 @@ pub mod edge;
 mod fakes;
 mod harness;
 mod http;
+pub mod mutate;
 mod procs;
 
 pub use fakes::*;
 pub use harness::*;
 pub use http::*;
+pub use mutate::Rng;
 pub use procs::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -139,36 +141,5 @@ pub struct StopOnDrop(pub Arc<AtomicBool>);
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reproducible randomness
-// ---------------------------------------------------------------------------------------------
-
-/// xorshift64*: tiny, seeded, the same sequence on every run.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
     }
 }

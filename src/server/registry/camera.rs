@@ -56,6 +56,9 @@ pub(super) struct CameraState {
     /// Whether that process's last poll ended because its client left: then a new process may
     /// take over at once instead of after `CAMERA_GRACE_SECS`.
     pub(super) instance_left: bool,
+    /// When the kernel's table, read for a poll from a second process, last found the holder
+    /// alive.
+    pub(super) looked: Option<Instant>,
     /// When a poll from a second process was last logged (once a minute per id).
     pub(super) conflict_logged: Option<Instant>,
 }

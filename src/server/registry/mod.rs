@@ -68,6 +68,9 @@ const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(60);
 /// read (then every client counts as connected).
 pub type ConnectionProbe = Box<dyn Fn() -> Option<HashSet<SocketAddr>> + Send + Sync>;
 
+/// The peers the kernel's table listed as connected, and when it was read.
+type Seen = (HashSet<SocketAddr>, Instant);
+
 /// Who is polling: the camera process, when it says, and the connection's peer.
 #[derive(Debug, Clone, Default)]
 pub struct PollFrom {
@@ -166,12 +169,10 @@ impl Registry {
         let camera = self.camera_for_poll(camera_id)?;
         let poll_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (wake, woken) = bounded(1);
+        let connected = self.look_at_rival(&camera, from);
         let held = HeldPoll { id: poll_id, from: from.clone(), since: Instant::now(), wake };
-        let ready = camera.lock_and(|state| self.start_poll(&camera, state, held))?;
+        camera.lock_and(|state| self.start_poll(&camera, state, held, connected.as_ref()))?;
         let _open = OpenPoll(&camera, poll_id);
-        if let Some(command) = ready {
-            return Ok(command);
-        }
         let handed = select! {
             recv(woken) -> id => id.ok(),
             recv(self.shutdown_rx) -> _ => None,
@@ -186,45 +187,61 @@ impl Registry {
     }
 
     fn start_poll(
-        &self, camera: &Camera, state: &mut CameraState, poll: HeldPoll,
-    ) -> Result<Option<Command>, ApiError> {
+        &self, camera: &Camera, state: &mut CameraState, poll: HeldPoll, connected: Option<&Seen>,
+    ) -> Result<(), ApiError> {
         let now = Instant::now();
         // Newest wins: an older poll of the same process is one its client gave up on. Without
         // identity, two processes may share the id: an older poll is left to the watcher, and
         // gets no command meanwhile (commands go to the newest).
         if let Some(instance) = &poll.from.instance {
-            self.claim(camera, state, instance, now)?;
+            self.claim(camera, state, instance, now, connected)?;
             state.polls.retain(|p| p.from.instance != poll.from.instance);
         }
         state.poll_started(&camera.id);
-        self.redispatch_if_overdue(camera, state, now);
-        if let Some(command) = state.in_flight.as_mut().filter(|c| c.sent_at.is_none()) {
-            command.mark_sent(&camera.id);
-            return Ok(Some(command.to_wire()));
-        }
         state.polls.push(poll);
-        Ok(None)
+        // A command waiting for a poll, or overdue, goes to this one: the newest.
+        self.redispatch_if_overdue(camera, state, now);
+        state.dispatch(&camera.id);
+        Ok(())
+    }
+
+    /// The kernel's table when a poll comes from a second process while the holder has polls
+    /// held: read before the camera's lock (it takes milliseconds), with when it was read; once
+    /// it found the holder alive, not again for a second.
+    fn look_at_rival(&self, camera: &Camera, from: &PollFrom) -> Option<Seen> {
+        let instance = from.instance.as_deref()?;
+        let look = camera.lock_and(|state| {
+            let rival = state.instance.as_deref().is_some_and(|c| c != instance);
+            let due = state.looked.is_none_or(|at| at.elapsed() >= REPOLL_WITHIN);
+            rival && due && !state.polls.is_empty()
+        });
+        let taken = Instant::now();
+        look.then(|| (self.alive)().map(|connected| (connected, taken))).flatten()
     }
 
     /// Lets `instance` hold the camera's id, unless another process holds it and is alive: it
-    /// has a live poll, or its last poll ended normally within [`REPOLL_WITHIN`]. A last poll
-    /// that left a command unanswered may have gone to a process that died: the new process
-    /// takes over, and the command is sent to it.
+    /// has a live poll (its client still connected, as `connected` saw it), or its last poll
+    /// ended within [`REPOLL_WITHIN`]. A command sent to the process it replaces is sent again.
     fn claim(
         &self, camera: &Camera, state: &mut CameraState, instance: &str, now: Instant,
+        connected: Option<&Seen>,
     ) -> Result<(), ApiError> {
         if let Some(current) = state.instance.clone().filter(|c| c != instance) {
             let holder = Some(current.as_str());
-            let dead = self.release_dead(state, |p| p.from.instance.as_deref() == holder);
+            let dead = connected.map_or(0, |(connected, taken)| {
+                state.release(|p| {
+                    let gone = p.from.peer.is_some_and(|peer| !connected.contains(&peer));
+                    p.from.instance.as_deref() == holder && p.since < *taken && gone
+                })
+            });
             let polling = state.open_polls > dead;
-            let unanswered = state.in_flight.as_ref().is_some_and(|c| c.sent_at.is_some());
             let recent = !state.instance_left
-                && !unanswered
                 && state.last_poll_end.is_some_and(|end| {
                     now.saturating_duration_since(end)
                         <= REPOLL_WITHIN.min(self.config.camera_grace)
                 });
             if polling || recent {
+                state.looked = connected.map(|_| now).or(state.looked);
                 if state.conflict_logged.is_none_or(|at| at.elapsed() >= CONFLICT_LOG_EVERY) {
                     state.conflict_logged = Some(now);
                     let (id, every) = (&camera.id, CONFLICT_LOG_EVERY.as_secs());
@@ -243,18 +260,6 @@ impl Registry {
         state.instance = Some(instance.to_string());
         state.instance_left = false;
         Ok(())
-    }
-
-    /// Ends the held polls `which` picks whose client has left: one look at the kernel's table,
-    /// and only when there is such a poll.
-    fn release_dead(&self, state: &mut CameraState, which: impl Fn(&HeldPoll) -> bool) -> usize {
-        if !state.polls.iter().any(&which) {
-            return 0;
-        }
-        let Some(connected) = (self.alive)() else {
-            return 0;
-        };
-        state.release(|p| which(p) && p.from.peer.is_some_and(|peer| !connected.contains(&peer)))
     }
 
     /// Serves one `/logs` call: blocks until its answer, its timeout, or an offline verdict.
@@ -295,6 +300,11 @@ impl Registry {
         if Instant::now() >= window_end {
             return Err(unknown(false));
         }
+        // Bounded like the calls for one camera: a crowd of made-up ids cannot take every handler.
+        let limit = self.config.max_waiting_per_camera;
+        if self.awaiting_arrival.load(Ordering::Relaxed) >= limit {
+            return Err(ApiError::TooManyWaiting { camera_id: camera_id.to_string(), limit });
+        }
         let _waiting = Counted::new(&self.awaiting_arrival);
         let _counted = Counted::new(&self.callers_waiting);
         let until = window_end.min(deadline);
@@ -324,16 +334,14 @@ impl Registry {
         })?;
         let mut logs = body.logs;
         if let Some(bad) = logs.iter().position(|e| !e.timestamp.is_finite()) {
-            return Err(ApiError::BadRequest(format!(
-                "logs[{bad}].timestamp is not a finite number"
-            )));
+            let why = format!("logs[{bad}].timestamp is not a finite number");
+            return Err(ApiError::BadRequest(why));
         }
         sort_by_timestamp(&mut logs);
         let logs: Arc<[LogEntry]> = logs.into();
         camera.lock_and(|state| {
-            if instance.is_some()
-                && state.instance.is_some()
-                && state.instance.as_deref() != instance
+            // An answer from a process that no longer holds the id (one that names itself).
+            if instance.zip(state.instance.as_deref()).is_some_and(|(from, holder)| from != holder)
             {
                 return Err(ApiError::Conflict { camera_id: camera.id.clone() });
             }

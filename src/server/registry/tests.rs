@@ -301,6 +301,21 @@ fn a_second_process_is_refused_while_the_first_polls_and_takes_over_once_it_is_g
 }
 
 #[test]
+fn a_holder_between_a_command_and_its_next_poll_keeps_its_id() {
+    let registry = registry_with(slow_config(), Arc::default());
+    let first = spawn_poll(&registry, "cam", process("a", 1000));
+    wait_until("the first poll held", || registry.stats().open_polls == 1);
+    let caller = spawn_fetch(&registry, TimeRange::ALL);
+    let Command::SendLogs { request_id, .. } = first.join().unwrap().unwrap() else {
+        panic!("the holder gets the command");
+    };
+    // Its answer is still on the way and its next poll not yet in: it is alive all the same.
+    assert_eq!(registry.poll("cam", &process("b", 2000)).unwrap_err().status(), 409);
+    registry.complete("cam", Some("a"), answer(&request_id, vec![entry(1.0)])).unwrap();
+    assert_eq!(caller.join().unwrap().unwrap(), vec![entry(1.0)]);
+}
+
+#[test]
 fn polls_whose_client_left_are_released() {
     let registry = registry_with(slow_config(), Arc::default());
     let poll = spawn_poll(&registry, "cam", process("a", 1000));
