@@ -45,8 +45,6 @@ pub struct ServerStats {
     handler_threads: AtomicUsize,
     /// Requests in service (held polls and waiting calls among them).
     busy_handlers: AtomicUsize,
-    /// Requests waiting behind an earlier request of the same connection.
-    pipelined_waiting: AtomicUsize,
     parked_connections: AtomicUsize,
     accept_loop_restarts: AtomicUsize,
 }

@@ -171,8 +171,12 @@ impl Registry {
         let (wake, woken) = bounded(1);
         let connected = self.look_at_rival(&camera, from);
         let held = HeldPoll { id: poll_id, from: from.clone(), since: Instant::now(), wake };
-        camera.lock_and(|state| self.start_poll(&camera, state, held, connected.as_ref()))?;
+        let ready =
+            camera.lock_and(|state| self.start_poll(&camera, state, held, connected.as_ref()))?;
         let _open = OpenPoll(&camera, poll_id);
+        if let Some(command) = ready {
+            return Ok(command);
+        }
         let handed = select! {
             recv(woken) -> id => id.ok(),
             recv(self.shutdown_rx) -> _ => None,
@@ -188,7 +192,7 @@ impl Registry {
 
     fn start_poll(
         &self, camera: &Camera, state: &mut CameraState, poll: HeldPoll, connected: Option<&Seen>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<Command>, ApiError> {
         let now = Instant::now();
         // Newest wins: an older poll of the same process is one its client gave up on. Without
         // identity, two processes may share the id: an older poll is left to the watcher, and
@@ -198,11 +202,14 @@ impl Registry {
             state.polls.retain(|p| p.from.instance != poll.from.instance);
         }
         state.poll_started(&camera.id);
-        state.polls.push(poll);
         // A command waiting for a poll, or overdue, goes to this one: the newest.
-        self.redispatch_if_overdue(camera, state, now);
-        state.dispatch(&camera.id);
-        Ok(())
+        self.resend_if_overdue(camera, state, now);
+        if let Some(command) = state.in_flight.as_mut().filter(|c| c.sent_at.is_none()) {
+            command.mark_sent(&camera.id);
+            return Ok(Some(command.to_wire()));
+        }
+        state.polls.push(poll);
+        Ok(None)
     }
 
     /// The kernel's table when a poll comes from a second process while the holder has polls

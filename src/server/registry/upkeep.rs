@@ -54,7 +54,8 @@ impl Registry {
         let mut forgettable = Vec::new();
         for camera in self.all_cameras() {
             camera.lock_and(|state| {
-                self.redispatch_if_overdue(&camera, state, now);
+                self.resend_if_overdue(&camera, state, now);
+                state.dispatch(&camera.id);
                 let name_it = went_offline < OFFLINE_LINES_PER_TICK;
                 went_offline += usize::from(self.check_offline(&camera, state, now, name_it));
                 if state.forgettable(now, self.config.camera_forget) {
@@ -119,9 +120,9 @@ impl Registry {
         released
     }
 
-    pub(super) fn redispatch_if_overdue(
-        &self, camera: &Camera, state: &mut CameraState, now: Instant,
-    ) {
+    /// Marks a command unanswered for `ACK_TIMEOUT_SECS` as due again (the next dispatch sends
+    /// it, same request id).
+    pub(super) fn resend_if_overdue(&self, camera: &Camera, state: &mut CameraState, now: Instant) {
         let Some(command) = &mut state.in_flight else {
             return;
         };
@@ -135,7 +136,6 @@ impl Registry {
         log_warn!("camera '{id}' did not answer command {request_id} within {waited:.1} s (the poll may have died); sending it again");
         command.sent_at = None;
         self.metrics.resend();
-        state.dispatch(&camera.id);
     }
 
     /// Fails the waiting calls of a camera that is offline. Returns whether it went offline
