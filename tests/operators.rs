@@ -1,7 +1,7 @@
 //! What an operator sees of the built binaries and the scripts: start-up lines that say whether
 //! each token is on, an empty token refused (exit 2, naming it), a taken port and an
 //! unresolvable HOST named, and curl_parallel.sh firing its burst and counting the round trips it
-//! cost.
+//! cost, or saying it cannot when the /metrics it reads is another server's.
 
 use std::net::TcpListener;
 use std::process::Command;
@@ -124,4 +124,45 @@ fn curl_parallel_fires_one_burst_and_counts_its_round_trips() {
     assert_eq!(stdout.matches(" HTTP 401 in ").count(), 3, "{stdout}");
     assert!(stdout.contains("0 of 3 succeeded"), "{stdout}");
     assert!(stdout.contains("round trips for the burst: unknown"), "{stdout}");
+}
+
+/// Behind a fleet's edge, /metrics is one instance's, not necessarily the camera's: a count that
+/// did not move while calls were answered is said to be unknown, not "0".
+#[test]
+fn curl_parallel_says_unknown_when_metrics_is_another_servers() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        println!("skipped: curl is not installed");
+        return;
+    }
+    // Answers /logs, and /metrics with a counter that never moves, as another instance's would.
+    let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
+    let port = server.server_addr().to_ip().expect("an IP listener").port();
+    let serving = std::sync::Arc::clone(&server);
+    let thread = std::thread::spawn(move || {
+        for request in serving.incoming_requests() {
+            let body = if request.url().starts_with("/metrics") {
+                "camera_logs_camera_round_trips_total 7\n"
+            } else {
+                r#"{"logs":[]}"#
+            };
+            let _ = request.respond(tiny_http::Response::from_string(body));
+        }
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/curl_parallel.sh");
+    let output = Command::new("bash")
+        .args([script, "3", &format!("http://127.0.0.1:{port}/logs?cameraId=cam-2")])
+        .env_remove("API_TOKEN")
+        .output()
+        .expect("run curl_parallel.sh");
+    server.unblock();
+    thread.join().expect("the fake server's thread");
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("3 of 3 succeeded"), "{stdout}");
+    assert!(
+        stdout.contains("round trips for the burst: unknown")
+            && stdout.contains("another instance's"),
+        "{stdout}"
+    );
 }
