@@ -74,10 +74,17 @@ fn a_taken_port_and_an_unresolvable_host_are_named() {
     assert!(stderr.contains("HOST=\"no-such-host.invalid\" does not resolve"), "{stderr}");
 }
 
+fn curl_or_skip() -> bool {
+    let found = Command::new("curl").arg("--version").output().is_ok();
+    if !found {
+        println!("skipped: curl is not installed");
+    }
+    found
+}
+
 #[test]
 fn curl_parallel_fires_one_burst_and_counts_its_round_trips() {
-    if Command::new("curl").arg("--version").output().is_err() {
-        println!("skipped: curl is not installed");
+    if !curl_or_skip() {
         return;
     }
     let token = "burst-token";
@@ -130,8 +137,7 @@ fn curl_parallel_fires_one_burst_and_counts_its_round_trips() {
 /// did not move while calls were answered is said to be unknown, not "0".
 #[test]
 fn curl_parallel_says_unknown_when_metrics_is_another_servers() {
-    if Command::new("curl").arg("--version").output().is_err() {
-        println!("skipped: curl is not installed");
+    if !curl_or_skip() {
         return;
     }
     // Answers /logs, and /metrics with a counter that never moves, as another instance's would.
