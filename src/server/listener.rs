@@ -11,7 +11,8 @@
 //! - `accept()` itself times out through the same SO_RCVTIMEO, and a lost wake-up in its
 //!   connection pool can leave a connection queued: an empty loopback connection now and then
 //!   (`connections::an_idle_server_keeps_its_accept_loop`,
-//!   `connections::bursts_of_calls_on_fresh_connections_are_taken_at_once`);
+//!   `connections::bursts_of_calls_on_fresh_connections_are_taken_at_once`,
+//!   `connections::bursts_of_calls_that_wait_for_nothing_are_taken_at_once`);
 //! - an unread body is discarded by allocating its declared length: a body declared beyond
 //!   memory is answered and its connection parked
 //!   (`protocol_errors::a_huge_declared_content_length_is_413_and_the_server_keeps_serving`);
@@ -33,9 +34,13 @@ use super::ServerStats;
 use crate::log::{log_error, log_warn};
 use crate::settings::MAX_LOGS_TIMEOUT;
 
-/// While `/logs` calls wait, the pool is nudged this often: a lost wake-up may have queued the
-/// very connection they wait for.
+/// While `/logs` calls wait, and for [`BUSY`] after any request, the pool is nudged this often:
+/// a lost wake-up may have queued the very connection they wait for, or the other half of a
+/// burst of connections (each nudge frees one).
 pub const TICK: Duration = Duration::from_millis(100);
+/// A lost wake-up needs two connections accepted together; the other one's request, if it sends
+/// one, arrives within this.
+const BUSY: Duration = Duration::from_secs(1);
 /// When quiet, nudge only this often: enough to keep `accept()` from timing out, rare enough
 /// that tiny_http's idle pool threads (each wake restarts their 5 s exit clock) can retire.
 const QUIET_NUDGE_MAX: Duration = Duration::from_secs(4);
@@ -61,6 +66,7 @@ struct State {
     /// Servers whose accept loop ended, with when each last delivered a request.
     draining: Vec<(Arc<tiny_http::Server>, Instant)>,
     last_nudge: Instant,
+    last_request: Instant,
     /// When to try starting another accept loop.
     restart: Option<Instant>,
     /// [`ACCEPT_LOOP_PANICS`] when last looked at.
@@ -88,6 +94,7 @@ impl Listener {
             current: Arc::new(serve_on(&socket)?),
             draining: Vec::new(),
             last_nudge: Instant::now(),
+            last_request: Instant::now(),
             restart: None,
             panics_seen: ACCEPT_LOOP_PANICS.load(Ordering::Relaxed),
         };
@@ -105,7 +112,7 @@ impl Listener {
     }
 
     /// The next request, within about `wait`. The pool is nudged every [`TICK`] while
-    /// `callers_waiting`, else every half header timeout.
+    /// `callers_waiting` or busy, else every half header timeout.
     pub fn next(&self, wait: Duration, callers_waiting: bool) -> Option<Request> {
         let now = Instant::now();
         let (current, nudge, draining) = {
@@ -117,9 +124,11 @@ impl Listener {
                 state.restart = Some(now);
             }
             // Tests: connections::an_idle_server_keeps_its_accept_loop (quiet),
-            // connections::bursts_of_calls_on_fresh_connections_are_taken_at_once (calls waiting).
+            // connections::bursts_of_calls_on_fresh_connections_are_taken_at_once (calls waiting),
+            // connections::bursts_of_calls_that_wait_for_nothing_are_taken_at_once (busy).
+            let busy = callers_waiting || now < state.last_request + BUSY;
             let quiet_every = (self.header_timeout / 2).clamp(TICK, QUIET_NUDGE_MAX);
-            let nudge = now >= state.last_nudge + if callers_waiting { TICK } else { quiet_every };
+            let nudge = now >= state.last_nudge + if busy { TICK } else { quiet_every };
             if nudge {
                 state.last_nudge = now;
             }
@@ -133,6 +142,7 @@ impl Listener {
             for (server, last) in &mut state.draining {
                 if let Ok(Some(request)) = server.try_recv() {
                     *last = now;
+                    state.last_request = now;
                     return Some(request);
                 }
             }
@@ -143,7 +153,11 @@ impl Listener {
         }
         let wait = if draining { wait.min(Duration::from_millis(10)) } else { wait };
         match current.recv_timeout(wait) {
-            Ok(request) => request,
+            Ok(Some(request)) => {
+                self.state.lock().last_request = Instant::now();
+                Some(request)
+            }
+            Ok(None) => None,
             Err(e) => {
                 // Reported once, by the accept thread as it ends. A timeout of accept() itself
                 // is the quiet nudge coming late: not worth a warning.
