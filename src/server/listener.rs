@@ -35,8 +35,10 @@ use crate::log::{log_error, log_warn};
 use crate::settings::MAX_LOGS_TIMEOUT;
 
 /// While `/logs` calls wait, and for [`BUSY`] after any request, the pool is nudged this often:
-/// a lost wake-up may have queued the very connection they wait for, or the other half of a
-/// burst of connections (each nudge frees one).
+/// a lost wake-up may have queued the very connection they wait for, or part of a burst of
+/// connections. Each nudge frees one (the thread it wakes serves a queued connection after it);
+/// four a tick kept tiny_http's idle threads from retiring, as each wake restarts their 5 s exit
+/// clock (`edge_attacks::every_attack_through_the_edge_leaves_the_api_at_baseline_and_users_served`).
 pub const TICK: Duration = Duration::from_millis(100);
 /// A lost wake-up needs two connections accepted together; the other one's request, if it sends
 /// one, arrives within this.
