@@ -82,7 +82,7 @@ impl ApiServer {
         let upkeep_registry = Arc::clone(&registry);
         let upkeep = std::thread::Builder::new()
             .name("upkeep".into())
-            .spawn(move || upkeep(&upkeep_registry, port, &stopped, done_tx))?;
+            .spawn(move || upkeep(&upkeep_registry, &stopped, done_tx))?;
         announce(format_args!("API server listening on http://{addr}"));
         announce(format_args!("{}", exposure(addr)));
         // At every level but off: who may call is part of how the server is exposed.
@@ -124,17 +124,17 @@ impl ApiServer {
 }
 
 /// The registry's ticker and the watcher of held polls, until `stopped` disconnects.
-fn upkeep(registry: &Registry, port: u16, stopped: &Receiver<()>, done: Sender<()>) {
+fn upkeep(registry: &Registry, stopped: &Receiver<()>, done: Sender<()>) {
     let _alive = done;
     let mut next_watch = Instant::now() + WATCH_EVERY;
     while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(registry.tick_interval()) {
         registry.tick();
         let now = Instant::now();
-        if now >= next_watch && registry.holds_polls_since(now - WATCH_EVERY) {
-            if let Some(connections) = Connections::of_port(port) {
-                next_watch = now + WATCH_EVERY.max(now.elapsed() * WATCH_COST_SHARE);
-                registry.release_polls(&connections.established, now);
-            }
+        if now >= next_watch
+            && registry.holds_polls_since(now - WATCH_EVERY)
+            && registry.release_gone_polls()
+        {
+            next_watch = now + WATCH_EVERY.max(now.elapsed() * WATCH_COST_SHARE);
         }
     }
 }

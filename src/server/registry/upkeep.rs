@@ -104,9 +104,16 @@ impl Registry {
         cameras.iter().any(|camera| camera.state.lock().polls.iter().any(|p| p.since < since))
     }
 
+    /// Ends the held polls whose client has left, by the kernel's table as it is now (the probe
+    /// the registry was made with); `false` when the table cannot be read.
+    pub fn release_gone_polls(&self) -> bool {
+        let taken = Instant::now();
+        (self.alive)().map(|connected| self.release_polls(&connected, taken)).is_some()
+    }
+
     /// Ends the held polls whose client has left: those older than `connected` (the peers
     /// connected when it was read, at `taken`) whose peer is not in it. Returns how many.
-    pub fn release_polls(&self, connected: &HashSet<SocketAddr>, taken: Instant) -> usize {
+    pub(super) fn release_polls(&self, connected: &HashSet<SocketAddr>, taken: Instant) -> usize {
         let mut released = 0;
         for camera in self.all_cameras() {
             let gone = |p: &HeldPoll| {
