@@ -39,7 +39,7 @@ use crate::settings::MAX_LOGS_TIMEOUT;
 /// connections. Each nudge frees one (the thread it wakes serves a queued connection after it);
 /// four a tick kept tiny_http's idle threads from retiring, as each wake restarts their 5 s exit
 /// clock (`edge_attacks::every_attack_through_the_edge_leaves_the_api_at_baseline_and_users_served`).
-pub const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(100);
 /// A lost wake-up needs two connections accepted together; the other one's request, if it sends
 /// one, arrives within this.
 const BUSY: Duration = Duration::from_secs(1);
@@ -58,7 +58,13 @@ const SAFE_TO_DISCARD: usize = 64 * 1024 * 1024;
 pub struct Listener {
     addr: SocketAddr,
     socket: TcpListener,
-    header_timeout: Duration,
+    /// How often to nudge when quiet: every half header timeout, within [`TICK`] and
+    /// [`QUIET_NUDGE_MAX`].
+    quiet_every: Duration,
+    /// How long a drained server is kept after it last delivered a request: its connections
+    /// may still have one in service (a hold, or a `/logs` call of up to 300 s) and send their
+    /// next one after it.
+    drained_for: Duration,
     state: Mutex<State>,
     stats: Arc<ServerStats>,
 }
@@ -103,7 +109,8 @@ impl Listener {
         Ok(Listener {
             addr: socket.local_addr()?,
             socket,
-            header_timeout,
+            quiet_every: (header_timeout / 2).clamp(TICK, QUIET_NUDGE_MAX),
+            drained_for: header_timeout * 2 + MAX_LOGS_TIMEOUT,
             state: Mutex::new(state),
             stats,
         })
@@ -113,9 +120,9 @@ impl Listener {
         self.addr
     }
 
-    /// The next request, within about `wait`. The pool is nudged every [`TICK`] while
+    /// The next request, within about a [`TICK`]. The pool is nudged every [`TICK`] while
     /// `callers_waiting` or busy, else every half header timeout.
-    pub fn next(&self, wait: Duration, callers_waiting: bool) -> Option<Request> {
+    pub fn next(&self, callers_waiting: bool) -> Option<Request> {
         let now = Instant::now();
         let (current, nudge, draining) = {
             let mut state = self.state.lock();
@@ -129,18 +136,15 @@ impl Listener {
             // connections::bursts_of_calls_on_fresh_connections_are_taken_at_once (calls waiting),
             // connections::bursts_of_calls_that_wait_for_nothing_are_taken_at_once (busy).
             let busy = callers_waiting || now < state.last_request + BUSY;
-            let quiet_every = (self.header_timeout / 2).clamp(TICK, QUIET_NUDGE_MAX);
-            let nudge = now >= state.last_nudge + if busy { TICK } else { quiet_every };
+            let nudge = now >= state.last_nudge + if busy { TICK } else { self.quiet_every };
             if nudge {
                 state.last_nudge = now;
             }
             if state.restart.is_some_and(|at| now >= at) {
                 self.start_another(&mut state);
             }
-            // A drained server's connections may still have a request in service (a hold, or a
-            // `/logs` call of up to 300 s) and send their next one after it.
-            let quiet_for = self.header_timeout * 2 + MAX_LOGS_TIMEOUT;
-            state.draining.retain(|(_, last)| now.saturating_duration_since(*last) < quiet_for);
+            let drained_for = self.drained_for;
+            state.draining.retain(|(_, last)| now.saturating_duration_since(*last) < drained_for);
             for (server, last) in &mut state.draining {
                 if let Ok(Some(request)) = server.try_recv() {
                     *last = now;
@@ -153,7 +157,7 @@ impl Listener {
         if nudge {
             let _ = TcpStream::connect_timeout(&loopback(self.addr), Duration::from_secs(1));
         }
-        let wait = if draining { wait.min(Duration::from_millis(10)) } else { wait };
+        let wait = if draining { Duration::from_millis(10) } else { TICK };
         match current.recv_timeout(wait) {
             Ok(Some(request)) => {
                 self.state.lock().last_request = Instant::now();
@@ -201,8 +205,9 @@ pub fn respond(
     request: Request, response: Response<std::io::Cursor<Vec<u8>>>, stats: &ServerStats,
     max_body: usize,
 ) -> std::io::Result<()> {
-    if request.body_length().is_some_and(|len| len > SAFE_TO_DISCARD.max(max_body)) {
-        let (declared, status) = (request.body_length().unwrap_or(0), response.status_code().0);
+    let too_large = |len: &usize| *len > SAFE_TO_DISCARD.max(max_body);
+    if let Some(declared) = request.body_length().filter(too_large) {
+        let status = response.status_code().0;
         log_warn!("a request declared a {declared}-byte body: answered {status} and parked its connection");
         park(request, response);
         stats.parked_connections.fetch_add(1, Ordering::Relaxed);

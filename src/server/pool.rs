@@ -25,7 +25,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 use tiny_http::Request;
 
-use super::listener::{Listener, TICK};
+use super::listener::Listener;
 use super::routes::{self, App};
 use crate::log::log_error;
 
@@ -95,7 +95,7 @@ impl Shared {
                 return None;
             }
             let waiting = self.app.registry.callers_waiting() > 0;
-            if let Some(request) = self.listener.next(TICK, waiting) {
+            if let Some(request) = self.listener.next(waiting) {
                 return Some(request);
             }
         }
@@ -106,11 +106,11 @@ impl Shared {
     /// tiny_http's queue).
     fn promote(self: &Arc<Self>) {
         let mut followers = self.followers.lock();
-        followers.1 -= 1;
-        if followers.1 >= READY {
+        // Still enough leaders without this one: it leaves their count and serves.
+        if followers.1 > READY {
+            followers.1 -= 1;
             return;
         }
-        followers.1 += 1;
         while let Some(next) = followers.0.pop() {
             // A follower that left in the same instant (its idle timeout) takes no lead.
             if next.send(()).is_ok() {

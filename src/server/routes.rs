@@ -61,10 +61,11 @@ pub fn handle(app: &App, mut request: Request) {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let route = Route::from_path(path);
-    let method = clean(request.method().as_str(), 16);
+    // Cleaned only for a log line: a cleaned method equals GET or POST only if the raw one does.
+    let method = request.method().clone();
     let result = match route {
         None => Err(ApiError::NoSuchPath(clean(path, 64))),
-        Some(route) if method != route.method() => {
+        Some(route) if method.as_str() != route.method() => {
             Err(ApiError::MethodNotAllowed { allowed: route.method() })
         }
         Some(route) => Query::parse(query, route).and_then(|q| serve(app, &mut request, route, &q)),
@@ -74,6 +75,7 @@ pub fn handle(app: &App, mut request: Request) {
         Err(error) => {
             let (status, path, client) =
                 (error.status(), clean(path, 64), client_address(&request));
+            let method = clean(method.as_str(), 16);
             let ms = started.elapsed().as_millis();
             // A second camera process polls for as long as it runs: the registry says so once a
             // minute instead.
@@ -86,10 +88,13 @@ pub fn handle(app: &App, mut request: Request) {
     // Counted before the write: a scrape then shows every request answered before it began.
     app.metrics.request(route, reply.status_code().0, error.as_ref(), started.elapsed());
     if let Err(e) = listener::respond(request, reply, &app.stats, app.config.max_body_bytes) {
-        log_warn!("{method} {}: could not write the response: {e}", clean(path, 64));
+        let (method, path) = (clean(method.as_str(), 16), clean(path, 64));
+        log_warn!("{method} {path}: could not write the response: {e}");
     }
 }
 
+/// The answer of `/health` and of an accepted `/send_logs`.
+const OK: &[u8] = br#"{"status":"ok"}"#;
 /// The operator's page: one static file, embedded so the binary is all there is to deploy.
 const PAGE: &str = include_str!("page.html");
 /// The browser enforces what the page promises: nothing loaded from anywhere else.
@@ -108,7 +113,7 @@ fn serve(app: &App, request: &mut Request, route: Route, query: &Query) -> Resul
             Ok(reply(200, "text/html; charset=utf-8", PAGE.as_bytes().to_vec(), policy))
         }
         Route::Contract => Ok(reply(200, "application/yaml", CONTRACT.as_bytes().to_vec(), None)),
-        Route::Health => json(&serde_json::json!({"status": "ok"})),
+        Route::Health => Ok(reply(200, JSON, OK.to_vec(), None)),
         Route::Logs => logs(app, query, &client_address(request)),
         Route::Cameras => {
             let (after, limit, fleet) = (query.id("after")?, query.limit()?, query.fleet_scope()?);
@@ -194,7 +199,7 @@ fn send_logs(
     let answer: SendLogsBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed send_logs body: {e}")))?;
     app.registry.complete(camera_id, instance, answer)?;
-    json(&serde_json::json!({"status": "ok"}))
+    Ok(reply(200, JSON, OK.to_vec(), None))
 }
 
 /// Reads at most `limit` bytes; a declared or actual larger body is 413 without buffering it.
