@@ -1,7 +1,7 @@
 //! What load leaves behind: (1) 2,000 calls, some timing out against a camera that never
 //! answers, leave no waiters, commands or threads behind, in the api binary and in this test's
 //! own process; (2) after a burst, the handler pool shrinks back to what it was even while
-//! requests keep waking its idle threads.
+//! requests keep waking its idle threads; (3) the pool never runs more than `MAX_HANDLERS`.
 //!
 //! Test 2 runs an in-process server and holds [`IN_PROCESS`], so that no other test's load
 //! runs beside it; test 1 measures the api binary's own threads, and those started on its own
@@ -247,4 +247,26 @@ fn the_handler_pool_shrinks_after_a_burst_while_requests_keep_coming() {
         "handler threads: {before} before, {peak} at the burst, {after} {took:?} after it, \
          with {answered} steady requests in all"
     );
+}
+
+#[test]
+fn the_pool_never_runs_more_threads_than_max_handlers() {
+    let max = 3;
+    let system = TestServer::start(ServerConfig { max_handlers: max, ..test_config() });
+    let handler_threads = || system.server_stats()["handlerThreads"].as_u64().expect("a count");
+    assert!(handler_threads() <= max as u64, "{} threads at start", handler_threads());
+    // Eight polls held at once: three are served, the rest wait in line for a thread, and so
+    // does each /stats call.
+    let polls: Vec<_> = (0..8)
+        .map(|i| spawn_get(format!("{}/poll_for_command?cameraId=held-{i}", system.url)))
+        .collect();
+    while polls.iter().any(|poll| !poll.is_finished()) {
+        let threads = handler_threads();
+        assert!(threads <= max as u64, "{threads} handler threads, MAX_HANDLERS {max}");
+        thread::sleep(POLL_EVERY);
+    }
+    for poll in polls {
+        let (resp, _) = poll.join().unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
 }

@@ -58,21 +58,33 @@ struct Shared {
 pub fn start(
     listener: Listener, app: Arc<App>, (stop, done): (Receiver<()>, Sender<()>),
 ) -> std::io::Result<()> {
-    let followers = Mutex::new((Vec::new(), LEADERS));
+    let leaders = LEADERS.min(app.config.max_handlers);
+    let followers = Mutex::new((Vec::new(), leaders));
     let shared = Arc::new(Shared { app, listener, followers, stop, done });
-    (0..LEADERS).try_for_each(|_| shared.spawn())
+    for _ in 0..leaders {
+        if !shared.spawn()? {
+            shared.followers.lock().1 -= 1;
+        }
+    }
+    Ok(())
 }
 
 impl Shared {
-    fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
+    /// Starts a handler thread; `Ok(false)` when `MAX_HANDLERS` run. The place is taken before
+    /// the thread starts, so two threads promoting at once cannot both take the last one.
+    fn spawn(self: &Arc<Self>) -> std::io::Result<bool> {
+        let (threads, max) = (&self.app.stats.handler_threads, self.app.config.max_handlers);
+        let take = |n: usize| (n < max).then_some(n + 1);
+        if threads.fetch_update(Ordering::Relaxed, Ordering::Relaxed, take).is_err() {
+            return Ok(false);
+        }
         let shared = Arc::clone(self);
-        self.app.stats.handler_threads.fetch_add(1, Ordering::Relaxed);
         let builder = std::thread::Builder::new().name("handler".into()).stack_size(HANDLER_STACK);
         let spawned = builder.spawn(move || shared.handler_thread());
         if spawned.is_err() {
-            self.app.stats.handler_threads.fetch_sub(1, Ordering::Relaxed);
+            threads.fetch_sub(1, Ordering::Relaxed);
         }
-        spawned.map(|_| ())
+        spawned.map(|_| true)
     }
 
     fn handler_thread(self: Arc<Self>) {
@@ -117,13 +129,12 @@ impl Shared {
                 return;
             }
         }
-        if self.app.stats.handler_threads.load(Ordering::Relaxed) >= self.app.config.max_handlers {
-            followers.1 -= 1;
-            return;
-        }
         drop(followers);
-        if let Err(e) = self.spawn() {
+        let started = self.spawn();
+        if !matches!(started, Ok(true)) {
             self.followers.lock().1 -= 1;
+        }
+        if let Err(e) = started {
             log_error!("could not start a handler thread: {e}; serving with the threads there are");
         }
     }
