@@ -267,11 +267,16 @@ fn parse_camera_id(raw: &str) -> Result<String, &'static str> {
 }
 
 /// An http:// or https:// URL with a host, kept without its trailing slash.
-pub(crate) fn parse_base_url(raw: &str) -> Result<String, &'static str> {
+fn parse_base_url(raw: &str) -> Result<String, &'static str> {
+    base_url(raw).map(|_| raw.trim_end_matches('/').to_string())
+}
+
+/// An http:// or https:// URL with a host, trailing slashes aside.
+pub(crate) fn base_url(raw: &str) -> Result<url::Url, &'static str> {
     const EXPECTED: &str = "an http:// or https:// URL such as http://localhost:8080";
-    let url = url::Url::parse(raw).map_err(|_| EXPECTED)?;
+    let url = url::Url::parse(raw.trim_end_matches('/')).map_err(|_| EXPECTED)?;
     if matches!(url.scheme(), "http" | "https") && url.host().is_some() {
-        Ok(raw.trim_end_matches('/').to_string())
+        Ok(url)
     } else {
         Err(EXPECTED)
     }

@@ -8,7 +8,7 @@ use crate::log::log_warn;
 use crate::protocol::{
     valid_camera_id, Command, Route, SendLogsBody, CAMERA_ID, ID_CHARACTERS, INSTANCE_ID,
 };
-use crate::settings::{parse_base_url, CaCerts, CameraConfig};
+use crate::settings::{base_url, CaCerts, CameraConfig};
 
 /// Client timeout of one `send_logs` post.
 const POST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -87,11 +87,9 @@ impl Client {
                 config.camera_id
             )));
         }
-        let base = parse_base_url(&config.api_base_url)
-            .and_then(|base| url::Url::parse(&base).map_err(|_| "a URL"))
-            .map_err(|e| {
-                invalid(format!("invalid API base URL {:?}: expected {e}", config.api_base_url))
-            })?;
+        let base = base_url(&config.api_base_url).map_err(|e| {
+            invalid(format!("invalid API base URL {:?}: expected {e}", config.api_base_url))
+        })?;
         let query = [(CAMERA_ID, config.camera_id.as_str()), (INSTANCE_ID, instance)];
         let tls = tls_config(config.ca_certs.as_ref());
         let agent = |timeout: Duration| {
@@ -112,6 +110,19 @@ impl Client {
             poll_agent: agent(config.poll_timeout),
             post_agent: agent(POST_TIMEOUT),
         })
+    }
+
+    /// The start-up line's note on what an https:// server is trusted by (empty for plain
+    /// http); from the parsed URL, which spells the scheme in lower case whatever was typed.
+    pub fn describe_trust(&self, ca_certs: Option<&CaCerts>) -> String {
+        match (ca_certs, self.origin.starts_with("https://")) {
+            (Some(CaCerts { path, der }), true) => {
+                format!("; trusting only the {} CA certificate(s) of {}", der.len(), path.display())
+            }
+            (None, true) => "; trusting the bundled webpki roots".to_string(),
+            (Some(_), false) => "; CA_CERT_FILE unused (the URL is not https://)".to_string(),
+            (None, false) => String::new(),
+        }
     }
 
     pub fn poll(&self) -> Result<Command, CallError> {
@@ -164,18 +175,6 @@ fn tls_config(ca_certs: Option<&CaCerts>) -> ureq::tls::TlsConfig {
         )
     });
     ureq::tls::TlsConfig::builder().root_certs(roots).build()
-}
-
-/// The start-up line's note on what an https:// server is trusted by (empty for plain http).
-pub fn describe_trust(config: &CameraConfig) -> String {
-    match (&config.ca_certs, config.api_base_url.starts_with("https://")) {
-        (Some(CaCerts { path, der }), true) => {
-            format!("; trusting only the {} CA certificate(s) of {}", der.len(), path.display())
-        }
-        (None, true) => "; trusting the bundled webpki roots".to_string(),
-        (Some(_), false) => "; CA_CERT_FILE unused (the URL is not https://)".to_string(),
-        (None, false) => String::new(),
-    }
 }
 
 /// Names the cause of a failed call to `origin` (ureq's error text, `error`): a certificate the
@@ -327,9 +326,16 @@ mod tests {
             ca_certs: Some(ca.clone()),
             ..CameraConfig::default()
         };
-        assert!(describe_trust(&https).contains("trusting only the 2 CA certificate(s) of ca.pem"));
+        let trust = |config: &CameraConfig| {
+            let client = Client::new(config, "instance").expect("a valid config");
+            client.describe_trust(config.ca_certs.as_ref())
+        };
+        assert!(trust(&https).contains("trusting only the 2 CA certificate(s) of ca.pem"));
+        // The scheme as the URL parser reads it, whatever its case.
+        let upper = CameraConfig { api_base_url: "HTTPS://edge".to_string(), ..https.clone() };
+        assert!(trust(&upper).contains("trusting only the 2 CA certificate(s) of ca.pem"));
         let http = CameraConfig { ca_certs: Some(ca), ..CameraConfig::default() };
-        assert!(describe_trust(&http).contains("unused"));
-        assert_eq!(describe_trust(&CameraConfig::default()), "");
+        assert!(trust(&http).contains("unused"));
+        assert_eq!(trust(&CameraConfig::default()), "");
     }
 }

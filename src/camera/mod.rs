@@ -30,7 +30,7 @@ use crate::log::{epoch_secs, log_error, log_info};
 use crate::protocol::{Command, LogEntry, SendLogsBody, TimeRange};
 use crate::settings::CameraConfig;
 use backoff::{Backoff, Jitter};
-use client::{describe_trust, Client, Delivery};
+use client::{Client, Delivery};
 
 /// Attempts to deliver one answer before leaving it to the server's re-send.
 const POST_ATTEMPTS: u32 = 4;
@@ -69,7 +69,8 @@ impl CameraHandle {
         let client = Client::new(&config, &instance)?;
         let token =
             if config.camera_token.is_some() { "on (sent as a bearer token)" } else { "off" };
-        let (id, url, trust) = (&config.camera_id, &config.api_base_url, describe_trust(&config));
+        let (id, url) = (&config.camera_id, &config.api_base_url);
+        let trust = client.describe_trust(config.ca_certs.as_ref());
         log_info!("camera '{id}' (process {instance}) starting; API server at {url}{trust}; authentication: CAMERA_TOKEN {token}");
         let (stop, stop_rx) = bounded::<()>(0);
         let (done_tx, done) = bounded::<()>(0);
