@@ -34,8 +34,14 @@ const FAMILIES: [(&str, &str, &str); 12] = [
     ("handler_threads", "gauge", "Request handler threads alive (idle and busy)."),
     ("open_connections", "gauge", "Client connections open on the listening port."),
 ];
+// Places in FAMILIES.
+const REQUESTS: usize = 0;
+const REJECTED: usize = 1;
 const LATENCY: usize = 2;
+const ROUND_TRIPS: usize = 3;
 const CALLS: usize = 4;
+const RESENDS: usize = 5;
+const FIRST_GAUGE: usize = 6;
 
 /// Upper bounds of the `/logs` latency buckets, in seconds (`+Inf` is implied).
 #[rustfmt::skip]
@@ -55,11 +61,17 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut series = BTreeMap::new();
-        // Histograms list every bucket from the start, and their sum and count.
+        // Histograms list every bucket from the start, and their sum and count: an observation
+        // then only adds to series that are there.
         for (family, bounds) in [(LATENCY, LATENCY_BUCKETS), (CALLS, CALLS_BUCKETS)] {
-            observe(&mut series, family, bounds, None);
+            let les = bounds.iter().map(f64::to_string).chain(["+Inf".to_string()]);
+            for (i, le) in les.enumerate() {
+                series.insert((family, i, format!("_bucket{{le=\"{le}\"}}")), 0.0);
+            }
+            series.insert((family, bounds.len() + 1, "_sum".into()), 0.0);
+            series.insert((family, bounds.len() + 2, "_count".into()), 0.0);
         }
-        for family in [3, 5] {
+        for family in [ROUND_TRIPS, RESENDS] {
             series.insert((family, 0, String::new()), 0.0);
         }
         Metrics { series: Mutex::new(series) }
@@ -69,36 +81,36 @@ impl Metrics {
     pub fn request(
         &self, route: Option<Route>, status: u16, error: Option<&ApiError>, took: Duration,
     ) {
-        let route = route.map_or("other", Route::path);
+        let labels =
+            format!("{{route=\"{}\",status=\"{status}\"}}", route.map_or("other", Route::path));
         let mut series = self.series.lock();
-        *series.entry((0, 0, format!("{{route=\"{route}\",status=\"{status}\"}}"))).or_default() +=
-            1.0;
+        *series.entry((REQUESTS, 0, labels)).or_default() += 1.0;
         if let Some((status, Some(reason))) = error.map(ApiError::status_and_rejection) {
             let labels = format!("{{reason=\"{reason}\",status=\"{status}\"}}");
-            *series.entry((1, 0, labels)).or_default() += 1.0;
+            *series.entry((REJECTED, 0, labels)).or_default() += 1.0;
         }
-        if route == Route::Logs.path() {
-            observe(&mut series, LATENCY, LATENCY_BUCKETS, Some(took.as_secs_f64()));
+        if route == Some(Route::Logs) {
+            observe(&mut series, LATENCY, LATENCY_BUCKETS, took.as_secs_f64());
         }
     }
 
     /// Counts one command the camera answered, and how many `/logs` calls that answer served.
     pub fn round_trip(&self, callers: usize) {
         let mut series = self.series.lock();
-        *series.entry((3, 0, String::new())).or_default() += 1.0;
-        observe(&mut series, CALLS, CALLS_BUCKETS, Some(callers as f64));
+        *series.entry((ROUND_TRIPS, 0, String::new())).or_default() += 1.0;
+        observe(&mut series, CALLS, CALLS_BUCKETS, callers as f64);
     }
 
     /// Counts one command sent again after the ack timeout.
     pub fn resend(&self) {
-        *self.series.lock().entry((5, 0, String::new())).or_default() += 1.0;
+        *self.series.lock().entry((RESENDS, 0, String::new())).or_default() += 1.0;
     }
 
     /// The whole exposition, with the gauges (in the table's order, from `cameras_known`).
     pub fn render(&self, gauges: [usize; 6]) -> String {
         let mut series = self.series.lock().clone();
         for (i, value) in gauges.into_iter().enumerate() {
-            series.insert((6 + i, 0, String::new()), value as f64);
+            series.insert((FIRST_GAUGE + i, 0, String::new()), value as f64);
         }
         let mut out = String::with_capacity(8 * 1024);
         for (family, (name, kind, help)) in FAMILIES.iter().enumerate() {
@@ -114,17 +126,18 @@ impl Metrics {
     }
 }
 
-/// Adds `value` (if any) to a histogram: its buckets are cumulative, so every bucket whose bound
-/// it is within counts it.
-fn observe(series: &mut BTreeMap<Key, f64>, family: usize, bounds: &[f64], value: Option<f64>) {
-    let one = f64::from(u8::from(value.is_some()));
-    let les = bounds.iter().map(|b| (b.to_string(), value.is_some_and(|v| v <= *b)));
-    for (i, (le, within)) in les.chain([("+Inf".to_string(), true)]).enumerate() {
-        *series.entry((family, i, format!("_bucket{{le=\"{le}\"}}"))).or_default() +=
-            if within { one } else { 0.0 };
+/// Adds `value` to a histogram, by the places [`Metrics::new`] gave its series: its buckets are
+/// cumulative, so every bucket whose bound it is within counts it (`+Inf` always), then the sum
+/// and the count.
+fn observe(series: &mut BTreeMap<Key, f64>, family: usize, bounds: &[f64], value: f64) {
+    let range = (family, 0, String::new())..(family + 1, 0, String::new());
+    for ((_, place, _), total) in series.range_mut(range) {
+        *total += match bounds.get(*place) {
+            Some(bound) => f64::from(u8::from(value <= *bound)),
+            None if *place == bounds.len() + 1 => value,
+            None => 1.0,
+        };
     }
-    *series.entry((family, bounds.len() + 1, "_sum".into())).or_default() += value.unwrap_or(0.0);
-    *series.entry((family, bounds.len() + 2, "_count".into())).or_default() += one;
 }
 
 #[cfg(test)]
