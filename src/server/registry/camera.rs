@@ -2,7 +2,9 @@
 //! the next batch, which process holds its id, and the answers it gave. Read and changed only
 //! under the camera's own lock; deciding what happens to a call (the races) is the registry's.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
@@ -37,6 +39,14 @@ pub(super) struct HeldPoll {
     pub(super) from: PollFrom,
     pub(super) since: Instant,
     pub(super) wake: Sender<String>,
+}
+
+impl HeldPoll {
+    /// Whether its client has left, by `connected`, the peers the kernel listed at `taken`: a
+    /// poll begun after that reading cannot be judged by it.
+    pub(super) fn client_left(&self, connected: &HashSet<SocketAddr>, taken: Instant) -> bool {
+        self.since < taken && self.from.peer.is_some_and(|peer| !connected.contains(&peer))
+    }
 }
 
 #[derive(Default)]
@@ -184,17 +194,17 @@ impl InFlight {
 }
 
 /// Adds one to a counter for as long as it lives.
-pub(super) struct Counted<'a>(pub(super) &'a std::sync::atomic::AtomicUsize);
+pub(super) struct Counted<'a>(&'a AtomicUsize);
 
 impl<'a> Counted<'a> {
-    pub(super) fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Counted<'a> {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    pub(super) fn new(counter: &'a AtomicUsize) -> Counted<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
         Counted(counter)
     }
 }
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -30,7 +30,7 @@ impl Registry {
         }
         match &mut state.in_flight {
             // Never sent: the camera has not looked at its log for it, so this call may share it.
-            Some(command) if command.sent_at.is_none() && command.times_sent == 0 => {
+            Some(command) if command.times_sent == 0 => {
                 command.range = command.range.union(&waiter.range);
                 command.waiters.push(waiter);
             }

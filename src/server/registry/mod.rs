@@ -233,12 +233,13 @@ impl Registry {
         &self, camera: &Camera, state: &mut CameraState, instance: &str, now: Instant,
         connected: Option<&Seen>,
     ) -> Result<(), ApiError> {
-        if let Some(current) = state.instance.clone().filter(|c| c != instance) {
+        // Copied only when another process holds the id: not on every poll.
+        let rival = state.instance.as_deref().filter(|c| *c != instance).map(str::to_owned);
+        if let Some(current) = rival {
             let holder = Some(current.as_str());
             let dead = connected.map_or(0, |(connected, taken)| {
                 state.release(|p| {
-                    let gone = p.from.peer.is_some_and(|peer| !connected.contains(&peer));
-                    p.from.instance.as_deref() == holder && p.since < *taken && gone
+                    p.from.instance.as_deref() == holder && p.client_left(connected, *taken)
                 })
             });
             let polling = state.open_polls > dead;

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::camera::{Camera, CameraState, HeldPoll};
+use super::camera::{Camera, CameraState};
 use super::{Registry, RegistryStats, OFFLINE_LINES_PER_TICK};
 use crate::log::{epoch_secs, log_info, log_warn};
 use crate::protocol::CameraInfo;
@@ -116,10 +116,7 @@ impl Registry {
     pub(super) fn release_polls(&self, connected: &HashSet<SocketAddr>, taken: Instant) -> usize {
         let mut released = 0;
         for camera in self.all_cameras() {
-            let gone = |p: &HeldPoll| {
-                p.since < taken && p.from.peer.is_some_and(|a| !connected.contains(&a))
-            };
-            released += camera.lock_and(|state| state.release(gone));
+            released += camera.lock_and(|state| state.release(|p| p.client_left(connected, taken)));
         }
         if released > 0 {
             log_info!("released {released} held poll(s) whose client had left");
