@@ -153,8 +153,9 @@ settings! {
     }
 }
 
-/// The camera protocol's client timeout of one poll; a hold must end well before it.
-pub const CAMERA_POLL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The camera protocol's client timeout of one poll (our camera's `POLL_TIMEOUT_SECS` default);
+/// a hold must end well before it.
+const CAMERA_POLL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The margin a hold leaves before that timeout: the answer must still reach the camera.
 const HOLD_MARGIN: Duration = Duration::from_secs(5);
 

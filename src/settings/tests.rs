@@ -44,8 +44,10 @@ fn defaults_match_the_help_table() {
             );
         }
     }
+    // The camera's poll-timeout message names the 30 s hold; the api's hold check, the 60 s.
     let defaults = ServerConfig::default();
     assert_eq!((defaults.port, defaults.poll_hold), (8080, Duration::from_secs(30)));
+    assert_eq!(CameraConfig::default().poll_timeout, CAMERA_POLL_TIMEOUT);
     assert_eq!(CameraConfig::default().event_interval, Some(Duration::from_secs(10)));
 }
 
