@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use camera_logs::LogsResponse;
+use camera_logs::{LogsResponse, Route};
 
 use crate::events::{camera_id, random_range, EventSet, Rng};
 use crate::raw_http::{body_excerpt, MAX_BODY};
@@ -56,7 +56,7 @@ fn logs_url(
     // `{}` of an f64 is the shortest text that parses back to the same number.
     let start = start.map(|s| format!("&startTimestamp={s}")).unwrap_or_default();
     let end = end.map(|e| format!("&endTimestamp={e}")).unwrap_or_default();
-    format!("{base}/logs?cameraId={camera}{start}{end}{extra}")
+    format!("{base}{}?cameraId={camera}{start}{end}{extra}", Route::Logs.path())
 }
 
 /// Calls `GET /logs` once and checks a 200 against the exact events expected.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use camera_logs::{Command, SendLogsBody};
+use camera_logs::{Command, Route, SendLogsBody};
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -189,12 +189,13 @@ impl SimCamera {
     fn new(fleet: Arc<Fleet>, index: usize) -> SimCamera {
         let id = camera_id(&fleet.prefix, index);
         let host = &fleet.endpoint.host;
+        let (poll, send) = (Route::Poll.path(), Route::SendLogs.path());
         let poll_request = format!(
-            "GET /poll_for_command?cameraId={id} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            "GET {poll}?cameraId={id} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
         )
         .into_bytes();
         let send_head = format!(
-            "POST /send_logs?cameraId={id} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            "POST {send}?cameraId={id} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nConnection: close\r\n"
         );
         SimCamera {
             events: EventSet { camera: index, count: fleet.events },

@@ -24,8 +24,6 @@ use crate::options::Options;
 const HELPER_STACK: usize = 512 * 1024;
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// The api's default MAX_HANDLERS.
-const DEFAULT_MAX_HANDLERS: usize = 20_000;
 /// WARN/ERROR lines kept verbatim for the summary.
 const KEPT_PROBLEMS: usize = 5;
 
@@ -161,7 +159,7 @@ fn handlers_needed(options: &Options) -> Option<usize> {
     // A camera holds one poll, and briefly a second request while it answers; each client
     // waits in one call at a time.
     let needed = options.cameras + options.cameras / 4 + options.clients + 64;
-    (needed > DEFAULT_MAX_HANDLERS).then_some(needed)
+    (needed > camera_logs::ServerConfig::default().max_handlers).then_some(needed)
 }
 
 /// Reads the api's stderr to its end: finds the listening address, counts warnings and errors.
