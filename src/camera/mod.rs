@@ -37,8 +37,8 @@ const POST_ATTEMPTS: u32 = 4;
 
 /// A running camera. [`CameraHandle::stop`] ends it.
 pub struct CameraHandle {
-    log: Arc<EventLog>,
-    answers: Arc<AtomicU64>,
+    /// What the threads share: the handle reads the log and the count of answers from it.
+    side: Arc<Side>,
     /// Never sent on; dropped on stop, which wakes every thread waiting on its receiver.
     stop: Option<Sender<()>>,
     /// Disconnected once both threads have ended: each holds a sender it never uses.
@@ -76,31 +76,30 @@ impl CameraHandle {
         let (done_tx, done) = bounded::<()>(0);
         let side = Arc::new(Side {
             client,
-            log: Arc::clone(&log),
-            answers: Arc::new(AtomicU64::new(0)),
+            log,
+            answers: AtomicU64::new(0),
             stop: stop_rx,
             backoff_max: config.backoff_max,
         });
-        let answers = Arc::clone(&side.answers);
         // One command at a time: the server sends the next only once this one is answered (or
         // again, same id, after its ack timeout), so a slot of one bounds the hand-off.
         let (commands_tx, commands) = bounded(1);
-        let poller = Arc::clone(&side);
+        let (poller, poster) = (Arc::clone(&side), Arc::clone(&side));
         let events = config.event_interval.map(EventClock::new);
         let threads = vec![
             spawn("camera-poller", &done_tx, move || poller.poll_loop(&commands_tx))?,
-            spawn("camera-poster", &done_tx, move || side.post_loop(&commands, events))?,
+            spawn("camera-poster", &done_tx, move || poster.post_loop(&commands, events))?,
         ];
-        Ok(CameraHandle { log, answers, stop: Some(stop), done, threads })
+        Ok(CameraHandle { side, stop: Some(stop), done, threads })
     }
 
     pub fn log(&self) -> &Arc<EventLog> {
-        &self.log
+        &self.side.log
     }
 
     /// Answers the server accepted so far: the camera's round trips.
     pub fn round_trips(&self) -> u64 {
-        self.answers.load(Ordering::SeqCst)
+        self.side.answers.load(Ordering::SeqCst)
     }
 
     /// Blocks while the camera runs (the `camera` binary's main thread). An error means one of
@@ -140,7 +139,7 @@ fn spawn(
 struct Side {
     client: Client,
     log: Arc<EventLog>,
-    answers: Arc<AtomicU64>,
+    answers: AtomicU64,
     /// Disconnected when the camera stops.
     stop: Receiver<()>,
     backoff_max: Duration,
