@@ -14,17 +14,7 @@ fn main() -> ExitCode {
         Err(exit) => return exit,
     };
     set_log_level(config.log_level);
-    match ApiServer::start(config).map(ApiServer::wait) {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("api: stopped: {e}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("api: cannot start: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit_status("api", ApiServer::start(config).map(ApiServer::wait))
 }
 
 /// glibc gives every thread a cache of the small blocks it frees (tcache). A handler frees the

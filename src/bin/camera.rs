@@ -14,15 +14,5 @@ fn main() -> ExitCode {
         Err(exit) => return exit,
     };
     set_log_level(config.log_level);
-    match CameraHandle::start(config).map(CameraHandle::wait) {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("camera: stopped: {e}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("camera: cannot start: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit_status("camera", CameraHandle::start(config).map(CameraHandle::wait))
 }

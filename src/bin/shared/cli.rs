@@ -25,3 +25,18 @@ pub fn config_from_env<C: Settings>(program: &str, about: &str) -> Result<C, Exi
         ExitCode::from(2)
     })
 }
+
+/// The exit status of a run that started (outer `Ok`) and then ended, each failure named.
+pub fn exit_status(program: &str, run: std::io::Result<std::io::Result<()>>) -> ExitCode {
+    match run {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("{program}: stopped: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{program}: cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
