@@ -27,7 +27,7 @@ mod server;
 mod settings;
 
 pub use camera::{CameraHandle, EventLog};
-pub use log::{set_level as set_log_level, Level};
+pub use log::{flush as flush_log, set_level as set_log_level, Level};
 pub use protocol::{
     valid_camera_id, CameraInfo, CamerasResponse, Command, ErrorBody, LogEntry, LogsResponse,
     Route, SendLogsBody,

@@ -3,11 +3,19 @@
 //! Deliberately tiny (no logging framework is on the dependency list). It must never be given a
 //! secret: tokens are checked, not printed. Text a client chose (a method, a path, an address
 //! header) goes through [`clean`] first, so it can neither forge a line nor make one huge.
+//!
+//! A line is never written by the thread that logs it: it goes through a bounded queue to one
+//! writer thread, so a stuck stderr (a pipe nobody reads) never stalls a request, even one that
+//! logs under a lock. While the sink is stuck, lines beyond the queue are dropped and counted,
+//! and the count is logged once it moves again.
 
 use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 /// How much is logged: each level includes the ones above it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -55,10 +63,66 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
     write_line(["ERROR", "ERROR", "WARN", "INFO"][level as usize], args);
 }
 
+/// Lines waiting for the writer, at most (about 1 MiB of text).
+const QUEUE: usize = 4096;
+/// How long [`flush`] waits for the writer at most: a stuck sink must not hold an exit.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+enum Entry {
+    Line(String),
+    /// Answered once every line queued before it is written.
+    Flush(Sender<()>),
+}
+
+/// Lines dropped because the queue was full, not yet reported.
+static DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// The queue to the writer thread, started with the first line.
+fn sink() -> &'static Sender<Entry> {
+    static SINK: OnceLock<Sender<Entry>> = OnceLock::new();
+    SINK.get_or_init(|| {
+        let (lines, queued) = bounded(QUEUE);
+        // Without its thread the queue fills and every line is dropped (and counted): the
+        // process keeps serving either way.
+        let _ = std::thread::Builder::new().name("log-writer".into()).spawn(|| writer(queued));
+        lines
+    })
+}
+
+fn writer(queued: Receiver<Entry>) {
+    let mut stderr = std::io::stderr();
+    for entry in queued {
+        match entry {
+            // One write call per line keeps lines whole.
+            Entry::Line(line) => {
+                let _ = stderr.write_all(line.as_bytes());
+            }
+            Entry::Flush(done) => {
+                let _ = done.try_send(());
+            }
+        }
+        let dropped = DROPPED.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let args = format_args!("{dropped} log line(s) dropped: stderr did not take them");
+            let line = format!("{} WARN  {args}\n", utc_timestamp(SystemTime::now()));
+            let _ = stderr.write_all(line.as_bytes());
+        }
+    }
+}
+
 fn write_line(level: &str, args: fmt::Arguments<'_>) {
     let line = format!("{} {level:<5} {args}\n", utc_timestamp(SystemTime::now()));
-    // One write call per line keeps lines from different threads whole.
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    if sink().try_send(Entry::Line(line)).is_err() {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Waits (a little) until every line logged so far is written: before the process exits.
+pub fn flush() {
+    let (done, flushed) = bounded(1);
+    if sink().send_timeout(Entry::Flush(done), FLUSH_WAIT).is_ok() {
+        let _ = flushed.recv_timeout(FLUSH_WAIT);
+    }
 }
 
 /// Client-supplied text made safe for one log line (and for an error message): control bytes

@@ -193,12 +193,11 @@ impl TimeRange {
         (self.start.unwrap_or(f64::MIN), self.end.unwrap_or(f64::MAX))
     }
 
-    /// The index range of `sorted` (ascending by timestamp) that falls within this range.
+    /// The index range of `sorted` (timestamps, ascending) that falls within this range.
     /// Two binary searches, so every caller sharing one camera answer costs O(log n), not a copy.
-    pub fn slice_of(&self, sorted: &[LogEntry]) -> std::ops::Range<usize> {
-        let lo = self.start.map_or(0, |start| sorted.partition_point(|e| e.timestamp < start));
-        let hi =
-            self.end.map_or(sorted.len(), |end| sorted.partition_point(|e| e.timestamp <= end));
+    pub fn slice_of(&self, sorted: &[f64]) -> std::ops::Range<usize> {
+        let lo = self.start.map_or(0, |start| sorted.partition_point(|t| *t < start));
+        let hi = self.end.map_or(sorted.len(), |end| sorted.partition_point(|t| *t <= end));
         lo..hi.max(lo)
     }
 }
@@ -214,11 +213,6 @@ pub fn valid_camera_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_CAMERA_ID_LEN
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// Sorts events ascending by timestamp; events with equal timestamps keep the camera's order.
-pub fn sort_by_timestamp(logs: &mut [LogEntry]) {
-    logs.sort_by(|a, b| a.timestamp.total_cmp(&b.timestamp));
 }
 
 #[cfg(test)]
@@ -255,7 +249,8 @@ mod tests {
         for range in ranges {
             let expected: Vec<&LogEntry> =
                 logs.iter().filter(|e| range.contains(e.timestamp)).collect();
-            let got: Vec<&LogEntry> = logs[range.slice_of(&logs)].iter().collect();
+            let stamps: Vec<f64> = logs.iter().map(|e| e.timestamp).collect();
+            let got: Vec<&LogEntry> = logs[range.slice_of(&stamps)].iter().collect();
             assert_eq!(got, expected, "range {range:?}");
         }
     }
@@ -304,15 +299,5 @@ mod tests {
             v,
             serde_json::json!({"command": "send_logs", "requestId": "abc", "startTimestamp": 1.5, "endTimestamp": 2.5})
         );
-    }
-
-    #[test]
-    fn sort_is_stable_for_equal_timestamps() {
-        let mut logs =
-            vec![entry(3.0), entry(1.0), LogEntry { timestamp: 1.0, description: "second".into() }];
-        sort_by_timestamp(&mut logs);
-        assert_eq!(logs[0].description, "event at 1");
-        assert_eq!(logs[1].description, "second");
-        assert_eq!(logs[2].timestamp, 3.0);
     }
 }

@@ -121,8 +121,9 @@ settings! {
         camera_grace: Duration = required("CAMERA_GRACE_SECS", "5", parse_secs, "a camera with no open poll counts as online this long after its last poll ended");
         max_waiting_per_camera: usize = required("MAX_WAITING_PER_CAMERA", "1024", parse_count, "GET /logs calls that may wait for one camera; the next gets 429");
         max_body_bytes: usize = required("MAX_BODY_BYTES", "16777216", parse_count, "largest accepted request body; a larger one gets 413");
+        max_answer_bytes: usize = required("MAX_ANSWER_BYTES", "268435456", parse_count, "bytes the cameras' answers may take together while their callers' responses are written; the callers of an answer beyond it get 503");
         header_timeout: Duration = required("HEADER_TIMEOUT_SECS", "10", parse_secs, "a connection that sends nothing for this long (idle, or stalled mid-request) is closed");
-        max_handlers: usize = required("MAX_HANDLERS", "20000", parse_count, "requests served at once at most (each held poll and waiting /logs call is one); more wait in line");
+        max_handlers: usize = required("MAX_HANDLERS", "20000", parse_count, "requests served at once at most (each held poll and waiting /logs call is one); more wait in line. Three quarters of it is the cameras that may poll at once: a new camera beyond that gets 503");
         worker_idle: Duration = required("WORKER_IDLE_SECS", "30", parse_secs, "a handler thread idle this long exits (the most recently busy are used first)");
         camera_forget: Duration = required("CAMERA_FORGET_SECS", "3600", parse_secs, "a camera offline this long, with no call waiting for it, is forgotten (404 after)");
         max_cameras: usize = required("MAX_CAMERAS", "100000", parse_count, "cameras known at most; a poll for a new id beyond it gets 503 with Retry-After");

@@ -1,7 +1,8 @@
 //! What load leaves behind: (1) 2,000 calls, some timing out against a camera that never
 //! answers, leave no waiters, commands or threads behind, in the api binary and in this test's
 //! own process; (2) after a burst, the handler pool shrinks back to what it was even while
-//! requests keep waking its idle threads; (3) the pool never runs more than `MAX_HANDLERS`.
+//! requests keep waking its idle threads; (3) the pool never runs more than `MAX_HANDLERS`;
+//! (4) a server dropped without a shutdown stops as it says.
 //!
 //! Test 2 runs an in-process server and holds [`IN_PROCESS`], so that no other test's load
 //! runs beside it; test 1 measures the api binary's own threads, and those started on its own
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::edge::Usage;
 use crate::common::*;
-use camera_logs::{CameraConfig, ServerConfig};
+use camera_logs::{ApiServer, CameraConfig, ServerConfig};
 
 /// A camera that takes commands and never answers them.
 fn mute_poller(url: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<usize> {
@@ -255,8 +256,9 @@ fn the_pool_never_runs_more_threads_than_max_handlers() {
     let system = TestServer::start(ServerConfig { max_handlers: max, ..test_config() });
     let handler_threads = || system.server_stats()["handlerThreads"].as_u64().expect("a count");
     assert!(handler_threads() <= max as u64, "{} threads at start", handler_threads());
-    // Eight polls held at once: three are served, the rest wait in line for a thread, and so
-    // does each /stats call.
+    // Eight polls at once, each a new camera: two are held (the places for polling cameras
+    // leave one handler free), the others refused at once; requests wait in line for a thread
+    // meanwhile, and so does each /stats call.
     let polls: Vec<_> = (0..8)
         .map(|i| spawn_get(format!("{}/poll_for_command?cameraId=held-{i}", system.url)))
         .collect();
@@ -265,8 +267,27 @@ fn the_pool_never_runs_more_threads_than_max_handlers() {
         assert!(threads <= max as u64, "{threads} handler threads, MAX_HANDLERS {max}");
         thread::sleep(POLL_EVERY);
     }
-    for poll in polls {
-        let (resp, _) = poll.join().unwrap();
-        assert_eq!(resp.status, 200, "{}", resp.text());
-    }
+    let statuses: Vec<u16> = polls.into_iter().map(|poll| poll.join().unwrap().0.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 6, "{statuses:?}");
+}
+
+#[test]
+fn a_dropped_server_stops_answering_its_held_polls_at_once() {
+    let server =
+        ApiServer::start(ServerConfig { poll_hold: Duration::from_secs(50), ..test_config() })
+            .expect("the server starts");
+    let url = server.url();
+    let poll = spawn_get(format!("{url}/poll_for_command?cameraId=held"));
+    wait_until("the poll is held", PATIENCE, || {
+        get(&format!("{url}/stats")).json()["registry"]["openPolls"] == 1
+    });
+    drop(server);
+    // Before, a dropped server held the poll for its whole 50 s.
+    let (answer, took) = poll.join().unwrap();
+    assert_eq!(answer.expect_json(200)["command"], "noop");
+    assert!(took < Duration::from_secs(20), "the held poll was answered after {took:?}");
+    wait_until("the server takes no new request", PATIENCE, || {
+        try_get(&agent(Duration::from_secs(2)), &format!("{url}/health"), None).is_none()
+    });
 }

@@ -1,7 +1,8 @@
 //! What an operator sees of the built binaries and the scripts: start-up lines that say whether
 //! each token is on, an empty token refused (exit 2, naming it), a taken port and an
-//! unresolvable HOST named, and curl_parallel.sh firing its burst and counting the round trips it
-//! cost, or saying it cannot when the /metrics it reads is another server's.
+//! unresolvable HOST named, curl_parallel.sh firing its burst and counting the round trips it
+//! cost, or saying it cannot when the /metrics it reads is another server's, and views that
+//! can be scraped as often as anyone likes.
 
 use std::net::TcpListener;
 use std::process::Command;
@@ -171,4 +172,17 @@ fn curl_parallel_says_unknown_when_metrics_is_another_servers() {
             && stdout.contains("another instance's"),
         "{stdout}"
     );
+}
+
+#[test]
+fn stats_and_metrics_read_the_kernels_connection_table_at_most_once_a_second() {
+    let server = TestServer::start(test_config());
+    let reads = || server.server_stats()["connectionTableReads"].as_u64().expect("a count");
+    let (before, started) = (reads(), std::time::Instant::now());
+    for _ in 0..100 {
+        assert_eq!(get(&format!("{}/metrics", server.url)).status, 200);
+        reads();
+    }
+    let (read, seconds) = (reads() - before, started.elapsed().as_secs());
+    assert!(read <= seconds + 2, "{read} readings in {seconds} s for 200 views");
 }

@@ -360,3 +360,32 @@ fn the_license_the_manifest_names_is_there() {
     let license = std::fs::read_to_string(root.join("LICENSE")).expect("a LICENSE file");
     assert!(license.starts_with("MIT License"), "{license}");
 }
+
+#[test]
+fn a_late_answer_without_request_id_never_completes_a_newer_call_with_the_wrong_range() {
+    let server = TestServer::start(test_config());
+    // A camera that predates request ids, and polls while it answers: this one records the
+    // commands, and the test answers them.
+    let camera = FakeCamera::silent(&server.url, "legacy");
+    server.wait_for_camera("legacy");
+    let events: Vec<LogEntry> = (0..=100).map(|k| entry(ts(k), &format!("event {k}"))).collect();
+    let answer =
+        |end: usize| serde_json::json!({"logs": expected(&events, Some(ts(0)), Some(ts(end)))});
+
+    // Call A asks for [0, 10] and gives up before the camera answers.
+    let a = spawn_get(logs_url(&server.url, "legacy", Some(ts(0)), Some(ts(10)), Some(1.0)));
+    let command_a = camera.next_command();
+    assert_eq!(a.join().unwrap().0.status, 504);
+    // Call B asks for [0, 100]; its command goes out (re-sends of A may come first).
+    let b = spawn_get(logs_url(&server.url, "legacy", Some(ts(0)), Some(ts(100)), Some(20.0)));
+    wait_for("B's command", PATIENCE, || {
+        let command = camera.next_command();
+        (command["requestId"] != command_a["requestId"]).then_some(()).ok_or("A again".into())
+    });
+    // A's late answer arrives: it is not B's.
+    let late = post_answer(&server.url, "legacy", &answer(10));
+    assert_eq!(late.status, 404, "A's late answer was taken for B's: {}", late.text());
+    post_answer(&server.url, "legacy", &answer(100)).expect_json(200);
+    let logs = b.join().unwrap().0.expect_logs().logs;
+    assert_eq!(logs, expected(&events, Some(ts(0)), Some(ts(100))), "B got exactly its range");
+}

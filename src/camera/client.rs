@@ -10,8 +10,14 @@ use crate::protocol::{
 };
 use crate::settings::{base_url, CaCerts, CameraConfig};
 
-/// Client timeout of one `send_logs` post.
-const POST_TIMEOUT: Duration = Duration::from_secs(60);
+/// An upload that makes no progress for this long fails: on a slow uplink a large answer takes
+/// minutes, and only a stall means the link is gone.
+const UPLOAD_STALL: Duration = Duration::from_secs(30);
+/// How long the server may take to answer a post once its body is sent.
+const POST_ANSWER: Duration = Duration::from_secs(60);
+/// A kept-alive connection idle this long is not used again: the server closes idle ones after
+/// its `HEADER_TIMEOUT_SECS` (10 s unless set; nginx's after 60 s).
+const IDLE_REUSE: Duration = Duration::from_secs(4);
 
 /// What became of an answer the server received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,23 +98,24 @@ impl Client {
         })?;
         let query = [(CAMERA_ID, config.camera_id.as_str()), (INSTANCE_ID, instance)];
         let tls = tls_config(config.ca_certs.as_ref());
-        let agent = |timeout: Duration| {
-            ureq::Agent::new_with_config(
-                ureq::Agent::config_builder()
-                    .timeout_global(Some(timeout))
-                    .http_status_as_error(false)
-                    .tls_config(tls.clone())
-                    .build(),
-            )
+        // Each agent keeps its connection (one TLS handshake per connection through the edge).
+        let config_of = || {
+            let builder = ureq::Agent::config_builder().http_status_as_error(false);
+            builder.max_idle_age(IDLE_REUSE).tls_config(tls.clone())
         };
+        let poll = config_of().timeout_global(Some(config.poll_timeout));
+        let post = config_of()
+            .timeout_connect(Some(UPLOAD_STALL))
+            .timeout_per_write(Some(UPLOAD_STALL))
+            .timeout_recv_response(Some(POST_ANSWER));
         Ok(Client {
             poll_url: Route::Poll.url(&base, &query).to_string(),
             send_url: Route::SendLogs.url(&base, &query).to_string(),
             origin: base.origin().ascii_serialization(),
             authorization: config.camera_token.as_ref().map(|t| format!("Bearer {t}")),
             poll_timeout: config.poll_timeout,
-            poll_agent: agent(config.poll_timeout),
-            post_agent: agent(POST_TIMEOUT),
+            poll_agent: ureq::Agent::new_with_config(poll.build()),
+            post_agent: ureq::Agent::new_with_config(post.build()),
         })
     }
 
@@ -138,10 +145,7 @@ impl Client {
         response.body_mut().read_json::<Command>().map_err(|e| CallError::Unreadable(e.to_string()))
     }
 
-    /// Connection: close on every request: the server drops idle connections after its header
-    /// timeout, and a fresh connection per call can never be caught reusing a closed one.
     fn headers<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        let request = request.header("Connection", "close");
         match &self.authorization {
             Some(auth) => request.header("Authorization", auth),
             None => request,
@@ -155,7 +159,11 @@ impl Client {
             .send_json(body)
             .map_err(|e| describe_call_error(&self.origin, &e.to_string()))?;
         match response.status().as_u16() {
-            200 => Ok(Delivery::Accepted),
+            200 => {
+                // Read to its end, so the connection goes back to the agent to be used again.
+                let _ = response.body_mut().with_config().limit(4096).read_to_vec();
+                Ok(Delivery::Accepted)
+            }
             status @ (408 | 409 | 429) => Err(describe_status(status, &mut response)),
             status @ 400..=499 => {
                 log_warn!("server refused the answer: {}", describe_status(status, &mut response));

@@ -1,9 +1,15 @@
 //! The camera: it only ever makes outgoing requests, from two threads. One holds a long poll
-//! open and hands each command to the other, which posts the matching events, so the camera is
-//! back on a poll at once while a large answer is still uploading. The posting thread also
-//! records an event every `EVENT_INTERVAL_SECS`, stamped with the time it was due: while it is
-//! busy with an upload the due events wait, and they are recorded before the next command is
-//! answered, so an answer never misses an event that was due before it.
+//! open and hands each command to the other, which posts the matching events, so the camera
+//! keeps polling while a large answer is still uploading, and the server sees it online. The
+//! hand-off never blocks the polling thread: a command the camera is already answering (the
+//! server sends it again after `ACK_TIMEOUT_SECS`, which a slow upload outlasts) is not
+//! answered twice, and a queued one the server has given up on is replaced by the next.
+//!
+//! The posting thread also records an event every `EVENT_INTERVAL_SECS`, scheduled on the
+//! monotonic clock and stamped with the wall clock when it was due: a wall clock that jumps (set
+//! by NTP after a boot in 1970) records no backlog. While it is busy with an upload the due
+//! events wait, and they are recorded before the next command is answered, so an answer never
+//! misses an event that was due before it.
 //!
 //! Each process picks a random instance id at start and sends it with every poll and answer,
 //! so the server can tell two processes with one `CAMERA_ID` apart (it refuses the second with
@@ -13,12 +19,14 @@
 //! with jitter and log once per failure streak, never spinning. This module knows the server
 //! only through the wire protocol.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError, TrySendError};
+use parking_lot::Mutex;
 
 mod backoff;
 mod client;
@@ -34,6 +42,9 @@ use client::{Client, Delivery};
 
 /// Attempts to deliver one answer before leaving it to the server's re-send.
 const POST_ATTEMPTS: u32 = 4;
+/// Commands remembered as in hand (queued, being answered, or answered lately), so that one
+/// sent again is not answered twice.
+const IN_HAND: usize = 16;
 
 /// A running camera. [`CameraHandle::stop`] ends it.
 pub struct CameraHandle {
@@ -78,16 +89,18 @@ impl CameraHandle {
             client,
             log,
             answers: AtomicU64::new(0),
+            in_hand: Mutex::default(),
             stop: stop_rx,
             backoff_max: config.backoff_max,
         });
-        // One command at a time: the server sends the next only once this one is answered (or
-        // again, same id, after its ack timeout), so a slot of one bounds the hand-off.
+        // One command at a time: the server sends the next only once this one is answered or
+        // given up, so a slot of one bounds the hand-off (and a command still in it is replaced).
         let (commands_tx, commands) = bounded(1);
         let (poller, poster) = (Arc::clone(&side), Arc::clone(&side));
+        let handoff = (commands_tx, commands.clone());
         let events = config.event_interval.map(EventClock::new);
         let threads = vec![
-            spawn("camera-poller", &done_tx, move || poller.poll_loop(&commands_tx))?,
+            spawn("camera-poller", &done_tx, move || poller.poll_loop(&handoff))?,
             spawn("camera-poster", &done_tx, move || poster.post_loop(&commands, events))?,
         ];
         Ok(CameraHandle { side, stop: Some(stop), done, threads })
@@ -140,25 +153,67 @@ struct Side {
     client: Client,
     log: Arc<EventLog>,
     answers: AtomicU64,
+    /// Request ids queued, being answered or answered lately, oldest first.
+    in_hand: Mutex<VecDeque<String>>,
     /// Disconnected when the camera stops.
     stop: Receiver<()>,
     backoff_max: Duration,
 }
 
 impl Side {
-    fn poll_loop(&self, commands: &Sender<Command>) {
+    fn poll_loop(&self, handoff: &(Sender<Command>, Receiver<Command>)) {
         let mut backoff = Backoff::new(self.backoff_max, "poll the API server");
         while !matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected)) {
             match self.client.poll() {
                 Ok(command) => {
                     backoff.succeeded();
-                    let is_command = matches!(command, Command::SendLogs { .. });
-                    if is_command && commands.send(command).is_err() {
-                        return;
+                    if let Command::SendLogs { request_id, .. } = &command {
+                        if !self.take(request_id) {
+                            log_info!("command {request_id} came again while its answer is in hand; not answered twice");
+                        } else if !self.hand_off(command, handoff) {
+                            return;
+                        }
                     }
                 }
                 Err(why) if !backoff.failed(&why, &self.stop) => return,
                 Err(_) => {}
+            }
+        }
+    }
+
+    /// Notes `request_id` as in hand; `false` if it already was.
+    fn take(&self, request_id: &str) -> bool {
+        let mut in_hand = self.in_hand.lock();
+        if in_hand.iter().any(|id| id == request_id) {
+            return false;
+        }
+        if in_hand.len() == IN_HAND {
+            in_hand.pop_front();
+        }
+        in_hand.push_back(request_id.to_string());
+        true
+    }
+
+    fn release(&self, request_id: &str) {
+        self.in_hand.lock().retain(|id| id != request_id);
+    }
+
+    /// Hands a command to the posting thread without waiting for it: one still queued there is
+    /// one the server no longer wants (it sends the next only then), so it is replaced.
+    /// `false` once the posting thread is gone.
+    fn hand_off(
+        &self, mut command: Command, (tx, rx): &(Sender<Command>, Receiver<Command>),
+    ) -> bool {
+        loop {
+            match tx.try_send(command) {
+                Ok(()) => return true,
+                Err(TrySendError::Full(back)) => {
+                    if let Ok(Command::SendLogs { request_id, .. }) = rx.try_recv() {
+                        self.release(&request_id);
+                    }
+                    command = back;
+                }
+                Err(TrySendError::Disconnected(_)) => return false,
             }
         }
     }
@@ -191,27 +246,37 @@ impl Side {
 
     fn answer(&self, body: SendLogsBody) {
         let request_id = body.request_id.as_deref().unwrap_or_default();
+        let delivered = self.deliver(&body, request_id);
+        if !delivered {
+            // Not in hand any more: the server's re-send is answered again.
+            self.release(request_id);
+            log_error!("gave up sending logs for command {request_id}; the server will ask again if it still needs them");
+        }
+    }
+
+    /// Posts `body`, retrying with the backoff; `false` when it gave up.
+    fn deliver(&self, body: &SendLogsBody, request_id: &str) -> bool {
         let mut backoff = Backoff::new(self.backoff_max, "send logs to the API server");
         for _ in 0..POST_ATTEMPTS {
-            match self.client.send(&body) {
+            match self.client.send(body) {
                 Ok(Delivery::Accepted) => {
                     self.answers.fetch_add(1, Ordering::SeqCst);
                     log_info!("sent {} event(s) for command {request_id}", body.logs.len());
-                    return;
+                    return true;
                 }
-                Ok(Delivery::Refused) => return,
-                Err(why) if !backoff.failed(&why, &self.stop) => return,
+                Ok(Delivery::Refused) => return true,
+                Err(why) if !backoff.failed(&why, &self.stop) => return true,
                 Err(_) => {}
             }
         }
-        log_error!("gave up sending logs for command {request_id}; the server will ask again if it still needs them");
+        false
     }
 }
 
-/// When the next simulated event is due, and the state of recording them.
+/// When the next simulated event is due, on the monotonic clock, and the state of recording them.
 struct EventClock {
     interval: Duration,
-    next_due: SystemTime,
+    next_due: Instant,
     jitter: Jitter,
     /// Whether the last write to `LOG_FILE` failed (logged once per streak).
     failing: bool,
@@ -221,21 +286,25 @@ impl EventClock {
     fn new(interval: Duration) -> EventClock {
         EventClock {
             interval,
-            next_due: SystemTime::now() + interval,
+            next_due: Instant::now() + interval,
             jitter: Jitter::new(),
             failing: false,
         }
     }
 
     fn until_due(&self) -> Duration {
-        self.next_due.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+        self.next_due.saturating_duration_since(Instant::now())
     }
 
-    /// Records every event due by now, each stamped with the time it was due.
+    /// Records every event due by now, each stamped with the wall clock's time when it was due
+    /// (now, less how long ago it was due): only the monotonic clock says how many are due.
     fn record_due(&mut self, log: &EventLog) {
-        while self.next_due <= SystemTime::now() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        while self.next_due <= now {
+            let late = now - self.next_due;
+            let due = wall.checked_sub(late).unwrap_or(wall);
             let entry = LogEntry {
-                timestamp: epoch_secs(self.next_due),
+                timestamp: epoch_secs(due),
                 description: describe_event(self.jitter.next()),
             };
             self.next_due += self.interval;
@@ -273,12 +342,14 @@ mod tests {
         let log = EventLog::in_memory(100);
         let mut clock = EventClock::new(Duration::from_secs(1));
         let first_due = SystemTime::now() - Duration::from_millis(2500);
-        clock.next_due = first_due;
+        clock.next_due = Instant::now() - Duration::from_millis(2500);
         clock.record_due(&log);
         let stamps: Vec<f64> = log.snapshot().iter().map(|e| e.timestamp).collect();
-        let expected: Vec<f64> =
-            (0..3).map(|k| epoch_secs(first_due + Duration::from_secs(k))).collect();
-        assert_eq!(stamps, expected, "the three events due by now, each at its due time");
+        assert_eq!(stamps.len(), 3, "the three events due by now");
+        for (k, stamp) in stamps.iter().enumerate() {
+            let due = epoch_secs(first_due + Duration::from_secs(k as u64));
+            assert!((stamp - due).abs() < 0.1, "event {k} at {stamp}, due at {due}");
+        }
         assert!(clock.until_due() > Duration::ZERO, "the next one is still ahead");
         clock.record_due(&log);
         assert_eq!(log.len(), 3, "nothing new is due");

@@ -36,6 +36,10 @@ pub enum ApiError {
     CameraTimeout { camera_id: String, after: Duration },
     /// A poll for a new camera id while `MAX_CAMERAS` are known.
     TooManyCameras { limit: usize },
+    /// A poll of a camera without a place while `limit` cameras hold one.
+    PollCapacity { limit: usize },
+    /// A camera's answer that would take the answers held past `MAX_ANSWER_BYTES`.
+    AnswersFull { held: usize, limit: usize },
     /// The server is stopping and will not start new work.
     ShuttingDown,
     /// A bug on our side; the request fails but the server keeps serving.
@@ -60,6 +64,8 @@ impl ApiError {
             ApiError::Internal(_) => (500, None),
             ApiError::CameraOffline { .. } => (503, Some("camera_offline")),
             ApiError::TooManyCameras { .. } => (503, Some("too_many_cameras")),
+            ApiError::PollCapacity { .. } => (503, Some("poll_capacity")),
+            ApiError::AnswersFull { .. } => (503, Some("answers_full")),
             ApiError::ShuttingDown => (503, Some("shutting_down")),
             ApiError::CameraTimeout { .. } => (504, None),
         }
@@ -74,7 +80,11 @@ impl ApiError {
         match self {
             ApiError::MethodNotAllowed { allowed } => Some(("Allow", allowed)),
             ApiError::TooManyWaiting { .. } | ApiError::ShuttingDown => Some(("Retry-After", "1")),
-            ApiError::CameraOffline { .. } => Some(("Retry-After", "5")),
+            ApiError::CameraOffline { .. } | ApiError::AnswersFull { .. } => {
+                Some(("Retry-After", "5"))
+            }
+            // A place frees when a polling camera goes offline: rarely, so not every second.
+            ApiError::PollCapacity { .. } => Some(("Retry-After", "10")),
             // Room is made only as offline cameras are forgotten: minutes, not seconds.
             ApiError::TooManyCameras { .. } => Some(("Retry-After", "60")),
             ApiError::Unauthorized => Some(("WWW-Authenticate", "Bearer")),
@@ -120,6 +130,8 @@ impl fmt::Display for ApiError {
             E::TooManyCameras { limit } => {
                 write!(f, "this server already knows {limit} cameras (MAX_CAMERAS); retry later")
             }
+            E::PollCapacity { limit } => write!(f, "this instance already has {limit} cameras polling, all it takes (three quarters of MAX_HANDLERS); retry later, or add an instance"),
+            E::AnswersFull { held, limit } => write!(f, "the camera answered, but the answers held for their callers already take {held} of {limit} bytes (MAX_ANSWER_BYTES); retry shortly"),
             E::ShuttingDown => write!(f, "the server is shutting down"),
             E::Internal(why) => write!(f, "internal error: {why}"),
         }
@@ -146,6 +158,8 @@ impl ApiError {
             ApiError::CameraOffline { camera_id: camera_id(), seconds_since_seen: 9.0 },
             ApiError::CameraTimeout { camera_id: camera_id(), after: Duration::from_secs(1) },
             ApiError::TooManyCameras { limit: 2 },
+            ApiError::PollCapacity { limit: 3 },
+            ApiError::AnswersFull { held: 1, limit: 2 },
             ApiError::ShuttingDown,
             ApiError::Internal("x".into()),
         ]
@@ -161,7 +175,7 @@ mod tests {
         let statuses: Vec<u16> = ApiError::every_kind().iter().map(ApiError::status).collect();
         assert_eq!(
             statuses,
-            [400, 401, 404, 405, 404, 409, 404, 413, 429, 503, 504, 503, 503, 500]
+            [400, 401, 404, 405, 404, 409, 404, 413, 429, 503, 504, 503, 503, 503, 503, 500]
         );
         for error in ApiError::every_kind() {
             let body: serde_json::Value = serde_json::from_slice(&error.body()).unwrap();

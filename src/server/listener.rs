@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tiny_http::{Header, Request, Response};
+use tiny_http::{Header, Request, Response, ResponseBox};
 
 use super::ServerStats;
 use crate::log::{log_error, log_warn};
@@ -202,8 +202,7 @@ impl Listener {
 /// was not read, being over `max_body`) is answered and its connection parked instead.
 /// Test: protocol_errors::a_huge_declared_content_length_is_413_and_the_server_keeps_serving.
 pub fn respond(
-    request: Request, response: Response<std::io::Cursor<Vec<u8>>>, stats: &ServerStats,
-    max_body: usize,
+    request: Request, response: ResponseBox, stats: &ServerStats, max_body: usize,
 ) -> std::io::Result<()> {
     let too_large = |len: &usize| *len > SAFE_TO_DISCARD.max(max_body);
     if let Some(declared) = request.body_length().filter(too_large) {
@@ -249,7 +248,7 @@ fn serve_on(socket: &TcpListener) -> std::io::Result<tiny_http::Server> {
 /// leaked. tiny_http's upgrade path writes no framing headers and forbids setting them, so
 /// `Content-Length` and `Connection: close` ride in one header value of our own (fixed text,
 /// never client input). Cost per parked connection: one idle thread and one socket.
-fn park(request: Request, response: Response<std::io::Cursor<Vec<u8>>>) {
+fn park(request: Request, response: ResponseBox) {
     let mut head = Response::empty(response.status_code());
     for header in response.headers() {
         head.add_header(header.clone());
@@ -294,6 +293,39 @@ pub fn loopback(mut addr: SocketAddr) -> SocketAddr {
         });
     }
     addr
+}
+
+/// The kernel's table of the port's connections, as the watcher of held polls, `/stats` and
+/// `/metrics` read it. The table lists every connection of the machine (hundreds of thousands
+/// of lines with many cameras), so a view takes a reading up to a second old instead of reading
+/// it on every call, and one reading is taken at a time.
+pub struct ConnectionTable {
+    port: u16,
+    last: Mutex<Option<(Instant, Arc<Connections>)>>,
+    stats: Arc<ServerStats>,
+}
+
+impl ConnectionTable {
+    /// How old a reading a view takes.
+    pub const VIEW_AGE: Duration = Duration::from_secs(1);
+
+    pub fn new(port: u16, stats: Arc<ServerStats>) -> ConnectionTable {
+        ConnectionTable { port, last: Mutex::new(None), stats }
+    }
+
+    /// A reading no older than `max_age`; `None` where the table cannot be read.
+    pub fn read(&self, max_age: Duration) -> Option<Arc<Connections>> {
+        let mut last = self.last.lock();
+        match &*last {
+            Some((at, table)) if at.elapsed() <= max_age => Some(Arc::clone(table)),
+            _ => {
+                let table = Arc::new(Connections::of_port(self.port)?);
+                self.stats.connection_table_reads.fetch_add(1, Ordering::Relaxed);
+                *last = Some((Instant::now(), Arc::clone(&table)));
+                Some(table)
+            }
+        }
+    }
 }
 
 /// The connections to one local port, from the kernel's tables (Linux's /proc/net/tcp{,6}).

@@ -1,7 +1,7 @@
 //! The API server: start-up and shutdown. It binds the [`Listener`], starts the handler pool on
 //! it, and one upkeep thread (the registry's ticker, and the watcher that ends
 //! held polls whose client has left). Everything stops when [`ApiServer`]'s stop sender is
-//! dropped, by a call to [`ApiServer::shutdown`] or by a start that fails half-way.
+//! dropped: when the server is dropped or shut down, or by a start that fails half-way.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -22,7 +22,7 @@ mod routes;
 
 use crate::log::{announce, log_info};
 use crate::settings::ServerConfig;
-use listener::{loopback, Connections, Listener};
+use listener::{loopback, ConnectionTable, Listener};
 use metrics::Metrics;
 use registry::Registry;
 use routes::App;
@@ -47,9 +47,12 @@ pub struct ServerStats {
     busy_handlers: AtomicUsize,
     parked_connections: AtomicUsize,
     accept_loop_restarts: AtomicUsize,
+    /// Readings of the kernel's connection table so far (at most about one a second).
+    connection_table_reads: AtomicUsize,
 }
 
-/// A running API server. Dropping it does not stop it; call [`ApiServer::shutdown`].
+/// A running API server. Dropping it stops it as [`ApiServer::shutdown`] does, without waiting
+/// for its threads to end.
 pub struct ApiServer {
     addr: SocketAddr,
     registry: Arc<Registry>,
@@ -69,15 +72,17 @@ impl ApiServer {
         let listener =
             Listener::bind(&config.host, config.port, config.header_timeout, Arc::clone(&stats))?;
         let addr = listener.addr();
-        let port = addr.port();
+        let connections = Arc::new(ConnectionTable::new(addr.port(), Arc::clone(&stats)));
         let metrics = Arc::new(Metrics::new());
         // A peer the kernel's table does not list as connected has left; where the table cannot
-        // be read, every peer counts as connected.
-        let alive = Box::new(move || Connections::of_port(port).map(|c| c.established));
+        // be read, every peer counts as connected. The watcher reads it fresh.
+        let table = Arc::clone(&connections);
+        let alive = Box::new(move || table.read(Duration::ZERO));
         let registry = Arc::new(Registry::new(&config, Arc::clone(&metrics), alive));
         let (stop, stopped) = bounded::<()>(0);
         let (done_tx, done) = bounded::<()>(0);
-        let app = Arc::new(App { registry: Arc::clone(&registry), metrics, stats, port, config });
+        let app = App { registry: Arc::clone(&registry), metrics, stats, connections, config };
+        let app = Arc::new(app);
         pool::start(listener, Arc::clone(&app), (stopped.clone(), done_tx.clone()))?;
         let upkeep_registry = Arc::clone(&registry);
         let upkeep = std::thread::Builder::new()
@@ -113,13 +118,23 @@ impl ApiServer {
     /// Answers held polls and waiting calls at once, stops the threads and closes the listening
     /// socket. Returns when every thread has ended, or after 10 s.
     pub fn shutdown(mut self) {
-        self.registry.shutdown();
-        self.stop.take();
+        self.stop_threads();
         if let Some(upkeep) = self.upkeep.take() {
             let _ = upkeep.join();
         }
         let _ = self.done.recv_timeout(SHUTDOWN_WAIT);
         log_info!("API server on {} stopped", self.addr);
+    }
+
+    fn stop_threads(&mut self) {
+        self.registry.shutdown();
+        self.stop.take();
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop_threads();
     }
 }
 

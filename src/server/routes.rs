@@ -11,17 +11,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use tiny_http::{Header, Request, Response};
+use tiny_http::{Header, Request, Response, ResponseBox};
 
 use super::error::ApiError;
-use super::listener::{self, Connections};
+use super::listener::{self, ConnectionTable};
 use super::metrics::{self, Metrics};
 use super::peers;
 use super::query::Query;
-use super::registry::{PollFrom, Registry};
+use super::registry::{PollFrom, Received, Registry};
 use super::ServerStats;
 use crate::log::{clean, log_info, log_warn};
-use crate::protocol::{CamerasResponse, LogEntry, Route, SendLogsBody, TimeRange};
+use crate::protocol::{CamerasResponse, Route, TimeRange};
 use crate::settings::ServerConfig;
 
 /// Everything a handler needs, shared by all handler threads.
@@ -30,17 +30,26 @@ pub struct App {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<ServerStats>,
-    pub port: u16,
+    pub connections: Arc<ConnectionTable>,
 }
 
-/// A response ready to be written.
-type Reply = Response<std::io::Cursor<Vec<u8>>>;
+/// A response ready to be written: its body is read as it is sent.
+type Reply = ResponseBox;
 
 const JSON: &str = "application/json";
 
 /// A response of `content_type`, with one more header when `extra` says.
 fn reply(status: u16, content_type: &str, body: Vec<u8>, extra: Option<(&str, &str)>) -> Reply {
-    let mut response = Response::from_data(body).with_status_code(status);
+    let length = body.len();
+    streamed(status, content_type, std::io::Cursor::new(body), length, extra)
+}
+
+/// Like [`reply`], for a body of `length` bytes read from `body` in pieces as it is written.
+fn streamed(
+    status: u16, content_type: &str, body: impl Read + Send + 'static, length: usize,
+    extra: Option<(&str, &str)>,
+) -> Reply {
+    let mut response = Response::new(status.into(), Vec::new(), body, Some(length), None).boxed();
     for (name, value) in std::iter::once(("Content-Type", content_type)).chain(extra) {
         // Names and values are ours and plain ASCII, so conversion cannot fail in practice.
         if let Ok(header) = Header::from_bytes(name, value) {
@@ -148,7 +157,7 @@ fn serve(app: &App, request: &mut Request, route: Route, query: &Query) -> Resul
 
 /// `/stats`: the sizes of the registry, the pool and the listener, for operators and leak tests.
 fn stats(app: &App) -> serde_json::Value {
-    let connections = Connections::of_port(app.port).unwrap_or_default();
+    let connections = app.connections.read(ConnectionTable::VIEW_AGE).unwrap_or_default();
     let mut server = serde_json::to_value(&*app.stats).unwrap_or_default();
     server["connections"] = connections.established.len().into();
     server["connectionsClientLeft"] = connections.client_left.into();
@@ -158,7 +167,7 @@ fn stats(app: &App) -> serde_json::Value {
 /// The exposition, with the gauges read from their owners now.
 fn scrape(app: &App) -> String {
     let (r, threads) = (app.registry.stats(), app.stats.handler_threads.load(Ordering::Relaxed));
-    let open = Connections::of_port(app.port).map_or(0, |c| c.established.len());
+    let open = app.connections.read(ConnectionTable::VIEW_AGE).map_or(0, |c| c.established.len());
     app.metrics.render([
         r.cameras,
         r.cameras_online,
@@ -167,13 +176,6 @@ fn scrape(app: &App) -> String {
         threads,
         open,
     ])
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LogsBody<'a> {
-    camera_id: &'a str,
-    logs: &'a [LogEntry],
 }
 
 fn logs(app: &App, query: &Query, client: &str) -> Result<Reply, ApiError> {
@@ -189,17 +191,17 @@ fn logs(app: &App, query: &Query, client: &str) -> Result<Reply, ApiError> {
     }
     let timeout = query.timeout(app.config.logs_timeout)?;
     let slice = app.registry.fetch_logs(&camera_id, range, timeout)?;
-    let reply = json(&LogsBody { camera_id: &camera_id, logs: slice.entries() })?;
-    let (count, ms) = (slice.entries().len(), started.elapsed().as_millis());
+    let (count, ms) = (slice.len(), started.elapsed().as_millis());
+    let (body, length) = slice.body(&camera_id);
     log_info!("logs returned for camera '{camera_id}' to {client}: {count} event(s) in {ms} ms");
-    Ok(reply)
+    Ok(streamed(200, JSON, body, length, None))
 }
 
 fn send_logs(
     app: &App, request: &mut Request, camera_id: &str, instance: Option<&str>,
 ) -> Result<Reply, ApiError> {
     let body = read_body(request, app.config.max_body_bytes)?;
-    let answer: SendLogsBody = serde_json::from_slice(&body)
+    let answer: Received = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed send_logs body: {e}")))?;
     app.registry.complete(camera_id, instance, answer)?;
     Ok(reply(200, JSON, OK.to_vec(), None))
@@ -210,8 +212,9 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     if request.body_length().is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let capacity = request.body_length().unwrap_or(0).min(64 * 1024);
-    let mut body = Vec::with_capacity(capacity);
+    // As declared (within the limit): a body of megabytes is not copied as its buffer grows, and
+    // pages no byte was read into take no memory.
+    let mut body = Vec::with_capacity(request.body_length().unwrap_or(0));
     request
         .as_reader()
         .take((limit as u64).saturating_add(1))

@@ -20,12 +20,14 @@ mod harness;
 mod http;
 pub mod mutate;
 mod procs;
+mod throttle;
 
 pub use fakes::*;
 pub use harness::*;
 pub use http::*;
 pub use mutate::Rng;
 pub use procs::*;
+pub use throttle::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -28,6 +28,8 @@ pub fn config_from_env<C: Settings>(program: &str, about: &str) -> Result<C, Exi
 
 /// The exit status of a run that started (outer `Ok`) and then ended, each failure named.
 pub fn exit_status(program: &str, run: std::io::Result<std::io::Result<()>>) -> ExitCode {
+    // The library's lines go through a queue: the last ones before the exit are written first.
+    camera_logs::flush_log();
     match run {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {

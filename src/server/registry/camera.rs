@@ -1,19 +1,67 @@
 //! One camera's state: its held polls, its one command in flight with the calls waiting on it,
-//! the next batch, which process holds its id, and the answers it gave. Read and changed only
-//! under the camera's own lock; deciding what happens to a call (the races) is the registry's.
+//! the next batch, which process holds its id, and the commands it was sent and answered. Read
+//! and changed only under the camera's own lock; deciding what happens to a call (the races)
+//! is the registry's.
 
-use std::collections::{HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::collections::VecDeque;
+use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
-use super::{PollFrom, Reply};
+use super::{PollFrom, Reply, Seen};
 use crate::log::log_info;
 use crate::protocol::{Command, TimeRange};
 use crate::server::error::ApiError;
+
+/// A command's id: 128 unguessable bits, 32 hex digits on the wire (16 bytes remembered, not a
+/// string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RequestId(pub(super) u128);
+
+impl RequestId {
+    /// The id a camera sent back, if it is one this server could have issued.
+    pub(super) fn parse(wire: &str) -> Option<RequestId> {
+        let hex = wire.len() == 32 && wire.bytes().all(|b| b.is_ascii_hexdigit());
+        hex.then(|| u128::from_str_radix(wire, 16).ok().map(RequestId)).flatten()
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// The `N` most recent ids, oldest first, each once.
+#[derive(Default)]
+pub(super) struct Remembered<const N: usize>(VecDeque<RequestId>);
+
+impl<const N: usize> Remembered<N> {
+    pub(super) fn push(&mut self, id: RequestId) {
+        if !self.0.contains(&id) {
+            if self.0.len() == N {
+                self.0.pop_front();
+            }
+            self.0.push_back(id);
+        }
+    }
+
+    pub(super) fn contains(&self, id: RequestId) -> bool {
+        self.0.contains(&id)
+    }
+
+    pub(super) fn oldest(&self) -> Option<RequestId> {
+        self.0.front().copied()
+    }
+
+    pub(super) fn remove(&mut self, id: RequestId) {
+        self.0.retain(|kept| *kept != id);
+    }
+}
 
 /// A `/logs` call waiting for an answer, with its own `bounded(1)` reply channel.
 pub(super) struct Waiter {
@@ -24,7 +72,7 @@ pub(super) struct Waiter {
 
 /// The camera's one command: sent to a poll, or waiting for one (`sent_at` is `None`).
 pub(super) struct InFlight {
-    pub(super) request_id: String,
+    pub(super) request_id: RequestId,
     pub(super) range: TimeRange,
     pub(super) waiters: Vec<Waiter>,
     pub(super) sent_at: Option<Instant>,
@@ -38,14 +86,14 @@ pub(super) struct HeldPoll {
     pub(super) id: u64,
     pub(super) from: PollFrom,
     pub(super) since: Instant,
-    pub(super) wake: Sender<String>,
+    pub(super) wake: Sender<RequestId>,
 }
 
 impl HeldPoll {
-    /// Whether its client has left, by `connected`, the peers the kernel listed at `taken`: a
-    /// poll begun after that reading cannot be judged by it.
-    pub(super) fn client_left(&self, connected: &HashSet<SocketAddr>, taken: Instant) -> bool {
-        self.since < taken && self.from.peer.is_some_and(|peer| !connected.contains(&peer))
+    /// Whether its client has left, by the kernel's table as `seen` at the time it gives: a poll
+    /// begun after that reading cannot be judged by it.
+    pub(super) fn client_left(&self, (table, taken): &Seen) -> bool {
+        self.since < *taken && self.from.peer.is_some_and(|peer| !table.established.contains(&peer))
     }
 }
 
@@ -60,7 +108,14 @@ pub(super) struct CameraState {
     pub(super) last_poll_end: Option<Instant>,
     pub(super) last_seen: Option<SystemTime>,
     pub(super) reported_offline: bool,
-    pub(super) answered: VecDeque<String>,
+    /// Its place among the cameras polling this instance (see `Registry::poll_capacity`),
+    /// taken at its first poll and given back when it goes offline.
+    pub(super) place: Option<Counted>,
+    /// Sent and not answered yet, in the order sent: a camera without request ids answers them
+    /// in that order. A few: one that never reached the camera costs its successor a re-send.
+    pub(super) sent: Remembered<4>,
+    /// Answered: a repeat of one of these is a harmless 200.
+    pub(super) answered: Remembered<64>,
     /// The camera process that holds this id (cameras that send no identity leave it alone).
     pub(super) instance: Option<String>,
     /// Whether that process's last poll ended because its client left: then a new process may
@@ -79,13 +134,14 @@ pub(super) struct Camera {
 }
 
 impl Camera {
-    pub(super) fn new(id: &str) -> Camera {
+    pub(super) fn new(id: &str, place: Counted) -> Camera {
         Camera {
             id: id.to_string(),
             // Seen just now: the ticker may look at it before its first poll is counted open.
             state: Mutex::new(CameraState {
                 last_poll_end: Some(Instant::now()),
                 last_seen: Some(SystemTime::now()),
+                place: Some(place),
                 ..CameraState::default()
             }),
         }
@@ -106,13 +162,22 @@ impl CameraState {
             return;
         };
         // A fresh bounded(1) channel whose poll is no longer listed: the one message fits.
-        let _ = poll.wake.try_send(command.request_id.clone());
+        let _ = poll.wake.try_send(command.request_id);
         command.mark_sent(camera_id);
+        self.sent.push(command.request_id);
+    }
+
+    /// Sends the command waiting for a poll to this one, the newest, if one waits.
+    pub(super) fn command_waiting(&mut self, camera_id: &str) -> Option<Command> {
+        let command = self.in_flight.as_mut().filter(|c| c.sent_at.is_none())?;
+        command.mark_sent(camera_id);
+        self.sent.push(command.request_id);
+        Some(command.to_wire())
     }
 
     /// The command for a poll that was handed `request_id` (or that finds a command waiting),
     /// unless it was abandoned in the meantime.
-    pub(super) fn command_for(&mut self, request_id: &str) -> Option<Command> {
+    pub(super) fn command_for(&mut self, request_id: RequestId) -> Option<Command> {
         let command = self.in_flight.as_ref()?;
         (command.request_id == request_id).then(|| command.to_wire())
     }
@@ -182,29 +247,38 @@ impl InFlight {
     pub(super) fn mark_sent(&mut self, camera_id: &str) {
         self.sent_at = Some(Instant::now());
         self.times_sent += 1;
-        let (id, callers, n) = (&self.request_id, self.waiters.len(), self.times_sent);
+        let (id, callers, n) = (self.request_id, self.waiters.len(), self.times_sent);
         let attempt = if n > 1 { format!(" (attempt {n})") } else { String::new() };
         log_info!("command {id} sent to camera '{camera_id}' for {callers} caller(s){attempt}");
     }
 
     pub(super) fn to_wire(&self) -> Command {
         let (start_timestamp, end_timestamp) = self.range.wire_bounds();
-        Command::SendLogs { request_id: self.request_id.clone(), start_timestamp, end_timestamp }
+        let request_id = self.request_id.to_string();
+        Command::SendLogs { request_id, start_timestamp, end_timestamp }
     }
 }
 
-/// Adds one to a counter for as long as it lives.
-pub(super) struct Counted<'a>(&'a AtomicUsize);
+/// Adds to a shared counter for as long as it lives, even if its holder unwinds.
+pub(super) struct Counted(Arc<AtomicUsize>, usize);
 
-impl<'a> Counted<'a> {
-    pub(super) fn new(counter: &'a AtomicUsize) -> Counted<'a> {
+impl Counted {
+    pub(super) fn one(counter: &Arc<AtomicUsize>) -> Counted {
         counter.fetch_add(1, Ordering::Relaxed);
-        Counted(counter)
+        Counted(Arc::clone(counter), 1)
+    }
+
+    /// Adds `n` if the total stays within `limit`, checked and added in one step, so that two
+    /// takers can never both take the last place.
+    pub(super) fn within(counter: &Arc<AtomicUsize>, n: usize, limit: usize) -> Option<Counted> {
+        let take = |held: usize| held.checked_add(n).filter(|total| *total <= limit);
+        counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, take).ok()?;
+        Some(Counted(Arc::clone(counter), n))
     }
 }
 
-impl Drop for Counted<'_> {
+impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
     }
 }

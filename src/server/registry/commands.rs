@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
-use super::camera::{Camera, CameraState, InFlight, Waiter};
-use super::{LogSlice, Registry, Reply, REMEMBERED_ANSWERS};
-use crate::log::log_info;
-use crate::protocol::LogEntry;
+use super::answer::{Answer, LogSlice};
+use super::camera::{Camera, CameraState, InFlight, RequestId, Waiter};
+use super::{Registry, Reply};
+use crate::log::{log_info, log_warn};
 use crate::server::error::ApiError;
 
 impl Registry {
@@ -62,50 +62,57 @@ impl Registry {
         state.dispatch(&camera.id);
     }
 
+    /// Hands a camera's answer (or why it cannot be held) to the callers of the command it
+    /// answers: the one `claimed` names, or, for a camera that sends no request id, the oldest
+    /// command sent to it and not answered yet, since such a camera answers in the order it was
+    /// sent commands. An answer to a command that is no longer in flight completes nothing.
     pub(super) fn deliver(
-        &self, camera: &Camera, state: &mut CameraState, request_id: Option<String>,
-        logs: Arc<[LogEntry]>,
+        &self, camera: &Camera, state: &mut CameraState, claimed: Option<&str>,
+        answer: Result<Arc<Answer>, ApiError>,
     ) -> Result<(), ApiError> {
-        let matches = match (&state.in_flight, &request_id) {
-            (Some(command), Some(id)) => &command.request_id == id,
-            // Cameras that predate request ids answer the command in flight, but only once it
-            // was sent: a retried id-less answer must not complete one the camera has not seen.
-            (Some(command), None) => command.times_sent > 0,
-            (None, _) => false,
-        };
-        if !matches {
-            let camera_id = &camera.id;
-            return match request_id {
-                Some(id) if state.answered.contains(&id) => {
-                    log_info!("camera '{camera_id}' answered command {id} again; ignored");
-                    Ok(())
-                }
-                Some(id) => Err(ApiError::UnknownRequest(format!(
-                    "request '{id}' is unknown or expired for camera '{camera_id}'"
-                ))),
-                None => Err(ApiError::UnknownRequest(format!(
-                    "camera '{camera_id}' has no command in flight"
-                ))),
-            };
+        let id = claimed.map_or_else(|| state.sent.oldest(), RequestId::parse);
+        if let Some(id) = id {
+            state.sent.remove(id);
         }
-        let Some(command) = state.in_flight.take() else {
-            return Err(ApiError::Internal("command vanished under the lock".into()));
+        let camera_id = &camera.id;
+        let command = match state.in_flight.take_if(|c| Some(c.request_id) == id) {
+            Some(command) => command,
+            None => {
+                return match (id, claimed) {
+                    (Some(id), _) if state.answered.contains(id) => {
+                        log_info!("camera '{camera_id}' answered command {id} again; ignored");
+                        Ok(())
+                    }
+                    (_, Some(id)) => Err(ApiError::UnknownRequest(format!(
+                        "request '{id}' is unknown or expired for camera '{camera_id}'"
+                    ))),
+                    (Some(id), None) => Err(ApiError::UnknownRequest(format!("an answer without requestId is taken for command {id}, the oldest sent to camera '{camera_id}' and not answered, which is no longer in flight"))),
+                    (None, None) => Err(ApiError::UnknownRequest(format!(
+                        "camera '{camera_id}' has no command in flight"
+                    ))),
+                };
+            }
         };
         self.metrics.round_trip(command.waiters.len());
         for waiter in &command.waiters {
-            let range = waiter.range.slice_of(&logs);
             // bounded(1) and one send per waiter: never blocks. A gone receiver is a caller that
             // timed out in the instant before this lock; its answer is simply dropped.
-            let _ = waiter.reply.try_send(Ok(LogSlice { logs: Arc::clone(&logs), range }));
+            let _ = waiter.reply.try_send(answer.clone().map(|answer| {
+                let events = waiter.range.slice_of(answer.timestamps());
+                LogSlice { answer, events }
+            }));
         }
-        if state.answered.len() == REMEMBERED_ANSWERS {
-            state.answered.pop_front();
-        }
-        state.answered.push_back(command.request_id.clone());
+        state.answered.push(command.request_id);
         self.start_next_command(camera, state);
-        let (id, request_id, callers) = (&camera.id, &command.request_id, command.waiters.len());
-        let (events, ms) = (logs.len(), command.created.elapsed().as_millis());
-        log_info!("camera '{id}' answered command {request_id}: {events} event(s) for {callers} caller(s), {ms} ms after the command");
+        let (request_id, callers) = (command.request_id, command.waiters.len());
+        let ms = command.created.elapsed().as_millis();
+        match answer {
+            Ok(answer) => {
+                let events = answer.len();
+                log_info!("camera '{camera_id}' answered command {request_id}: {events} event(s) for {callers} caller(s), {ms} ms after the command");
+            }
+            Err(error) => log_warn!("camera '{camera_id}' answered command {request_id}, {ms} ms after the command; failed its {callers} caller(s): {error}"),
+        }
         Ok(())
     }
 

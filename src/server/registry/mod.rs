@@ -12,10 +12,10 @@
 //! 3. Each held poll waits with `recv_timeout` on a `bounded(1)` channel of its own. The command
 //!    goes to the newest held poll (or to the next poll to arrive), so a poll whose client has
 //!    gone, but that the watcher has not released yet, is never chosen over a fresh one.
-//! 4. `send_logs` sorts the events once, then (still under the lock) hands every waiter the slice
-//!    of the shared answer in its own range. Delivery and withdrawal both happen under the
-//!    camera's lock, so a waiter that times out either finds itself still queued (and leaves no
-//!    trace) or finds its answer already in its channel.
+//! 4. `send_logs` sorts and serializes the events once (`answer.rs`), then (still under the
+//!    lock) hands every waiter the slice of the shared answer in its own range. Delivery and
+//!    withdrawal both happen under the camera's lock, so a waiter that times out either finds
+//!    itself still queued (and leaves no trace) or finds its answer already in its channel.
 //! 5. The ticker re-sends a command with no answer after the ack timeout (the poll that carried it
 //!    may have died), fails the calls of a camera that went offline, and forgets cameras offline
 //!    for `CAMERA_FORGET_SECS`; the watcher ends held polls whose client left.
@@ -24,15 +24,17 @@
 //!    the holder's polls are gone. So `/logs` never alternates between two processes.
 //! 7. For `CAMERA_ARRIVAL_SECS` after start, a call for an unknown camera waits for its first
 //!    poll (a fleet's instance that has just started, cameras backing off to a restarted one).
+//! 8. Polls are admitted, not discovered: a camera takes a place at its first poll and keeps it
+//!    while online; beyond the places (three quarters of `MAX_HANDLERS`), a new camera's poll
+//!    is 503 at once, so held polls never take the handlers users, answers and `/health` need.
 //!
 //! This module never touches HTTP or sockets: it takes ids, addresses, ranges and events, and
 //! returns protocol values or an [`ApiError`].
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,19 +42,22 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
+mod answer;
 mod camera;
 mod commands;
 mod upkeep;
 
+pub use answer::{LogSlice, Received};
+
 use super::error::ApiError;
+use super::listener::Connections;
 use super::metrics::Metrics;
 use crate::log::{log_info, log_warn};
-use crate::protocol::{sort_by_timestamp, Command, LogEntry, SendLogsBody, TimeRange};
+use crate::protocol::{Command, TimeRange};
 use crate::settings::ServerConfig;
-use camera::{Camera, CameraState, Counted, HeldPoll, Waiter};
+use answer::Answer;
+use camera::{Camera, CameraState, Counted, HeldPoll, RequestId, Waiter};
 
-/// How many answered request ids a camera remembers, so a repeated answer is a harmless 200.
-const REMEMBERED_ANSWERS: usize = 64;
 /// Cameras named one by one in the log when they go offline in the same tick.
 const OFFLINE_LINES_PER_TICK: usize = 5;
 /// Cameras per `/cameras` page when the caller does not say.
@@ -64,31 +69,18 @@ const REPOLL_WITHIN: Duration = Duration::from_secs(1);
 /// At most one log line per camera id this often about a second process polling for it.
 const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// The peers still connected, from the kernel's connection table; `None` where it cannot be
-/// read (then every client counts as connected).
-pub type ConnectionProbe = Box<dyn Fn() -> Option<HashSet<SocketAddr>> + Send + Sync>;
+/// The kernel's connection table, read now; `None` where it cannot be read (then every client
+/// counts as connected).
+pub type ConnectionProbe = Box<dyn Fn() -> Option<Arc<Connections>> + Send + Sync>;
 
-/// The peers the kernel's table listed as connected, and when it was read.
-type Seen = (HashSet<SocketAddr>, Instant);
+/// The kernel's connection table, and when it was read.
+type Seen = (Arc<Connections>, Instant);
 
 /// Who is polling: the camera process, when it says, and the connection's peer.
 #[derive(Debug, Clone, Default)]
 pub struct PollFrom {
     pub instance: Option<String>,
     pub peer: Option<SocketAddr>,
-}
-
-/// The events one caller asked for: a window on an answer shared by every caller of a command.
-#[derive(Debug, Clone)]
-pub struct LogSlice {
-    logs: Arc<[LogEntry]>,
-    range: Range<usize>,
-}
-
-impl LogSlice {
-    pub fn entries(&self) -> &[LogEntry] {
-        &self.logs[self.range.clone()]
-    }
 }
 
 /// Sizes of the internal state, for `/stats` and leak tests: all return to zero when idle.
@@ -102,6 +94,10 @@ pub struct RegistryStats {
     pub commands_in_flight: usize,
     /// Calls waiting for a camera this instance does not know yet.
     pub awaiting_arrival: usize,
+    /// Bytes the cameras' answers take while their callers' responses are written.
+    pub answer_bytes: usize,
+    /// Polls of new cameras refused because every place for a polling camera was taken.
+    pub polls_refused_for_capacity: u64,
 }
 
 type Reply = Result<LogSlice, ApiError>;
@@ -117,14 +113,19 @@ pub struct Registry {
     /// Numbers waiters, held polls and request ids.
     next_id: AtomicU64,
     /// `/logs` calls waiting right now; cheap to read from other threads.
-    callers_waiting: AtomicUsize,
+    callers_waiting: Arc<AtomicUsize>,
+    /// Cameras holding a place to poll (see [`Registry::poll_capacity`]).
+    polling: Arc<AtomicUsize>,
+    polls_refused: AtomicU64,
+    /// Bytes all answers hold, within `MAX_ANSWER_BYTES`.
+    answer_bytes: Arc<AtomicUsize>,
     /// Round trips and re-sends are counted where they happen, before the callers are woken.
     metrics: Arc<Metrics>,
     /// Dropped at shutdown, which wakes every poll and waiter selecting on `shutdown_rx`.
     shutdown_tx: Mutex<Option<Sender<()>>>,
     shutdown_rx: Receiver<()>,
     started: Instant,
-    awaiting_arrival: AtomicUsize,
+    awaiting_arrival: Arc<AtomicUsize>,
 }
 
 impl Registry {
@@ -136,12 +137,15 @@ impl Registry {
             cameras: Mutex::new(HashMap::new()),
             id_keys: RandomState::new(),
             next_id: AtomicU64::new(0),
-            callers_waiting: AtomicUsize::new(0),
+            callers_waiting: Arc::default(),
+            polling: Arc::default(),
+            polls_refused: AtomicU64::new(0),
+            answer_bytes: Arc::default(),
             metrics,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             shutdown_rx,
             started: Instant::now(),
-            awaiting_arrival: AtomicUsize::new(0),
+            awaiting_arrival: Arc::default(),
         }
     }
 
@@ -152,10 +156,17 @@ impl Registry {
             .clamp(Duration::from_millis(20), Duration::from_millis(250))
     }
 
-    fn request_id(&self) -> String {
+    fn request_id(&self) -> RequestId {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (high, low) = (self.id_keys.hash_one((n, 0u8)), self.id_keys.hash_one((n, 1u8)));
-        format!("{high:016x}{low:016x}")
+        RequestId(u128::from(high) << 64 | u128::from(low))
+    }
+
+    /// Cameras that may poll this instance at once: three quarters of the handlers, so that
+    /// held polls always leave a quarter (one at least) to users, answers and `/health`.
+    pub fn poll_capacity(&self) -> usize {
+        let handlers = self.config.max_handlers;
+        handlers.saturating_sub((handlers / 4).max(1)).max(1)
     }
 
     /// How many `/logs` calls are waiting for a camera right now (one atomic load).
@@ -185,7 +196,7 @@ impl Registry {
         // Under the lock that dispatches: an id sent as the hold ended is still taken.
         let command = camera.lock_and(|state| {
             state.polls.retain(|p| p.id != poll_id);
-            state.command_for(&handed.or_else(|| woken.try_recv().ok())?)
+            state.command_for(handed.or_else(|| woken.try_recv().ok())?)
         });
         Ok(command.unwrap_or(Command::Noop))
     }
@@ -201,12 +212,14 @@ impl Registry {
             self.claim(camera, state, instance, now, connected)?;
             state.polls.retain(|p| p.from.instance != poll.from.instance);
         }
+        if state.place.is_none() {
+            state.place = Some(self.take_place()?);
+        }
         state.poll_started(&camera.id);
         // A command waiting for a poll, or overdue, goes to this one: the newest.
         self.resend_if_overdue(camera, state, now);
-        if let Some(command) = state.in_flight.as_mut().filter(|c| c.sent_at.is_none()) {
-            command.mark_sent(&camera.id);
-            return Ok(Some(command.to_wire()));
+        if let Some(command) = state.command_waiting(&camera.id) {
+            return Ok(Some(command));
         }
         state.polls.push(poll);
         Ok(None)
@@ -237,10 +250,8 @@ impl Registry {
         let rival = state.instance.as_deref().filter(|c| *c != instance).map(str::to_owned);
         if let Some(current) = rival {
             let holder = Some(current.as_str());
-            let dead = connected.map_or(0, |(connected, taken)| {
-                state.release(|p| {
-                    p.from.instance.as_deref() == holder && p.client_left(connected, *taken)
-                })
+            let dead = connected.map_or(0, |seen| {
+                state.release(|p| p.from.instance.as_deref() == holder && p.client_left(seen))
             });
             let polling = state.open_polls > dead;
             let recent = !state.instance_left
@@ -285,7 +296,7 @@ impl Registry {
         let waiter_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let waiter = Waiter { id: waiter_id, range, reply };
         camera.lock_and(|state| self.enqueue(&camera, state, waiter))?;
-        let _counted = Counted::new(&self.callers_waiting);
+        let _counted = Counted::one(&self.callers_waiting);
         let timed_out =
             || ApiError::CameraTimeout { camera_id: camera_id.to_string(), after: timeout };
         select! {
@@ -310,11 +321,9 @@ impl Registry {
         }
         // Bounded like the calls for one camera: a crowd of made-up ids cannot take every handler.
         let limit = self.config.max_waiting_per_camera;
-        if self.awaiting_arrival.load(Ordering::Relaxed) >= limit {
-            return Err(ApiError::TooManyWaiting { camera_id: camera_id.to_string(), limit });
-        }
-        let _waiting = Counted::new(&self.awaiting_arrival);
-        let _counted = Counted::new(&self.callers_waiting);
+        let _waiting = Counted::within(&self.awaiting_arrival, 1, limit)
+            .ok_or_else(|| ApiError::TooManyWaiting { camera_id: camera_id.to_string(), limit })?;
+        let _counted = Counted::one(&self.callers_waiting);
         let until = window_end.min(deadline);
         loop {
             if let Some(camera) = self.camera(camera_id) {
@@ -334,26 +343,29 @@ impl Registry {
 
     /// Takes a camera's `send_logs` answer and hands each waiting call its own range of it.
     pub fn complete(
-        &self, camera_id: &str, instance: Option<&str>, body: SendLogsBody,
+        &self, camera_id: &str, instance: Option<&str>, body: Received,
     ) -> Result<(), ApiError> {
         let camera = self.camera(camera_id).ok_or_else(|| ApiError::UnknownCamera {
             camera_id: camera_id.to_string(),
             since_start: None,
         })?;
-        let mut logs = body.logs;
+        let Received { request_id, logs } = body;
         if let Some(bad) = logs.iter().position(|e| !e.timestamp.is_finite()) {
             let why = format!("logs[{bad}].timestamp is not a finite number");
             return Err(ApiError::BadRequest(why));
         }
-        sort_by_timestamp(&mut logs);
-        let logs: Arc<[LogEntry]> = logs.into();
+        let limit = self.config.max_answer_bytes;
+        let answer = Answer::new(logs, &self.answer_bytes, limit).map(Arc::new).ok_or_else(|| {
+            let held = self.answer_bytes.load(Ordering::Relaxed);
+            ApiError::AnswersFull { held, limit }
+        });
         camera.lock_and(|state| {
             // An answer from a process that no longer holds the id (one that names itself).
             if instance.zip(state.instance.as_deref()).is_some_and(|(from, holder)| from != holder)
             {
                 return Err(ApiError::Conflict { camera_id: camera.id.clone() });
             }
-            self.deliver(&camera, state, body.request_id, logs)
+            self.deliver(&camera, state, request_id.as_deref(), answer)
         })
     }
 
@@ -378,10 +390,20 @@ impl Registry {
         if cameras.len() >= self.config.max_cameras {
             return Err(ApiError::TooManyCameras { limit: self.config.max_cameras });
         }
+        // A camera that cannot poll is not known either.
+        let camera = Arc::new(Camera::new(camera_id, self.take_place()?));
         log_info!("camera '{camera_id}' connected");
-        let camera = Arc::new(Camera::new(camera_id));
         cameras.insert(camera_id.to_string(), Arc::clone(&camera));
         Ok(camera)
+    }
+
+    /// A place among the cameras polling this instance, or 503 at once when all are taken.
+    fn take_place(&self) -> Result<Counted, ApiError> {
+        let limit = self.poll_capacity();
+        Counted::within(&self.polling, 1, limit).ok_or_else(|| {
+            self.polls_refused.fetch_add(1, Ordering::Relaxed);
+            ApiError::PollCapacity { limit }
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! which poll a command goes to, driven directly without HTTP.
 
 use super::*;
+use crate::protocol::LogEntry;
 use std::sync::atomic::AtomicBool;
 use std::thread;
 
@@ -18,7 +19,7 @@ fn config() -> ServerConfig {
 
 /// A registry where every peer counts as connected, unless `gone` says otherwise.
 fn registry_with(config: ServerConfig, gone: Arc<AtomicBool>) -> Arc<Registry> {
-    let alive = Box::new(move || gone.load(Ordering::SeqCst).then(HashSet::new));
+    let alive = Box::new(move || gone.load(Ordering::SeqCst).then(Arc::default));
     Arc::new(Registry::new(&config, Arc::new(Metrics::new()), alive))
 }
 
@@ -30,8 +31,13 @@ fn entry(timestamp: f64) -> LogEntry {
     LogEntry { timestamp, description: format!("e{timestamp}") }
 }
 
-fn answer(id: &str, logs: Vec<LogEntry>) -> SendLogsBody {
-    SendLogsBody { request_id: Some(id.to_string()), logs }
+fn answer(id: &str, logs: Vec<LogEntry>) -> Received<'static> {
+    let owned =
+        |e: LogEntry| answer::Event { timestamp: e.timestamp, description: e.description.into() };
+    Received {
+        request_id: Some(id.to_string().into()),
+        logs: logs.into_iter().map(owned).collect(),
+    }
 }
 
 fn anonymous() -> PollFrom {
@@ -62,7 +68,7 @@ fn spawn_fetch(
 ) -> thread::JoinHandle<Result<Vec<LogEntry>, ApiError>> {
     let registry = Arc::clone(registry);
     thread::spawn(move || {
-        registry.fetch_logs("cam", range, Duration::from_secs(20)).map(|s| s.entries().to_vec())
+        registry.fetch_logs("cam", range, Duration::from_secs(20)).map(|s| s.entries())
     })
 }
 
@@ -221,7 +227,8 @@ fn waiting_calls_are_bounded() {
 #[test]
 fn request_ids_are_long_and_distinct() {
     let registry = registry();
-    let ids: std::collections::HashSet<String> = (0..1000).map(|_| registry.request_id()).collect();
+    let ids: std::collections::HashSet<String> =
+        (0..1000).map(|_| registry.request_id().to_string()).collect();
     assert_eq!(ids.len(), 1000);
     assert!(ids.iter().all(|id| id.len() == 32));
 }
@@ -321,10 +328,11 @@ fn polls_whose_client_left_are_released() {
     let poll = spawn_poll(&registry, "cam", process("a", 1000));
     wait_until("the poll held", || registry.stats().open_polls == 1);
     // A snapshot taken before the poll began says nothing about it.
-    let nobody = HashSet::new();
-    assert_eq!(registry.release_polls(&nobody, Instant::now() - Duration::from_secs(60)), 0);
+    let nobody: Arc<Connections> = Arc::default();
+    let before = Instant::now() - Duration::from_secs(60);
+    assert_eq!(registry.release_polls(&(Arc::clone(&nobody), before)), 0);
     let started = Instant::now();
-    assert_eq!(registry.release_polls(&nobody, Instant::now()), 1);
+    assert_eq!(registry.release_polls(&(nobody, Instant::now())), 1);
     assert_eq!(poll.join().unwrap().unwrap(), Command::Noop);
     assert!(started.elapsed() < Duration::from_secs(2));
     wait_until("no poll open", || registry.stats().open_polls == 0);

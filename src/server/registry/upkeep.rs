@@ -3,14 +3,12 @@
 //! whose client left), and the pages and counts `/cameras` and `/stats` show. Each takes one
 //! camera's lock at a time; the map's lock only to copy its list, or to forget candidates.
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::camera::{Camera, CameraState};
-use super::{Registry, RegistryStats, OFFLINE_LINES_PER_TICK};
+use super::{Registry, RegistryStats, Seen, OFFLINE_LINES_PER_TICK};
 use crate::log::{epoch_secs, log_info, log_warn};
 use crate::protocol::CameraInfo;
 
@@ -43,6 +41,8 @@ impl Registry {
             stats.commands_in_flight += usize::from(state.in_flight.is_some());
         }
         stats.awaiting_arrival = self.awaiting_arrival.load(Ordering::Relaxed);
+        stats.answer_bytes = self.answer_bytes.load(Ordering::Relaxed);
+        stats.polls_refused_for_capacity = self.polls_refused.load(Ordering::Relaxed);
         stats
     }
 
@@ -108,15 +108,15 @@ impl Registry {
     /// the registry was made with); `false` when the table cannot be read.
     pub fn release_gone_polls(&self) -> bool {
         let taken = Instant::now();
-        (self.alive)().map(|connected| self.release_polls(&connected, taken)).is_some()
+        (self.alive)().map(|table| self.release_polls(&(table, taken))).is_some()
     }
 
-    /// Ends the held polls whose client has left: those older than `connected` (the peers
-    /// connected when it was read, at `taken`) whose peer is not in it. Returns how many.
-    pub(super) fn release_polls(&self, connected: &HashSet<SocketAddr>, taken: Instant) -> usize {
+    /// Ends the held polls whose client has left: those older than the reading `seen` whose
+    /// peer it does not list as connected. Returns how many.
+    pub(super) fn release_polls(&self, seen: &Seen) -> usize {
         let mut released = 0;
         for camera in self.all_cameras() {
-            released += camera.lock_and(|state| state.release(|p| p.client_left(connected, taken)));
+            released += camera.lock_and(|state| state.release(|p| p.client_left(seen)));
         }
         if released > 0 {
             log_info!("released {released} held poll(s) whose client had left");
@@ -153,6 +153,8 @@ impl Registry {
         let went_offline = !state.reported_offline;
         if went_offline {
             state.reported_offline = true;
+            // Its place goes to the next camera that polls.
+            state.place = None;
             if name_it {
                 let since = state.seconds_since_poll(now);
                 log_warn!("camera '{}' went offline: no poll for {since:.1} s", camera.id);

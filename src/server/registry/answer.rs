@@ -1,0 +1,148 @@
+//! A camera's answer as its callers are sent it: read without an allocation per event, sorted
+//! once and serialized once into one JSON buffer, which every caller's response is cut from and
+//! streamed out of, so 50 callers of a 9 MB answer hold 9 MB, not 450. What all answers hold
+//! together is bounded (`MAX_ANSWER_BYTES`); the bytes are given back when the last caller's
+//! response is written. Knows nothing of HTTP beyond the bytes of a `/logs` body.
+
+use std::borrow::Cow;
+use std::io::{self, Read};
+use std::ops::Range;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::camera::Counted;
+
+/// A `send_logs` body ([`crate::protocol::SendLogsBody`]) as the server reads it: each string
+/// borrowed from the body's bytes (unless it holds an escape), so reading 100,000 events
+/// allocates once, not 100,000 times; and freed at once, not kept in a thread's heap.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Received<'a> {
+    #[serde(default, borrow)]
+    pub request_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub logs: Vec<Event<'a>>,
+}
+
+/// A [`crate::protocol::LogEntry`], borrowed; serialized exactly as one.
+#[derive(Deserialize, Serialize)]
+pub struct Event<'a> {
+    pub timestamp: f64,
+    #[serde(borrow)]
+    pub description: Cow<'a, str>,
+}
+
+/// Per event, besides its JSON: where it starts, and its timestamp.
+const INDEX_BYTES: usize = std::mem::size_of::<usize>() + std::mem::size_of::<f64>();
+
+/// One answer: its events, ascending by timestamp, as JSON objects separated by commas.
+pub struct Answer {
+    json: Vec<u8>,
+    /// Where each event starts in `json`.
+    starts: Vec<usize>,
+    timestamps: Vec<f64>,
+    /// Its share of `MAX_ANSWER_BYTES`, given back when the answer is dropped.
+    _held: Counted,
+}
+
+impl Answer {
+    /// Sorts `events` by timestamp (equal ones keep the camera's order) and serializes them
+    /// once; `None` when the bytes would take `held` past `limit`.
+    pub fn new(mut events: Vec<Event>, held: &Arc<AtomicUsize>, limit: usize) -> Option<Answer> {
+        events.sort_by(|a, b| a.timestamp.total_cmp(&b.timestamp));
+        let sorted = events;
+        // An event's JSON is its description and about 50 bytes: sized once, not grown by copies.
+        let estimate = sorted.iter().map(|e| e.description.len() + 64).sum();
+        let mut json = Vec::with_capacity(estimate);
+        let mut starts = Vec::with_capacity(sorted.len());
+        for entry in &sorted {
+            if !starts.is_empty() {
+                json.push(b',');
+            }
+            starts.push(json.len());
+            // Writing a struct of a number and a string into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut json, entry);
+        }
+        json.shrink_to_fit();
+        let timestamps = sorted.iter().map(|e| e.timestamp).collect();
+        let held = Counted::within(held, json.len() + INDEX_BYTES * starts.len(), limit)?;
+        Some(Answer { json, starts, timestamps, _held: held })
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn timestamps(&self) -> &[f64] {
+        &self.timestamps
+    }
+}
+
+/// The events one caller asked for: a window of events on an answer every caller of a command
+/// shares.
+#[derive(Clone)]
+pub struct LogSlice {
+    pub(super) answer: Arc<Answer>,
+    pub(super) events: Range<usize>,
+}
+
+impl LogSlice {
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// The body of `GET /logs` for `camera_id`, `{"cameraId": ..., "logs": [...]}`, read straight
+    /// from the shared answer, and its length in bytes.
+    pub fn body(self, camera_id: &str) -> (impl Read + Send + 'static, usize) {
+        let id = serde_json::to_string(camera_id).unwrap_or_default();
+        let head = format!("{{\"cameraId\":{id},\"logs\":[").into_bytes();
+        let Range { start, end } = self.events;
+        let (at, to) = if start < end {
+            let last = self.answer.starts.get(end).map_or(self.answer.json.len(), |next| next - 1);
+            (self.answer.starts[start], last)
+        } else {
+            (0, 0)
+        };
+        let length = head.len() + (to - at) + TAIL.len();
+        let events = Part { answer: self.answer, at, to };
+        (io::Cursor::new(head).chain(events).chain(TAIL), length)
+    }
+}
+
+const TAIL: &[u8] = b"]}";
+
+/// Reads `json[at..to]` of a shared answer, keeping it alive until the last byte is read.
+struct Part {
+    answer: Arc<Answer>,
+    at: usize,
+    to: usize,
+}
+
+impl Read for Part {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.to - self.at);
+        buf[..n].copy_from_slice(&self.answer.json[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+impl LogSlice {
+    /// The events, parsed back from the JSON callers are sent.
+    pub fn entries(&self) -> Vec<crate::protocol::LogEntry> {
+        let mut body = Vec::new();
+        let _ = self.clone().body("c").0.read_to_end(&mut body);
+        let parsed: crate::protocol::LogsResponse = serde_json::from_slice(&body).expect("JSON");
+        parsed.logs
+    }
+}
+
+#[cfg(test)]
+impl std::fmt::Debug for LogSlice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LogSlice({:?})", self.entries())
+    }
+}
