@@ -72,8 +72,8 @@ fn fifty_callers_of_a_ten_megabyte_answer_share_one_copy_of_it() {
     });
     for caller in &callers {
         let mut head = [0u8; 512];
-        let head = &head[..caller.peek(&mut head).unwrap_or(0)];
-        let head = String::from_utf8_lossy(head);
+        let n = caller.peek(&mut head).unwrap_or(0);
+        let head = String::from_utf8_lossy(&head[..n]);
         assert!(head.starts_with("HTTP/1.1 200"), "every caller is sent its answer: {head}");
     }
     let grown_mib = peak_rss_kib(api.proc.pid()).saturating_sub(before) / 1024;
