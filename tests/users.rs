@@ -17,8 +17,14 @@ fn env(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
 }
 
-/// A camera binary whose log holds one marker event (timestamp 1) naming it, and no others.
+/// A camera binary whose log holds one marker event (timestamp 1) naming it, and no others;
+/// it retries within a second.
 fn camera_with_marker(url: &str, id: &str, marker: &str, dir: &TempDir) -> Proc {
+    camera_backing_off(url, id, marker, dir, "1")
+}
+
+/// Like [`camera_with_marker`], with a backoff that grows up to `backoff_max` seconds.
+fn camera_backing_off(url: &str, id: &str, marker: &str, dir: &TempDir, backoff_max: &str) -> Proc {
     let file = dir.0.join(format!("{marker}.jsonl"));
     let line = serde_json::to_string(&entry(1.0, marker)).unwrap();
     std::fs::write(&file, format!("{line}\n")).unwrap();
@@ -27,7 +33,7 @@ fn camera_with_marker(url: &str, id: &str, marker: &str, dir: &TempDir) -> Proc 
         ("CAMERA_ID", id),
         ("LOG_FILE", &log_file),
         ("EVENT_INTERVAL_SECS", "0"),
-        ("BACKOFF_MAX_SECS", "1"),
+        ("BACKOFF_MAX_SECS", backoff_max),
     ]);
     start_camera_bin(url, &envs)
 }
@@ -77,9 +83,16 @@ fn a_second_process_with_the_same_id_is_refused_and_takes_over_once_the_first_is
     let dir = TempDir::new("two-processes");
     let mut first = camera_with_marker(&api.url, "twin", "process A", &dir);
     wait_for_marker(&api.url, "twin", "process A");
-    let second = camera_with_marker(&api.url, "twin", "process B", &dir);
+    // The second runs with the default backoff (up to 30 s): it retries at the pace the 409
+    // names instead, however long it has been refused (six times here).
+    let second = camera_backing_off(&api.url, "twin", "process B", &dir, "30");
     wait_until("the second process is refused with 409", PATIENCE, || {
         second.stderr_lines().iter().any(|l| l.contains("ERROR") && l.contains("HTTP 409"))
+    });
+    wait_until("six refusals", PATIENCE, || {
+        let metrics = get(&format!("{}/metrics", api.url)).text();
+        let refused = metrics.lines().find(|l| l.contains("reason=\"instance_conflict\""));
+        refused.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()) >= Some(6.0)
     });
     for call in 0..6 {
         assert_eq!(marker(&api.url, "twin").0.as_deref(), Some("process A"), "call {call}");
@@ -388,4 +401,26 @@ fn a_late_answer_without_request_id_never_completes_a_newer_call_with_the_wrong_
     post_answer(&server.url, "legacy", &answer(100)).expect_json(200);
     let logs = b.join().unwrap().0.expect_logs().logs;
     assert_eq!(logs, expected(&events, Some(ts(0)), Some(ts(100))), "B got exactly its range");
+}
+
+#[test]
+fn a_camera_that_cannot_reach_the_server_says_so_at_a_steady_pace_and_when_it_can_again() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let camera = start_camera_bin(&url, &env(&[("CAMERA_ID", "lost"), ("BACKOFF_MAX_SECS", "2")]));
+    let lines = |what: &str| camera.stderr_lines().into_iter().filter(|l| l.contains(what)).count();
+    // Before, one line in 75 s and nothing after.
+    wait_until("a reminder", Duration::from_secs(60), || lines("still cannot poll") >= 1);
+    let reminder = camera.stderr_lines().into_iter().find(|l| l.contains("still cannot poll"));
+    assert!(reminder.is_some_and(|l| l.contains("attempts over") && l.contains("so far")));
+
+    // The server comes up, holding polls for 50 s: the recovery is logged at the first answer
+    // (a /health), not when a held poll ends.
+    let Ok(_api) = try_start_api(port, &env(&[("POLL_HOLD_SECS", "50")])) else {
+        return eprintln!("skipped the rest: port {port} was taken meanwhile");
+    };
+    let up = Instant::now();
+    wait_until("the recovery line", PATIENCE, || lines("could poll the API server again") >= 1);
+    let took = up.elapsed();
+    assert!(took < Duration::from_secs(10), "recovery logged {took:?} after the server came up");
 }

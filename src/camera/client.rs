@@ -39,8 +39,8 @@ pub enum CallError {
     PollTimeout(Duration),
     /// No response (refused, reset, ...): ureq's own words.
     Unreachable(String),
-    /// An error status (with the start of its body).
-    Status { status: u16, body: String },
+    /// An error status (with the start of its body, and the pace its `Retry-After` asks for).
+    Status { status: u16, body: String, retry_after: Option<Duration> },
     /// A 200 whose body is not a command.
     Unreadable(String),
 }
@@ -48,6 +48,12 @@ pub enum CallError {
 impl CallError {
     pub fn is_tls(&self) -> bool {
         matches!(self, CallError::Untrusted { .. } | CallError::Handshake { .. })
+    }
+
+    /// No answer came at all: until one does, the camera asks `/health`, which answers at once,
+    /// rather than a poll, which answers only when its hold ends.
+    pub fn is_unreachable(&self) -> bool {
+        self.is_tls() || matches!(self, CallError::Unreachable(_))
     }
 }
 
@@ -63,7 +69,7 @@ impl std::fmt::Display for CallError {
                 write!(f, "no answer to a poll within POLL_TIMEOUT_SECS ({after} s): the server's POLL_HOLD_SECS must be shorter (it is 30 s unless set)")
             }
             CallError::Unreachable(error) => write!(f, "{error}"),
-            CallError::Status { status, body } => write!(f, "HTTP {status}: {body}"),
+            CallError::Status { status, body, .. } => write!(f, "HTTP {status}: {body}"),
             CallError::Unreadable(error) => write!(f, "unreadable command: {error}"),
         }
     }
@@ -74,6 +80,7 @@ impl std::fmt::Display for CallError {
 pub struct Client {
     poll_url: String,
     send_url: String,
+    health_url: String,
     /// `scheme://host:port` of the server, for failure messages (never any user:password).
     origin: String,
     authorization: Option<String>,
@@ -110,6 +117,7 @@ impl Client {
             .timeout_recv_response(Some(POST_ANSWER));
         Ok(Client {
             poll_url: Route::Poll.url(&base, &query).to_string(),
+            health_url: Route::Health.url(&base, &[]).to_string(),
             send_url: Route::SendLogs.url(&base, &query).to_string(),
             origin: base.origin().ascii_serialization(),
             authorization: config.camera_token.as_ref().map(|t| format!("Bearer {t}")),
@@ -133,16 +141,30 @@ impl Client {
     }
 
     pub fn poll(&self) -> Result<Command, CallError> {
-        let request = self.headers(self.poll_agent.get(&self.poll_url));
+        self.get(&self.poll_url)?
+            .body_mut()
+            .read_json()
+            .map_err(|e| CallError::Unreadable(e.to_string()))
+    }
+
+    /// `GET /health`: whether the server answers at all (a noop when it does).
+    pub fn reach(&self) -> Result<Command, CallError> {
+        let mut response = self.get(&self.health_url)?;
+        let _ = response.body_mut().with_config().limit(4096).read_to_vec();
+        Ok(Command::Noop)
+    }
+
+    /// A 200 to a GET on the poll agent, or why not.
+    fn get(&self, url: &str) -> Result<ureq::http::Response<ureq::Body>, CallError> {
+        let request = self.headers(self.poll_agent.get(url));
         let mut response = request.call().map_err(|e| match e {
             ureq::Error::Timeout(_) => CallError::PollTimeout(self.poll_timeout),
             e => describe_call_error(&self.origin, &e.to_string()),
         })?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            return Err(describe_status(status, &mut response));
+        match response.status().as_u16() {
+            200 => Ok(response),
+            status => Err(describe_status(status, &mut response)),
         }
-        response.body_mut().read_json::<Command>().map_err(|e| CallError::Unreadable(e.to_string()))
     }
 
     fn headers<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
@@ -223,8 +245,10 @@ pub fn describe_call_error(origin: &str, error: &str) -> CallError {
 }
 
 fn describe_status(status: u16, response: &mut ureq::http::Response<ureq::Body>) -> CallError {
+    let retry_after = response.headers().get("Retry-After").and_then(|v| v.to_str().ok());
+    let retry_after = retry_after.and_then(|v| v.trim().parse().ok()).map(Duration::from_secs);
     let body = response.body_mut().with_config().limit(4096).read_to_string().unwrap_or_default();
-    CallError::Status { status, body: body.trim().to_string() }
+    CallError::Status { status, body: body.trim().to_string(), retry_after }
 }
 
 #[cfg(test)]

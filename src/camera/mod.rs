@@ -164,9 +164,14 @@ impl Side {
     fn poll_loop(&self, handoff: &(Sender<Command>, Receiver<Command>)) {
         let mut backoff = Backoff::new(self.backoff_max, "poll the API server");
         while !matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected)) {
-            match self.client.poll() {
+            let attempt = Instant::now();
+            // A server that did not answer at all is asked /health until it does, so the
+            // recovery is known (and logged) at once, not when a held poll ends.
+            let answer =
+                if backoff.unreachable() { self.client.reach() } else { self.client.poll() };
+            match answer {
                 Ok(command) => {
-                    backoff.succeeded();
+                    backoff.succeeded(attempt);
                     if let Command::SendLogs { request_id, .. } = &command {
                         if !self.take(request_id) {
                             log_info!("command {request_id} came again while its answer is in hand; not answered twice");

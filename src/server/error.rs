@@ -79,7 +79,11 @@ impl ApiError {
     pub fn header(&self) -> Option<(&'static str, &'static str)> {
         match self {
             ApiError::MethodNotAllowed { allowed } => Some(("Allow", allowed)),
-            ApiError::TooManyWaiting { .. } | ApiError::ShuttingDown => Some(("Retry-After", "1")),
+            // A second camera process retries at this pace, so it takes over within a second or
+            // two of the first one's end, whatever its backoff has grown to.
+            ApiError::TooManyWaiting { .. }
+            | ApiError::ShuttingDown
+            | ApiError::Conflict { .. } => Some(("Retry-After", "1")),
             ApiError::CameraOffline { .. } | ApiError::AnswersFull { .. } => {
                 Some(("Retry-After", "5"))
             }

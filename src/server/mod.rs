@@ -20,7 +20,7 @@ mod query;
 mod registry;
 mod routes;
 
-use crate::log::{announce, log_info};
+use crate::log::{announce, log_info, log_warn};
 use crate::settings::ServerConfig;
 use listener::{loopback, ConnectionTable, Listener};
 use metrics::Metrics;
@@ -37,6 +37,9 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// many times what the last read cost before the next: at most 10 % of a core, which keeps a
 /// read of a busy machine's 20,000 lines (40 ms, twice that on a loaded one) within the second.
 const WATCH_COST_SHARE: u32 = 10;
+/// Threads besides the handlers' and their connections': tiny_http's accept loop and idle
+/// connection threads, the upkeep thread, the log writer, the main thread.
+const OTHER_THREADS: usize = 64;
 
 /// Counters of the pool and the listener, kept where they change, for `/stats` and `/metrics`.
 #[derive(Debug, Default, serde::Serialize)]
@@ -66,8 +69,18 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Binds `HOST:PORT` and starts serving on background threads.
-    pub fn start(config: ServerConfig) -> std::io::Result<ApiServer> {
+    pub fn start(mut config: ServerConfig) -> std::io::Result<ApiServer> {
         listener::watch_accept_loops();
+        // A request in service holds a handler thread and a tiny_http connection thread: a
+        // MAX_HANDLERS the process cannot start threads for would fail at the busiest moment.
+        if let Some(limit) = thread_limit() {
+            let fits = (limit.saturating_sub(OTHER_THREADS) / 2).max(1);
+            if config.max_handlers > fits {
+                let asked = config.max_handlers;
+                log_warn!("MAX_HANDLERS={asked} needs about {} threads, more than this process may start ({limit}: ulimit -u, or the container's pids.max); serving with MAX_HANDLERS={fits}", 2 * asked + OTHER_THREADS);
+                config.max_handlers = fits;
+            }
+        }
         let stats = Arc::new(ServerStats::default());
         let listener =
             Listener::bind(&config.host, config.port, config.header_timeout, Arc::clone(&stats))?;
@@ -81,6 +94,7 @@ impl ApiServer {
         let registry = Arc::new(Registry::new(&config, Arc::clone(&metrics), alive));
         let (stop, stopped) = bounded::<()>(0);
         let (done_tx, done) = bounded::<()>(0);
+        let config_handlers = config.max_handlers;
         let app = App { registry: Arc::clone(&registry), metrics, stats, connections, config };
         let app = Arc::new(app);
         pool::start(listener, Arc::clone(&app), (stopped.clone(), done_tx.clone()))?;
@@ -90,6 +104,8 @@ impl ApiServer {
             .spawn(move || upkeep(&upkeep_registry, &stopped, done_tx))?;
         announce(format_args!("API server listening on http://{addr}"));
         announce(format_args!("{}", exposure(addr)));
+        let (polls, handlers) = (registry.poll_capacity(), config_handlers);
+        announce(format_args!("capacity: {polls} cameras may poll at once (three quarters of MAX_HANDLERS={handlers}); more get 503 and retry"));
         // At every level but off: who may call is part of how the server is exposed.
         for line in routes::describe_authentication(&app.config) {
             announce(format_args!("authentication: {line}"));
@@ -152,6 +168,16 @@ fn upkeep(registry: &Registry, stopped: &Receiver<()>, done: Sender<()>) {
             next_watch = now + WATCH_EVERY.max(now.elapsed() * WATCH_COST_SHARE);
         }
     }
+}
+
+/// Threads this process may start, as Linux bounds them: the soft `Max processes` limit
+/// (`ulimit -u`, per user) and the cgroup's `pids.max` (a container's); `None` when unbounded.
+fn thread_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let nproc = limits.lines().find(|line| line.starts_with("Max processes"));
+    let nproc = nproc.and_then(|line| line.split_whitespace().nth(2)?.parse().ok());
+    let pids = std::fs::read_to_string("/sys/fs/cgroup/pids.max").unwrap_or_default();
+    nproc.into_iter().chain(pids.trim().parse().ok()).min()
 }
 
 /// How the server is exposed, for the start-up log.

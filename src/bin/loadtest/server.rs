@@ -157,8 +157,8 @@ fn handlers_needed(options: &Options) -> Option<usize> {
         return None;
     }
     // A camera holds one poll, and briefly a second request while it answers; each client
-    // waits in one call at a time.
-    let needed = options.cameras + options.cameras / 4 + options.clients + 64;
+    // waits in one call at a time. Polls may take three quarters of the handlers.
+    let needed = (options.cameras + options.cameras / 4 + options.clients + 64) * 4 / 3;
     (needed > camera_logs::ServerConfig::default().max_handlers).then_some(needed)
 }
 
