@@ -191,7 +191,7 @@ fn stats_and_metrics_read_the_kernels_connection_table_at_most_once_a_second() {
 fn a_thread_limit_below_what_max_handlers_needs_lowers_it_and_says_so() {
     // ulimit -u as a lower limit than 20,000 handlers (and their connections) need.
     let script = format!("ulimit -u 1000 && exec {}", env!("CARGO_BIN_EXE_api"));
-    let proc = Proc::spawn_args("api", "/bin/sh", &["-c", &script], &[("PORT", "0".to_string())]);
+    let proc = Proc::spawn_args("api", "/bin/bash", &["-c", &script], &[("PORT", "0".to_string())]);
     wait_until("the start-up lines", PATIENCE, || proc.stderr_text().contains("capacity:"));
     let lines = proc.stderr_text();
     assert!(
