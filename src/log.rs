@@ -13,9 +13,9 @@ use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Sender};
 
 /// How much is logged: each level includes the ones above it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -65,63 +65,51 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
 
 /// Lines waiting for the writer, at most (about 1 MiB of text).
 const QUEUE: usize = 4096;
-/// How long [`flush`] waits for the writer at most: a stuck sink must not hold an exit.
-const FLUSH_WAIT: Duration = Duration::from_secs(2);
-
-enum Entry {
-    Line(String),
-    /// Answered once every line queued before it is written.
-    Flush(Sender<()>),
-}
-
 /// Lines dropped because the queue was full, not yet reported.
 static DROPPED: AtomicUsize = AtomicUsize::new(0);
+/// Lines queued or being written: [`flush`] waits for none.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
 
-/// The queue to the writer thread, started with the first line.
-fn sink() -> &'static Sender<Entry> {
-    static SINK: OnceLock<Sender<Entry>> = OnceLock::new();
+/// The queue to the writer thread, started with the first line. Without its thread every line
+/// is dropped (and counted): the process serves on either way.
+fn sink() -> &'static Sender<String> {
+    static SINK: OnceLock<Sender<String>> = OnceLock::new();
     SINK.get_or_init(|| {
-        let (lines, queued) = bounded(QUEUE);
-        // Without its thread the queue fills and every line is dropped (and counted): the
-        // process keeps serving either way.
-        let _ = std::thread::Builder::new().name("log-writer".into()).spawn(|| writer(queued));
+        let (lines, queued) = bounded::<String>(QUEUE);
+        let writer = move || {
+            for line in queued {
+                // One write call per line keeps lines whole.
+                let _ = std::io::stderr().write_all(line.as_bytes());
+                PENDING.fetch_sub(1, Ordering::Relaxed);
+                if let n @ 1.. = DROPPED.swap(0, Ordering::Relaxed) {
+                    let args = format_args!("{n} log line(s) dropped: stderr did not take them");
+                    let _ = std::io::stderr().write_all(line_of("WARN", args).as_bytes());
+                }
+            }
+        };
+        let _ = std::thread::Builder::new().name("log-writer".into()).spawn(writer);
         lines
     })
 }
 
-fn writer(queued: Receiver<Entry>) {
-    let mut stderr = std::io::stderr();
-    for entry in queued {
-        match entry {
-            // One write call per line keeps lines whole.
-            Entry::Line(line) => {
-                let _ = stderr.write_all(line.as_bytes());
-            }
-            Entry::Flush(done) => {
-                let _ = done.try_send(());
-            }
-        }
-        let dropped = DROPPED.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            let args = format_args!("{dropped} log line(s) dropped: stderr did not take them");
-            let line = format!("{} WARN  {args}\n", utc_timestamp(SystemTime::now()));
-            let _ = stderr.write_all(line.as_bytes());
-        }
-    }
+fn line_of(level: &str, args: fmt::Arguments<'_>) -> String {
+    format!("{} {level:<5} {args}\n", utc_timestamp(SystemTime::now()))
 }
 
 fn write_line(level: &str, args: fmt::Arguments<'_>) {
-    let line = format!("{} {level:<5} {args}\n", utc_timestamp(SystemTime::now()));
-    if sink().try_send(Entry::Line(line)).is_err() {
+    PENDING.fetch_add(1, Ordering::Relaxed);
+    if sink().try_send(line_of(level, args)).is_err() {
+        PENDING.fetch_sub(1, Ordering::Relaxed);
         DROPPED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Waits (a little) until every line logged so far is written: before the process exits.
+/// Waits (2 s at most: a stuck sink must not hold an exit) until the lines logged so far are
+/// written, before the process exits.
 pub fn flush() {
-    let (done, flushed) = bounded(1);
-    if sink().send_timeout(Entry::Flush(done), FLUSH_WAIT).is_ok() {
-        let _ = flushed.recv_timeout(FLUSH_WAIT);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while PENDING.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -19,7 +19,6 @@
 //! with jitter and log once per failure streak, never spinning. This module knows the server
 //! only through the wire protocol.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -42,9 +41,6 @@ use client::{Client, Delivery};
 
 /// Attempts to deliver one answer before leaving it to the server's re-send.
 const POST_ATTEMPTS: u32 = 4;
-/// Commands remembered as in hand (queued, being answered, or answered lately), so that one
-/// sent again is not answered twice.
-const IN_HAND: usize = 16;
 
 /// A running camera. [`CameraHandle::stop`] ends it.
 pub struct CameraHandle {
@@ -89,7 +85,7 @@ impl CameraHandle {
             client,
             log,
             answers: AtomicU64::new(0),
-            in_hand: Mutex::default(),
+            latest: Mutex::default(),
             stop: stop_rx,
             backoff_max: config.backoff_max,
         });
@@ -153,8 +149,8 @@ struct Side {
     client: Client,
     log: Arc<EventLog>,
     answers: AtomicU64,
-    /// Request ids queued, being answered or answered lately, oldest first.
-    in_hand: Mutex<VecDeque<String>>,
+    /// The request id of the command taken last: queued, being answered, or answered.
+    latest: Mutex<Option<String>>,
     /// Disconnected when the camera stops.
     stop: Receiver<()>,
     backoff_max: Duration,
@@ -172,13 +168,7 @@ impl Side {
             match answer {
                 Ok(command) => {
                     backoff.succeeded(attempt);
-                    if let Command::SendLogs { request_id, .. } = &command {
-                        if !self.take(request_id) {
-                            log_info!("command {request_id} came again while its answer is in hand; not answered twice");
-                        } else if !self.hand_off(command, handoff) {
-                            return;
-                        }
-                    }
+                    self.hand_off(command, handoff);
                 }
                 Err(why) if !backoff.failed(&why, &self.stop) => return,
                 Err(_) => {}
@@ -186,40 +176,19 @@ impl Side {
         }
     }
 
-    /// Notes `request_id` as in hand; `false` if it already was.
-    fn take(&self, request_id: &str) -> bool {
-        let mut in_hand = self.in_hand.lock();
-        if in_hand.iter().any(|id| id == request_id) {
-            return false;
+    /// Hands a command to the posting thread without waiting for it, unless it is the one the
+    /// camera took last (sent again while its answer is in hand). One still queued is replaced:
+    /// the server sends a new command only once it wants the old one no more.
+    fn hand_off(&self, mut command: Command, (tx, rx): &(Sender<Command>, Receiver<Command>)) {
+        let Command::SendLogs { request_id, .. } = &command else { return };
+        if self.latest.lock().replace(request_id.clone()).as_ref() == Some(request_id) {
+            return log_info!(
+                "command {request_id} came again while its answer is in hand; not answered twice"
+            );
         }
-        if in_hand.len() == IN_HAND {
-            in_hand.pop_front();
-        }
-        in_hand.push_back(request_id.to_string());
-        true
-    }
-
-    fn release(&self, request_id: &str) {
-        self.in_hand.lock().retain(|id| id != request_id);
-    }
-
-    /// Hands a command to the posting thread without waiting for it: one still queued there is
-    /// one the server no longer wants (it sends the next only then), so it is replaced.
-    /// `false` once the posting thread is gone.
-    fn hand_off(
-        &self, mut command: Command, (tx, rx): &(Sender<Command>, Receiver<Command>),
-    ) -> bool {
-        loop {
-            match tx.try_send(command) {
-                Ok(()) => return true,
-                Err(TrySendError::Full(back)) => {
-                    if let Ok(Command::SendLogs { request_id, .. }) = rx.try_recv() {
-                        self.release(&request_id);
-                    }
-                    command = back;
-                }
-                Err(TrySendError::Disconnected(_)) => return false,
-            }
+        while let Err(TrySendError::Full(back)) = tx.try_send(command) {
+            let _ = rx.try_recv();
+            command = back;
         }
     }
 
@@ -254,7 +223,7 @@ impl Side {
         let delivered = self.deliver(&body, request_id);
         if !delivered {
             // Not in hand any more: the server's re-send is answered again.
-            self.release(request_id);
+            self.latest.lock().take_if(|id| id == request_id);
             log_error!("gave up sending logs for command {request_id}; the server will ask again if it still needs them");
         }
     }

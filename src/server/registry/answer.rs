@@ -106,26 +106,22 @@ impl LogSlice {
             (0, 0)
         };
         let length = head.len() + (to - at) + TAIL.len();
-        let events = Part { answer: self.answer, at, to };
+        let events = io::Cursor::new(Window { answer: self.answer, bytes: at..to });
         (io::Cursor::new(head).chain(events).chain(TAIL), length)
     }
 }
 
 const TAIL: &[u8] = b"]}";
 
-/// Reads `json[at..to]` of a shared answer, keeping it alive until the last byte is read.
-struct Part {
+/// Bytes of a shared answer, which they keep alive until the last one is read.
+struct Window {
     answer: Arc<Answer>,
-    at: usize,
-    to: usize,
+    bytes: Range<usize>,
 }
 
-impl Read for Part {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(self.to - self.at);
-        buf[..n].copy_from_slice(&self.answer.json[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
+impl AsRef<[u8]> for Window {
+    fn as_ref(&self) -> &[u8] {
+        &self.answer.json[self.bytes.clone()]
     }
 }
 

@@ -38,7 +38,7 @@ impl fmt::Display for RequestId {
 
 /// The `N` most recent ids, oldest first, each once.
 #[derive(Default)]
-pub(super) struct Remembered<const N: usize>(VecDeque<RequestId>);
+pub(super) struct Remembered<const N: usize>(pub(super) VecDeque<RequestId>);
 
 impl<const N: usize> Remembered<N> {
     pub(super) fn push(&mut self, id: RequestId) {
@@ -48,14 +48,6 @@ impl<const N: usize> Remembered<N> {
             }
             self.0.push_back(id);
         }
-    }
-
-    pub(super) fn contains(&self, id: RequestId) -> bool {
-        self.0.contains(&id)
-    }
-
-    pub(super) fn oldest(&self) -> Option<RequestId> {
-        self.0.front().copied()
     }
 
     pub(super) fn remove(&mut self, id: RequestId) {

@@ -70,7 +70,7 @@ impl Registry {
         &self, camera: &Camera, state: &mut CameraState, claimed: Option<&str>,
         answer: Result<Arc<Answer>, ApiError>,
     ) -> Result<(), ApiError> {
-        let id = claimed.map_or_else(|| state.sent.oldest(), RequestId::parse);
+        let id = claimed.map_or_else(|| state.sent.0.front().copied(), RequestId::parse);
         if let Some(id) = id {
             state.sent.remove(id);
         }
@@ -79,7 +79,7 @@ impl Registry {
             Some(command) => command,
             None => {
                 return match (id, claimed) {
-                    (Some(id), _) if state.answered.contains(id) => {
+                    (Some(id), _) if state.answered.0.contains(&id) => {
                         log_info!("camera '{camera_id}' answered command {id} again; ignored");
                         Ok(())
                     }
