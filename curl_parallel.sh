@@ -6,7 +6,7 @@
 # bearer token when it is set.
 # Exits non-zero if any request fails (transport error or a status other than 2xx).
 #
-#   ./curl_parallel.sh 10 http://localhost:8080/logs
+#   ./curl_parallel.sh 10 localhost:8080/logs
 #   API_TOKEN=secret ./curl_parallel.sh 10 'http://localhost:8080/logs?cameraId=front&startTimestamp=1732300000'
 set -u
 
@@ -17,6 +17,8 @@ usage() {
 [ $# -eq 2 ] || usage
 n=$1
 url=$2
+# A URL without a scheme is http://, as curl takes it; the /metrics base below needs it spelt out.
+[[ $url =~ ^[A-Za-z][A-Za-z0-9+.-]*:// ]] || url="http://$url"
 case "$n" in '' | *[!0-9]*) usage ;; esac
 [ "$n" -ge 1 ] && [ "$n" -le 1000 ] || usage
 command -v curl >/dev/null || { echo "$0: curl is not installed" >&2; exit 2; }

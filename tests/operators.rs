@@ -1,8 +1,9 @@
 //! What an operator sees of the built binaries and the scripts: start-up lines that say whether
 //! each token is on, an empty token refused (exit 2, naming it), a taken port and an
 //! unresolvable HOST named, curl_parallel.sh firing its burst and counting the round trips it
-//! cost, or saying it cannot when the /metrics it reads is another server's, and views that
-//! can be scraped as often as anyone likes.
+//! cost (also for a URL written without `http://`, as curl takes it), or saying it cannot when
+//! the /metrics it reads is another server's, and views that can be scraped as often as anyone
+//! likes.
 
 use std::net::TcpListener;
 use std::process::Command;
@@ -200,4 +201,42 @@ fn a_thread_limit_below_what_max_handlers_needs_lowers_it_and_says_so() {
     );
     assert!(lines.contains("serving with MAX_HANDLERS=468"), "{lines}");
     assert!(lines.contains("capacity: 351 cameras may poll at once"), "{lines}");
+}
+
+/// A URL typed as the README's curl lines are, without `http://`: curl takes it as http, and so
+/// does the script, for the burst and for the /metrics it counts round trips from.
+#[test]
+fn curl_parallel_takes_a_url_without_a_scheme_as_curl_does() {
+    if !curl_or_skip() {
+        return;
+    }
+    // Answers /logs, and /metrics with one round trip per /logs call answered so far.
+    let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
+    let port = server.server_addr().to_ip().expect("an IP listener").port();
+    let serving = std::sync::Arc::clone(&server);
+    let thread = std::thread::spawn(move || {
+        let mut answered = 0;
+        for request in serving.incoming_requests() {
+            let body = if request.url().starts_with("/metrics") {
+                format!("camera_logs_camera_round_trips_total {answered}\n")
+            } else {
+                answered += 1;
+                r#"{"logs":[]}"#.to_string()
+            };
+            let _ = request.respond(tiny_http::Response::from_string(body));
+        }
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/curl_parallel.sh");
+    let output = Command::new("bash")
+        .args([script, "3", &format!("127.0.0.1:{port}/logs?cameraId=cam-3")])
+        .env_remove("API_TOKEN")
+        .output()
+        .expect("run curl_parallel.sh");
+    server.unblock();
+    thread.join().expect("the fake server's thread");
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("3 of 3 succeeded"), "{stdout}");
+    assert!(stdout.contains("camera round trips for the burst: 3 "), "{stdout}");
 }

@@ -3,8 +3,9 @@
 //! first says the token is missing, then lists the cameras once it is typed in; for each range
 //! (last 5 minutes, last hour, all, custom local dates) the rows it renders must be exactly
 //! `/logs`' answer for that range, newest first, in local time and epoch seconds; a backwards
-//! range and an offline camera are explained in sentences. A screenshot is saved under
-//! target/tmp.
+//! range and an offline camera are explained in sentences. Opening the page asks the server for
+//! nothing it lacks (no `/favicon.ico`: no warning in its log) and leaves no error in the browser's
+//! console. A screenshot is saved under target/tmp.
 //!
 //! Skips, with one line saying why, where chromium or chromedriver is not installed
 //! (`apt-get install chromium chromium-driver`). Chromedriver is stopped by its pid.
@@ -27,6 +28,19 @@ fn find(candidates: &[&str], env: &str) -> Option<PathBuf> {
         Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
         None => candidates.iter().map(PathBuf::from).find(|p| p.is_file()),
     }
+}
+
+/// chromedriver and chromium, or `None` after a line saying the test is skipped.
+fn chromedriver_and_chromium() -> Option<(PathBuf, PathBuf)> {
+    let found = (
+        find(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"], "CHROMEDRIVER"),
+        find(&["/usr/bin/chromium", "/usr/lib/chromium/chromium"], "CHROMIUM"),
+    );
+    if let (Some(chromedriver), Some(chromium)) = found {
+        return Some((chromedriver, chromium));
+    }
+    println!("skipped: chromium or chromedriver is not installed (apt-get install chromium chromium-driver)");
+    None
 }
 
 /// A chromedriver process with one chromium session; both end when it is dropped.
@@ -89,6 +103,7 @@ impl Browser {
             json!({"capabilities": {"alwaysMatch": {
                 "browserName": "chrome",
                 "goog:chromeOptions": {"binary": chromium, "args": args},
+                "goog:loggingPrefs": {"browser": "ALL"},
             }}}),
         );
         browser.session = created["sessionId"]
@@ -157,6 +172,13 @@ impl Browser {
         .as_str()
         .unwrap_or("")
         .to_string()
+    }
+
+    /// The console's messages of level SEVERE (errors, refused loads) since the last call.
+    fn console_errors(&self) -> Vec<Value> {
+        let entries = self.post(&self.session_path("/se/log"), json!({"type": "browser"}));
+        let entries = entries.as_array().cloned().unwrap_or_default();
+        entries.into_iter().filter(|e| e["level"] == "SEVERE").collect()
     }
 
     /// Every row of a table body as its cells' text.
@@ -290,17 +312,7 @@ fn show(browser: &Browser, range: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
-    let Some(chromedriver) =
-        find(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"], "CHROMEDRIVER")
-    else {
-        println!(
-            "skipped: chromedriver is not installed (apt-get install chromium chromium-driver)"
-        );
-        return;
-    };
-    let Some(chromium) = find(&["/usr/bin/chromium", "/usr/lib/chromium/chromium"], "CHROMIUM")
-    else {
-        println!("skipped: chromium is not installed (apt-get install chromium chromium-driver)");
+    let Some((chromedriver, chromium)) = chromedriver_and_chromium() else {
         return;
     };
 
@@ -448,11 +460,7 @@ fn the_page_lists_cameras_and_shows_exactly_the_events_of_each_range() {
 
 #[test]
 fn the_page_shows_the_fleet_with_the_instance_holding_each_camera() {
-    let (Some(chromedriver), Some(chromium)) = (
-        find(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"], "CHROMEDRIVER"),
-        find(&["/usr/bin/chromium", "/usr/lib/chromium/chromium"], "CHROMIUM"),
-    ) else {
-        println!("skipped: chromium or chromedriver is not installed (apt-get install chromium chromium-driver)");
+    let Some((chromedriver, chromium)) = chromedriver_and_chromium() else {
         return;
     };
     let (p1, p2) = (crate::common::edge::free_port(), crate::common::edge::free_port());
@@ -495,4 +503,36 @@ fn the_page_shows_the_fleet_with_the_instance_holding_each_camera() {
         }
     });
     assert_eq!(browser.rows("#cameras").len(), 1);
+}
+
+/// A browser opening the page asks for its icon unless the page brings one: the page's is a
+/// `data:` URL its Content-Security-Policy allows, so the server logs no `GET /favicon.ico -> 404`
+/// warning (nor any other) and the console shows no refused load.
+#[test]
+fn opening_the_page_costs_no_warning_and_no_console_error() {
+    let Some((chromedriver, chromium)) = chromedriver_and_chromium() else {
+        return;
+    };
+    let api = start_api(&[]);
+    let _front = Camera::start(&api.url, "front", &[entry(now() - 10.0, "front event")]);
+    let browser = Browser::start(&chromedriver, &chromium);
+    browser.open(&format!("{}/", api.url));
+    // The browser asks for an icon once the page has loaded; the page's next refresh of the list
+    // (3 s after the first) comes after that.
+    let first = wait_for("the page to list the camera", PATIENCE, || {
+        let refreshed = browser.text("#refreshed");
+        if refreshed.starts_with("1 camera(s)") {
+            Ok(refreshed)
+        } else {
+            Err(refreshed)
+        }
+    });
+    wait_until("the page's next refresh", PATIENCE, || browser.text("#refreshed") != first);
+
+    let lines = api.proc.stderr_lines();
+    let warnings: Vec<&String> =
+        lines.iter().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    assert!(warnings.is_empty(), "opening the page logged {warnings:#?}");
+    let errors = browser.console_errors();
+    assert!(errors.is_empty(), "the console shows {errors:#?}");
 }

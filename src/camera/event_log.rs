@@ -166,12 +166,27 @@ mod tests {
         LogEntry { timestamp, description: format!("event {timestamp}") }
     }
 
-    fn temp_path(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("camera-logs-test-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir.join("events.jsonl")
+    /// A test's own directory, removed when dropped: also when the test fails.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir()
+                .join(format!("camera-logs-test-{}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn log_file(&self) -> PathBuf {
+            self.0.join("events.jsonl")
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
     }
 
     #[test]
@@ -186,7 +201,8 @@ mod tests {
 
     #[test]
     fn file_survives_reopen_and_a_torn_line_is_skipped() {
-        let path = temp_path("torn");
+        let dir = TempDir::new("torn");
+        let path = dir.log_file();
         {
             let (log, report) = EventLog::open(&path, 100).unwrap();
             assert_eq!(report, LoadReport::default());
@@ -208,7 +224,8 @@ mod tests {
 
     #[test]
     fn file_is_compacted_past_twice_the_bound() {
-        let path = temp_path("compact");
+        let dir = TempDir::new("compact");
+        let path = dir.log_file();
         let (log, _) = EventLog::open(&path, 10).unwrap();
         for t in 0..21 {
             log.push(entry(t as f64)).unwrap();

@@ -106,8 +106,9 @@ pub fn handle(app: &App, mut request: Request) {
 const OK: &[u8] = br#"{"status":"ok"}"#;
 /// The operator's page: one static file, embedded so the binary is all there is to deploy.
 const PAGE: &str = include_str!("page.html");
-/// The browser enforces what the page promises: nothing loaded from anywhere else.
-const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// The browser enforces what the page promises: nothing loaded from anywhere else (`data:` is
+/// the page's own icon).
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 /// The contract, served as written: docs/openapi.yaml is the one copy.
 const CONTRACT: &str = include_str!("../../docs/openapi.yaml");
 

@@ -92,7 +92,7 @@ fn malformed_values_name_the_variable() {
 fn an_event_interval_of_zero_turns_events_off_and_token_files_are_exclusive() {
     assert_eq!(camera(&[("EVENT_INTERVAL_SECS", "0")]).unwrap().event_interval, None);
     let tokens = temp_file("tokens", "# cameras\nfront s3cret\nback other\n");
-    let path = tokens.to_string_lossy().into_owned();
+    let path = tokens.0.to_string_lossy().into_owned();
     let c = server(&[("CAMERA_TOKENS_FILE", &path)]).unwrap();
     assert_eq!(c.camera_tokens.unwrap().get("front").map(String::as_str), Some("s3cret"));
     let err = server(&[("CAMERA_TOKENS_FILE", &path), ("CAMERA_TOKEN", "x")]).unwrap_err();
@@ -100,7 +100,6 @@ fn an_event_interval_of_zero_turns_events_off_and_token_files_are_exclusive() {
     for bad in ["", "front\n", "front a b\n", "bad/id tok\n", "front a\nfront b\n"] {
         assert!(parse_tokens(bad).is_err(), "{bad:?}");
     }
-    let _ = std::fs::remove_file(tokens);
 }
 
 #[test]
@@ -164,12 +163,22 @@ RG9HjNGlT/IrtPD/9RU=
 -----END CERTIFICATE-----
 ";
 
-/// Writes `contents` to a file of its own under the temporary directory.
-fn temp_file(name: &str, contents: &str) -> PathBuf {
+/// A file of its own under the temporary directory, removed when dropped: also when the test
+/// fails.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes `contents` to a [`TempFile`].
+fn temp_file(name: &str, contents: &str) -> TempFile {
     let path =
         std::env::temp_dir().join(format!("camera-logs-config-{}-{name}", std::process::id()));
     std::fs::write(&path, contents).unwrap();
-    path
+    TempFile(path)
 }
 
 #[test]
@@ -187,12 +196,11 @@ fn ca_cert_file_reads_every_certificate() {
         temp_file("two.pem", &format!("# the edge's CA\n{TEST_CA_PEM}{TEST_CA_PEM}{FAKE_KEY}"));
     let c = camera(&[
         ("API_BASE_URL", "https://edge.example"),
-        ("CA_CERT_FILE", &two.to_string_lossy()),
+        ("CA_CERT_FILE", &two.0.to_string_lossy()),
     ])
     .unwrap();
-    let _ = std::fs::remove_file(&two);
     let ca = c.ca_certs.unwrap();
-    assert_eq!(ca.path, two);
+    assert_eq!(ca.path, two.0);
     assert_eq!(ca.der.len(), 2, "both certificates, and not the key");
     assert_eq!(ca.der[0].first(), Some(&0x30));
     assert!(!format!("{ca:?}").contains("48,"), "Debug is short: {ca:?}");
@@ -214,7 +222,8 @@ fn an_unusable_ca_cert_file_names_the_variable() {
     let truncated = temp_file("truncated.pem", &TEST_CA_PEM[..200]);
     let key_only =
         temp_file("key-only.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
-    for path in [&missing, &garbage, &bad_base64, &not_der, &truncated, &key_only] {
+    let written = [&garbage, &bad_base64, &not_der, &truncated, &key_only].map(|file| &file.0);
+    for path in std::iter::once(&missing).chain(written) {
         let value = path.to_string_lossy().into_owned();
         // With an http:// URL too: a set variable is checked even where it is unused.
         let err = camera(&[("CA_CERT_FILE", &value)]).unwrap_err();
@@ -222,7 +231,6 @@ fn an_unusable_ca_cert_file_names_the_variable() {
         assert_eq!(err.value, value);
         assert!(err.to_string().contains("CA_CERT_FILE"), "{err}");
         assert!(!err.to_string().contains("AAAA"), "the file is never quoted");
-        let _ = std::fs::remove_file(path);
     }
 }
 
