@@ -1,10 +1,11 @@
 //! The API server: start-up and shutdown. It binds the [`Listener`], starts the handler pool on
 //! it, and one upkeep thread (the registry's ticker, and the watcher that ends
-//! held polls whose client has left). Everything stops when [`ApiServer`]'s stop sender is
-//! dropped, by a call to [`ApiServer::shutdown`] or by a start that fails half-way.
+//! held polls whose client has left, and the drain). Everything stops when [`ApiServer`]'s stop
+//! sender is dropped, by a call to [`ApiServer::shutdown`] or by a start that fails half-way.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,6 +38,9 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// many times what the last read cost before the next: at most 10 % of a core, which keeps a
 /// read of a busy machine's 20,000 lines (40 ms, twice that on a loaded one) within the second.
 const WATCH_COST_SHARE: u32 = 10;
+/// How long a drain waits between releasing the held polls and answering the calls still
+/// waiting: by then their cameras poll the next instance, where the edge asks the calls again.
+const DRAIN_SETTLE: Duration = Duration::from_secs(1);
 
 /// Counters of the pool and the listener, kept where they change, for `/stats` and `/metrics`.
 #[derive(Debug, Default, serde::Serialize)]
@@ -77,12 +81,24 @@ impl ApiServer {
         let registry = Arc::new(Registry::new(&config, Arc::clone(&metrics), alive));
         let (stop, stopped) = bounded::<()>(0);
         let (done_tx, done) = bounded::<()>(0);
-        let app = Arc::new(App { registry: Arc::clone(&registry), metrics, stats, port, config });
+        // A file left by an earlier process of this container is not a drain of this one.
+        if let Some(path) = &config.drain_file {
+            let _ = std::fs::remove_file(path);
+        }
+        let app = Arc::new(App {
+            registry: Arc::clone(&registry),
+            metrics,
+            stats,
+            port,
+            camera_tokens: config.camera_tokens.clone().map(parking_lot::Mutex::new),
+            draining: AtomicBool::new(false),
+            config,
+        });
         pool::start(listener, Arc::clone(&app), (stopped.clone(), done_tx.clone()))?;
-        let upkeep_registry = Arc::clone(&registry);
+        let upkeep_app = Arc::clone(&app);
         let upkeep = std::thread::Builder::new()
             .name("upkeep".into())
-            .spawn(move || upkeep(&upkeep_registry, &stopped, done_tx))?;
+            .spawn(move || upkeep(&upkeep_app, &stopped, done_tx))?;
         announce(format_args!("API server listening on http://{addr}"));
         announce(format_args!("{}", exposure(addr)));
         // At every level but off: who may call is part of how the server is exposed.
@@ -123,12 +139,15 @@ impl ApiServer {
     }
 }
 
-/// The registry's ticker and the watcher of held polls, until `stopped` disconnects.
-fn upkeep(registry: &Registry, stopped: &Receiver<()>, done: Sender<()>) {
+/// The registry's ticker, the watcher of held polls and the drain, until `stopped` disconnects.
+fn upkeep(app: &App, stopped: &Receiver<()>, done: Sender<()>) {
     let _alive = done;
+    let registry = &app.registry;
     let mut next_watch = Instant::now() + WATCH_EVERY;
+    let mut drain_started = None;
     while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(registry.tick_interval()) {
         registry.tick();
+        drain(app, &mut drain_started);
         let now = Instant::now();
         if now >= next_watch
             && registry.holds_polls_since(now - WATCH_EVERY)
@@ -136,6 +155,31 @@ fn upkeep(registry: &Registry, stopped: &Receiver<()>, done: Sender<()>) {
         {
             next_watch = now + WATCH_EVERY.max(now.elapsed() * WATCH_COST_SHARE);
         }
+    }
+}
+
+/// A drain, asked for by `DRAIN_FILE` appearing (`api --drain`): it has no network route, so no
+/// client can start one. Polls are refused from then on and held ones released (`routes`), and
+/// the edge sends the cameras to the next instance on its ring; a settle later, the calls still
+/// waiting are answered so that the edge asks them there, and the file's removal says it is done.
+fn drain(app: &App, started: &mut Option<Instant>) {
+    let Some(path) = &app.config.drain_file else {
+        return;
+    };
+    match *started {
+        None if !app.draining.load(Ordering::Relaxed) && path.exists() => {
+            *started = Some(Instant::now());
+            app.draining.store(true, Ordering::Relaxed);
+            let released = app.registry.release_polls(&HashSet::new(), Instant::now());
+            log_info!("draining: polls are refused from now on; {released} held poll(s) released");
+        }
+        Some(at) if at.elapsed() >= DRAIN_SETTLE => {
+            *started = None;
+            app.registry.shutdown();
+            let _ = std::fs::remove_file(path);
+            log_info!("drained: the calls still waiting were handed on");
+        }
+        _ => {}
     }
 }
 

@@ -113,7 +113,9 @@ impl Registry {
 
     /// Ends the held polls whose client has left: those older than `connected` (the peers
     /// connected when it was read, at `taken`) whose peer is not in it. Returns how many.
-    pub(super) fn release_polls(&self, connected: &HashSet<SocketAddr>, taken: Instant) -> usize {
+    pub(in crate::server) fn release_polls(
+        &self, connected: &HashSet<SocketAddr>, taken: Instant,
+    ) -> usize {
         let mut released = 0;
         for camera in self.all_cameras() {
             released += camera.lock_and(|state| state.release(|p| p.client_left(connected, taken)));
