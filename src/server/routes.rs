@@ -267,15 +267,13 @@ pub fn describe_authentication(config: &ServerConfig) -> [String; 2] {
     [users, cameras]
 }
 
-/// While draining, what this instance refuses only because it drains is refused in the way the
-/// edge answers by asking the next instance on its ring (deploy/nginx.conf), where the camera
-/// now polls: a call it could not serve with 404, an answer to a command it did not send with
-/// 503 (a poll never reaches the registry: 503 in `serve`).
+/// While draining, a call this instance could not serve (its camera was handed on) is 404: the
+/// edge then asks the next instance on its ring, where the camera now polls (deploy/nginx.conf;
+/// a poll is refused in `serve`, and an answer to a command sent elsewhere is 404 anyway).
 fn handed_on(app: &App, route: Option<Route>, error: ApiError) -> ApiError {
+    let draining = app.draining.load(Ordering::Relaxed);
     match (route, error.status()) {
-        _ if !app.draining.load(Ordering::Relaxed) => error,
-        (Some(Route::Logs), 503 | 504) => ApiError::Moved,
-        (Some(Route::SendLogs), 404) => ApiError::ShuttingDown,
+        (Some(Route::Logs), 503 | 504) if draining => ApiError::Moved,
         _ => error,
     }
 }

@@ -22,7 +22,7 @@
 # Environment (defaults in brackets): SERVICE [api], STATEFULSET [api], API_PORT [8080],
 # SYNC_SECS [2], CONFIG_DIR [/etc/camera-logs/edge]: nginx.conf and listen.conf, TLS_DIR
 # [/etc/camera-logs/tls]: tls.crt and tls.key, RUN_DIR [/run/edge]: writable, nginx's prefix,
-# NGINX [nginx]: the binary.
+# NGINX_BIN [nginx]: the binary (not NGINX, which nginx reads itself: inherited sockets).
 set -u
 
 service=${SERVICE:-api}
@@ -32,7 +32,7 @@ every=${SYNC_SECS:-2}
 config=${CONFIG_DIR:-/etc/camera-logs/edge}
 tls=${TLS_DIR:-/etc/camera-logs/tls}
 run=${RUN_DIR:-/run/edge}
-nginx_bin=${NGINX:-nginx}
+nginx_bin=${NGINX_BIN:-nginx}
 
 log() { echo "edge-sync: $*" >&2; }
 nginx_run() { "$nginx_bin" -e stderr -p "$run/" -c "$run/nginx.conf" "$@"; }
@@ -94,7 +94,8 @@ mkdir -p "$run/temp" || exit 1
 cp "$config/nginx.conf" "$config/listen.conf" "$run/" || exit 1
 ln -sfn "$tls" "$run/tls"
 ready_pods | render >"$run/upstreams.conf"
-nginx_run -g 'daemon off;' &
+# Not through nginx_run: $! must be nginx itself, the process that reloads on SIGHUP.
+"$nginx_bin" -e stderr -p "$run/" -c "$run/nginx.conf" -g 'daemon off;' &
 nginx=$!
 trap 'kill -QUIT "$nginx" 2>/dev/null; wait "$nginx"; exit 0' TERM INT
 log "nginx started (pid $nginx), routing to: $(servers "$run/upstreams.conf" | tr '\n' ' ')"
