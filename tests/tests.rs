@@ -16,6 +16,7 @@ mod faults;
 mod fleet;
 mod fuzz;
 mod hostile;
+mod kubernetes;
 mod leaks;
 mod metrics;
 mod operators;
