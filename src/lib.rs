@@ -34,6 +34,6 @@ pub use protocol::{
 };
 pub use server::ApiServer;
 pub use settings::{
-    CaCerts, CameraConfig, ConfigError, ServerConfig, Setting, Settings, CAMERA_SETTINGS,
-    SERVER_SETTINGS,
+    CaCerts, CameraConfig, ConfigError, ServerConfig, Setting, Settings, TokensFile,
+    CAMERA_SETTINGS, SERVER_SETTINGS,
 };

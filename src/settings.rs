@@ -9,10 +9,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::log::Level;
+use crate::log::{log_info, log_warn, Level};
 use crate::protocol::{valid_camera_id, ID_CHARACTERS};
 
 /// One environment variable as `--help` shows it.
@@ -129,9 +129,12 @@ settings! {
         max_cameras: usize = required("MAX_CAMERAS", "100000", parse_count, "cameras known at most; a poll for a new id beyond it gets 503 with Retry-After");
         camera_arrival: Duration = required("CAMERA_ARRIVAL_SECS", "70", parse_secs_or_zero, "for this long after start, /logs for a camera not seen yet waits for its first poll instead of 404: cameras backing off from a restart, or held by another instance of a fleet, come back (0: off)");
         camera_token: Option<String> = optional("CAMERA_TOKEN", parse_token, "when set, camera endpoints require 'Authorization: Bearer <token>' (one token shared by all cameras)");
-        camera_tokens: Option<HashMap<String, String>> = optional("CAMERA_TOKENS_FILE", read_tokens_file, "lines 'cameraId token': each camera may poll and answer only for its own id (instead of CAMERA_TOKEN)");
+        camera_tokens: Option<TokensFile> = optional("CAMERA_TOKENS_FILE", |raw| TokensFile::read(Path::new(raw)), "lines 'cameraId token': each camera may poll and answer only for its own id (instead of CAMERA_TOKEN); read again when the file changes, a malformed new one keeping the old tokens");
         peers: Option<Vec<String>> = optional("PEERS", parse_peers, "the other instances of a fleet, as comma-separated base URLs: /cameras then lists every instance's cameras");
-        instance_name: Option<String> = optional("INSTANCE_NAME", |raw| Ok(raw.into()), "this instance's name in the fleet's /cameras (set it to the URL its peers use for it)");
+        peers_dns: Option<String> = optional("PEERS_DNS", parse_base_url, "a base URL whose host name resolves to every instance of the fleet (a Kubernetes headless Service): each address is a peer, looked up again for every fleet view (with or instead of PEERS)");
+        instance_name: Option<String> = optional("INSTANCE_NAME", |raw| Ok(raw.into()), "this instance's name in the fleet's /cameras (with PEERS, the URL its peers use for it; on Kubernetes, the pod's name)");
+        drain_file: Option<PathBuf> = optional("DRAIN_FILE", |raw| Ok(raw.into()), "'api --drain' (a Kubernetes preStop hook) creates this file to drain the instance: polls are refused and held ones released, so the edge moves the cameras and the calls waiting here to the next instance; the server then removes it");
+        drain_linger: Duration = required("DRAIN_SECS", "15", parse_secs, "how long 'api --drain' lets the drained instance go on answering before it returns: the edge's time to stop sending requests here");
         api_token: Option<String> = optional("API_TOKEN", parse_token, "when set, /logs, /cameras, /stats and /metrics require 'Authorization: Bearer <token>'");
         log_level: Level = required("LOG_LEVEL", "info", str::parse, "what is logged to stderr: info, warn, error or off");
     }
@@ -298,9 +301,52 @@ fn parse_token(raw: &str) -> Result<String, &'static str> {
     }
 }
 
-fn read_tokens_file(path: &str) -> Result<HashMap<String, String>, &'static str> {
-    let text = std::fs::read_to_string(path).map_err(|_| "a readable UTF-8 file")?;
-    parse_tokens(&text)
+/// `CAMERA_TOKENS_FILE`: where it is, the tokens it held when it was read, and what its path
+/// led to then (device, inode, modification time, size): a replaced or edited file differs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokensFile {
+    pub path: PathBuf,
+    pub tokens: HashMap<String, String>,
+    stamp: Option<(u64, u64, i64, i64, u64)>,
+}
+
+impl TokensFile {
+    pub fn read(path: &Path) -> Result<TokensFile, &'static str> {
+        let stamp = stamp(path);
+        let text = std::fs::read_to_string(path).map_err(|_| "a readable UTF-8 file")?;
+        Ok(TokensFile { path: path.to_path_buf(), tokens: parse_tokens(&text)?, stamp })
+    }
+
+    /// Reads the file again if its path now leads to another file or another version of it
+    /// (Kubernetes swaps a mounted Secret's files behind a `..data` symlink, which no watch on
+    /// the old file sees). A new file that is not usable leaves the tokens read before, and the
+    /// log says why, once.
+    pub fn reread(&mut self) {
+        let now = stamp(&self.path);
+        if now == self.stamp {
+            return;
+        }
+        self.stamp = now;
+        let path = self.path.display().to_string();
+        match TokensFile::read(&self.path) {
+            Ok(new) => *self = new,
+            Err(why) => return log_warn!("CAMERA_TOKENS_FILE {path} changed but is not usable (expected {why}): the tokens read before stay"),
+        }
+        log_info!("CAMERA_TOKENS_FILE {path} read again: {} camera(s)", self.tokens.len());
+    }
+}
+
+/// Tokens given in code, with no file behind them to read again.
+impl FromIterator<(String, String)> for TokensFile {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
+        TokensFile { path: PathBuf::new(), tokens: pairs.into_iter().collect(), stamp: None }
+    }
+}
+
+fn stamp(path: &Path) -> Option<(u64, u64, i64, i64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
 }
 
 /// `cameraId token` per line; blank lines and lines starting with `#` are skipped. The error

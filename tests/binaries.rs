@@ -195,8 +195,8 @@ fn help_lists_every_variable_and_exits_0() {
 /// (an address resolved, a file opened, only when used; a name) refuse only an empty value.
 fn malformed_value(setting: &Setting) -> Option<&'static str> {
     match setting.name {
-        "HOST" | "LOG_FILE" | "INSTANCE_NAME" => Some(""),
-        "API_BASE_URL" | "PEERS" => Some("ftp://example"),
+        "HOST" | "LOG_FILE" | "INSTANCE_NAME" | "DRAIN_FILE" => Some(""),
+        "API_BASE_URL" | "PEERS" | "PEERS_DNS" => Some("ftp://example"),
         "CAMERA_ID" => Some("bad id"),
         "LOG_LEVEL" => Some("loud"),
         name if name.ends_with("_TOKEN") => Some("two words"),

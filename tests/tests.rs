@@ -17,6 +17,7 @@ mod faults;
 mod fleet;
 mod fuzz;
 mod hostile;
+mod kubernetes;
 mod leaks;
 mod links;
 mod metrics;

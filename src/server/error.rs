@@ -42,6 +42,8 @@ pub enum ApiError {
     AnswersFull { held: usize, limit: usize },
     /// The server is stopping and will not start new work.
     ShuttingDown,
+    /// A draining instance could not serve a call: its camera now polls another instance.
+    Moved,
     /// A bug on our side; the request fails but the server keeps serving.
     Internal(String),
 }
@@ -56,7 +58,8 @@ impl ApiError {
             ApiError::Unauthorized => (401, Some("unauthorized")),
             ApiError::NoSuchPath(_)
             | ApiError::UnknownCamera { .. }
-            | ApiError::UnknownRequest(_) => (404, None),
+            | ApiError::UnknownRequest(_)
+            | ApiError::Moved => (404, None),
             ApiError::MethodNotAllowed { .. } => (405, None),
             ApiError::Conflict { .. } => (409, Some("instance_conflict")),
             ApiError::PayloadTooLarge { .. } => (413, Some("body_too_large")),
@@ -137,6 +140,7 @@ impl fmt::Display for ApiError {
             E::PollCapacity { limit } => write!(f, "this instance already has {limit} cameras polling, all it takes (three quarters of MAX_HANDLERS); retry later, or add an instance"),
             E::AnswersFull { held, limit } => write!(f, "the camera answered, but the answers held for their callers already take {held} of {limit} bytes (MAX_ANSWER_BYTES); retry shortly"),
             E::ShuttingDown => write!(f, "the server is shutting down"),
+            E::Moved => write!(f, "this instance is draining and its cameras have moved: ask again (through the edge, the next instance answers)"),
             E::Internal(why) => write!(f, "internal error: {why}"),
         }
     }
@@ -165,6 +169,7 @@ impl ApiError {
             ApiError::PollCapacity { limit: 3 },
             ApiError::AnswersFull { held: 1, limit: 2 },
             ApiError::ShuttingDown,
+            ApiError::Moved,
             ApiError::Internal("x".into()),
         ]
     }
@@ -179,7 +184,7 @@ mod tests {
         let statuses: Vec<u16> = ApiError::every_kind().iter().map(ApiError::status).collect();
         assert_eq!(
             statuses,
-            [400, 401, 404, 405, 404, 409, 404, 413, 429, 503, 504, 503, 503, 503, 503, 500]
+            [400, 401, 404, 405, 404, 409, 404, 413, 429, 503, 504, 503, 503, 503, 503, 404, 500]
         );
         for error in ApiError::every_kind() {
             let body: serde_json::Value = serde_json::from_slice(&error.body()).unwrap();

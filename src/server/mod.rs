@@ -1,10 +1,10 @@
 //! The API server: start-up and shutdown. It binds the [`Listener`], starts the handler pool on
 //! it, and one upkeep thread (the registry's ticker, and the watcher that ends
-//! held polls whose client has left). Everything stops when [`ApiServer`]'s stop sender is
-//! dropped: when the server is dropped or shut down, or by a start that fails half-way.
+//! held polls whose client has left, and the drain). Everything stops when [`ApiServer`]'s stop
+//! sender is dropped: when the server is dropped or shut down, or by a start that fails half-way.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,6 +40,9 @@ const WATCH_COST_SHARE: u32 = 10;
 /// Threads besides the handlers' and their connections': tiny_http's accept loop and idle
 /// connection threads, the upkeep thread, the log writer, the main thread.
 const OTHER_THREADS: usize = 64;
+/// How long a drain waits between releasing the held polls and answering the calls still
+/// waiting: by then their cameras poll the next instance, where the edge asks the calls again.
+const DRAIN_SETTLE: Duration = Duration::from_secs(1);
 
 /// Counters of the pool and the listener, kept where they change, for `/stats` and `/metrics`.
 #[derive(Debug, Default, serde::Serialize)]
@@ -95,13 +98,24 @@ impl ApiServer {
         let (stop, stopped) = bounded::<()>(0);
         let (done_tx, done) = bounded::<()>(0);
         let config_handlers = config.max_handlers;
-        let app = App { registry: Arc::clone(&registry), metrics, stats, connections, config };
-        let app = Arc::new(app);
+        // A file left by an earlier process of this container is not a drain of this one.
+        if let Some(path) = &config.drain_file {
+            let _ = std::fs::remove_file(path);
+        }
+        let app = Arc::new(App {
+            registry: Arc::clone(&registry),
+            metrics,
+            stats,
+            connections,
+            camera_tokens: config.camera_tokens.clone().map(parking_lot::Mutex::new),
+            draining: AtomicBool::new(false),
+            config,
+        });
         pool::start(listener, Arc::clone(&app), (stopped.clone(), done_tx.clone()))?;
-        let upkeep_registry = Arc::clone(&registry);
+        let upkeep_app = Arc::clone(&app);
         let upkeep = std::thread::Builder::new()
             .name("upkeep".into())
-            .spawn(move || upkeep(&upkeep_registry, &stopped, done_tx))?;
+            .spawn(move || upkeep(&upkeep_app, &stopped, done_tx))?;
         announce(format_args!("API server listening on http://{addr}"));
         announce(format_args!("{}", exposure(addr)));
         let (polls, handlers) = (registry.poll_capacity(), config_handlers);
@@ -154,12 +168,14 @@ impl Drop for ApiServer {
     }
 }
 
-/// The registry's ticker and the watcher of held polls, until `stopped` disconnects.
-fn upkeep(registry: &Registry, stopped: &Receiver<()>, done: Sender<()>) {
+/// The registry's ticker, the watcher of held polls and the drain, until `stopped` disconnects.
+fn upkeep(app: &App, stopped: &Receiver<()>, done: Sender<()>) {
     let _alive = done;
+    let registry = &app.registry;
     let mut next_watch = Instant::now() + WATCH_EVERY;
     while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(registry.tick_interval()) {
         registry.tick();
+        drain(app);
         let now = Instant::now();
         if now >= next_watch
             && registry.holds_polls_since(now - WATCH_EVERY)
@@ -178,6 +194,25 @@ fn thread_limit() -> Option<usize> {
     let nproc = nproc.and_then(|line| line.split_whitespace().nth(2)?.parse().ok());
     let pids = std::fs::read_to_string("/sys/fs/cgroup/pids.max").unwrap_or_default();
     nproc.into_iter().chain(pids.trim().parse().ok()).min()
+}
+
+/// A drain, asked for by `DRAIN_FILE` appearing (`api --drain`): it has no network route, so no
+/// client can start one. Polls are refused from then on and held ones released (`routes`), and
+/// the edge sends the cameras to the next instance on its ring; a settle later, the calls still
+/// waiting are answered so that the edge asks them there, and the file's removal says it is done.
+fn drain(app: &App) {
+    let Some(path) = app.config.drain_file.as_ref().filter(|path| path.exists()) else {
+        return;
+    };
+    if !app.draining.swap(true, Ordering::Relaxed) {
+        let released = app.registry.release_polls(&(Arc::default(), Instant::now()));
+        log_info!("draining: polls are refused from now on; {released} held poll(s) released");
+        // The ticker may pause this long: nothing it does is due within a second.
+        std::thread::sleep(DRAIN_SETTLE);
+        app.registry.shutdown();
+        log_info!("drained: the calls still waiting were handed on");
+    }
+    let _ = std::fs::remove_file(path);
 }
 
 /// How the server is exposed, for the start-up log.

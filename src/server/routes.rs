@@ -6,10 +6,11 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use tiny_http::{Header, Request, Response, ResponseBox};
 
@@ -21,8 +22,8 @@ use super::query::Query;
 use super::registry::{PollFrom, Received, Registry};
 use super::ServerStats;
 use crate::log::{clean, log_info, log_warn};
-use crate::protocol::{CamerasResponse, Route, TimeRange};
-use crate::settings::ServerConfig;
+use crate::protocol::{CameraInfo, CamerasResponse, Route, TimeRange};
+use crate::settings::{ServerConfig, TokensFile};
 
 /// Everything a handler needs, shared by all handler threads.
 pub struct App {
@@ -31,6 +32,10 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub stats: Arc<ServerStats>,
     pub connections: Arc<ConnectionTable>,
+    /// `CAMERA_TOKENS_FILE`, read again when it changes.
+    pub camera_tokens: Option<Mutex<TokensFile>>,
+    /// Set for good by a drain (`DRAIN_FILE`, see `server::drain`).
+    pub draining: AtomicBool,
 }
 
 /// A response ready to be written: its body is read as it is sent.
@@ -82,6 +87,7 @@ pub fn handle(app: &App, mut request: Request) {
     let (reply, error) = match result {
         Ok(reply) => (reply, None),
         Err(error) => {
+            let error = handed_on(app, route, error);
             let (status, path, client) =
                 (error.status(), clean(path, 64), client_address(&request));
             let method = clean(method.as_str(), 16);
@@ -130,19 +136,24 @@ fn serve(app: &App, request: &mut Request, route: Route, query: &Query) -> Resul
         Route::Logs => logs(app, query, &client_address(request)),
         Route::Cameras => {
             let (after, limit, fleet) = (query.id("after")?, query.limit()?, query.fleet_scope()?);
-            let own = app.registry.cameras();
-            match &app.config.peers {
+            // Named here, so that a fleet view that reached this instance by its address
+            // (PEERS_DNS) still names it.
+            let name = &app.config.instance_name;
+            let own = app.registry.cameras().into_iter();
+            let own = own.map(|row| CameraInfo { instance: name.clone(), ..row }).collect();
+            match peers::of(&app.config) {
                 Some(peers) if fleet => {
-                    let name = app.config.instance_name.as_deref().unwrap_or("self");
+                    let name = name.as_deref().unwrap_or("self");
                     let auth = header(request, "Authorization");
                     let page = (after.as_deref(), limit);
-                    json(&peers::fleet_page((name, own), peers, page, auth.as_deref()))
+                    json(&peers::fleet_page((name, own), &peers, page, auth.as_deref()))
                 }
                 _ => json(&CamerasResponse::page(own, after.as_deref(), limit, false)),
             }
         }
         Route::Stats => json(&stats(app)),
         Route::Metrics => Ok(reply(200, metrics::CONTENT_TYPE, scrape(app).into_bytes(), None)),
+        Route::Poll if app.draining.load(Ordering::Relaxed) => Err(ApiError::ShuttingDown),
         Route::Poll => {
             let camera_id = authorize_camera(app, request, query)?;
             let from =
@@ -232,11 +243,15 @@ fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
 /// and an id without a line is refused whatever it presents.
 fn authorize_camera(app: &App, request: &Request, query: &Query) -> Result<String, ApiError> {
     let camera_id = query.camera_id()?;
-    let (shared, per_camera) = (&app.config.camera_token, &app.config.camera_tokens);
-    match per_camera.as_ref().map(|tokens| tokens.get(&camera_id)) {
+    let per_camera = app.camera_tokens.as_ref().map(|file| {
+        let mut file = file.lock();
+        file.reread();
+        file.tokens.get(&camera_id).cloned()
+    });
+    match per_camera {
         Some(None) => return Err(ApiError::Unauthorized),
-        Some(own) => authorize(request, own.map(String::as_str))?,
-        None => authorize(request, shared.as_deref())?,
+        Some(own) => authorize(request, own.as_deref())?,
+        None => authorize(request, app.config.camera_token.as_deref())?,
     }
     Ok(camera_id)
 }
@@ -250,10 +265,21 @@ pub fn describe_authentication(config: &ServerConfig) -> [String; 2] {
     };
     let cameras = match (&config.camera_token, &config.camera_tokens) {
         (Some(_), _) => "CAMERA_TOKEN on: /poll_for_command and /send_logs need it (one token shared by all cameras)".to_string(),
-        (None, Some(tokens)) => format!("CAMERA_TOKENS_FILE on: /poll_for_command and /send_logs need the camera's own token ({} cameras)", tokens.len()),
+        (None, Some(file)) => format!("CAMERA_TOKENS_FILE on: /poll_for_command and /send_logs need the camera's own token ({} cameras; the file is read again when it changes)", file.tokens.len()),
         (None, None) => "CAMERA_TOKEN/CAMERA_TOKENS_FILE off: any client may poll and answer as any camera id".to_string(),
     };
     [users, cameras]
+}
+
+/// While draining, a call this instance could not serve (its camera was handed on) is 404: the
+/// edge then asks the next instance on its ring, where the camera now polls (deploy/nginx.conf;
+/// a poll is refused in `serve`, and an answer to a command sent elsewhere is 404 anyway).
+fn handed_on(app: &App, route: Option<Route>, error: ApiError) -> ApiError {
+    let draining = app.draining.load(Ordering::Relaxed);
+    match (route, error.status()) {
+        (Some(Route::Logs), 503 | 504) if draining => ApiError::Moved,
+        _ => error,
+    }
 }
 
 /// Checks `Authorization: Bearer <token>` when a token is configured, in constant time.

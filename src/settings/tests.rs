@@ -94,7 +94,7 @@ fn an_event_interval_of_zero_turns_events_off_and_token_files_are_exclusive() {
     let tokens = temp_file("tokens", "# cameras\nfront s3cret\nback other\n");
     let path = tokens.0.to_string_lossy().into_owned();
     let c = server(&[("CAMERA_TOKENS_FILE", &path)]).unwrap();
-    assert_eq!(c.camera_tokens.unwrap().get("front").map(String::as_str), Some("s3cret"));
+    assert_eq!(c.camera_tokens.unwrap().tokens.get("front").map(String::as_str), Some("s3cret"));
     let err = server(&[("CAMERA_TOKENS_FILE", &path), ("CAMERA_TOKEN", "x")]).unwrap_err();
     assert_eq!(err.variable, "CAMERA_TOKENS_FILE");
     for bad in ["", "front\n", "front a b\n", "bad/id tok\n", "front a\nfront b\n"] {

@@ -113,7 +113,7 @@ impl Registry {
 
     /// Ends the held polls whose client has left: those older than the reading `seen` whose
     /// peer it does not list as connected. Returns how many.
-    pub(super) fn release_polls(&self, seen: &Seen) -> usize {
+    pub(in crate::server) fn release_polls(&self, seen: &Seen) -> usize {
         let mut released = 0;
         for camera in self.all_cameras() {
             released += camera.lock_and(|state| state.release(|p| p.client_left(seen)));
