@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::log::{log_info, log_warn, Level};
 use crate::protocol::{valid_camera_id, ID_CHARACTERS};
@@ -302,19 +302,19 @@ fn parse_token(raw: &str) -> Result<String, &'static str> {
 }
 
 /// `CAMERA_TOKENS_FILE`: where it is, the tokens it held when it was read, and what its path
-/// led to then (device, inode, modification time, size): a replaced or edited file differs.
+/// led to then (inode, modification time, size): a replaced or edited file differs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokensFile {
     pub path: PathBuf,
     pub tokens: HashMap<String, String>,
-    stamp: Option<(u64, u64, i64, i64, u64)>,
+    stamp: Option<(u64, SystemTime, u64)>,
 }
 
 impl TokensFile {
     pub fn read(path: &Path) -> Result<TokensFile, &'static str> {
-        let stamp = stamp(path);
-        let text = std::fs::read_to_string(path).map_err(|_| "a readable UTF-8 file")?;
-        Ok(TokensFile { path: path.to_path_buf(), tokens: parse_tokens(&text)?, stamp })
+        let (path, stamp) = (path.to_path_buf(), stamp(path));
+        let text = std::fs::read_to_string(&path).map_err(|_| "a readable UTF-8 file")?;
+        Ok(TokensFile { tokens: parse_tokens(&text)?, path, stamp })
     }
 
     /// Reads the file again if its path now leads to another file or another version of it
@@ -323,30 +323,21 @@ impl TokensFile {
     /// log says why, once.
     pub fn reread(&mut self) {
         let now = stamp(&self.path);
-        if now == self.stamp {
-            return;
+        if now != self.stamp {
+            self.stamp = now;
+            let path = self.path.display().to_string();
+            match TokensFile::read(&self.path) {
+                Ok(new) => *self = new,
+                Err(why) => return log_warn!("CAMERA_TOKENS_FILE {path} changed but is not usable (expected {why}): the tokens read before stay"),
+            }
+            log_info!("CAMERA_TOKENS_FILE {path} read again: {} camera(s)", self.tokens.len());
         }
-        self.stamp = now;
-        let path = self.path.display().to_string();
-        match TokensFile::read(&self.path) {
-            Ok(new) => *self = new,
-            Err(why) => return log_warn!("CAMERA_TOKENS_FILE {path} changed but is not usable (expected {why}): the tokens read before stay"),
-        }
-        log_info!("CAMERA_TOKENS_FILE {path} read again: {} camera(s)", self.tokens.len());
     }
 }
 
-/// Tokens given in code, with no file behind them to read again.
-impl FromIterator<(String, String)> for TokensFile {
-    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
-        TokensFile { path: PathBuf::new(), tokens: pairs.into_iter().collect(), stamp: None }
-    }
-}
-
-fn stamp(path: &Path) -> Option<(u64, u64, i64, i64, u64)> {
-    use std::os::unix::fs::MetadataExt;
+fn stamp(path: &Path) -> Option<(u64, SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
-    Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
+    Some((std::os::unix::fs::MetadataExt::ino(&m), m.modified().ok()?, m.len()))
 }
 
 /// `cameraId token` per line; blank lines and lines starting with `#` are skipped. The error

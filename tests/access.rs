@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use camera_logs::{CameraConfig, ServerConfig};
+use camera_logs::{CameraConfig, ServerConfig, TokensFile};
 
 // ---------------------------------------------------------------------------------------------
 
@@ -277,12 +277,11 @@ fn a_camera_cannot_answer_another_cameras_command() {
 fn per_camera_tokens_let_a_camera_poll_and_answer_only_for_its_own_id() {
     const TOKEN_A: &str = "token-a-1f3e";
     const TOKEN_B: &str = "token-b-77c2";
-    let tokens = [("a", TOKEN_A), ("b", TOKEN_B)]
-        .into_iter()
-        .map(|(id, token)| (id.to_string(), token.to_string()))
-        .collect();
+    let dir = TempDir::new("tokens");
+    let path = dir.0.join("tokens");
+    std::fs::write(&path, format!("a {TOKEN_A}\nb {TOKEN_B}\n")).expect("write the tokens file");
     let mut system = TestServer::start(ServerConfig {
-        camera_tokens: Some(tokens),
+        camera_tokens: Some(TokensFile::read(&path).expect("a valid tokens file")),
         poll_hold: Duration::from_millis(500),
         ..test_config()
     });

@@ -32,19 +32,20 @@ fn peak_rss_kib(pid: u32) -> usize {
     line.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
-#[test]
-fn fifty_callers_of_a_ten_megabyte_answer_share_one_copy_of_it() {
-    // The camera answers once all fifty callers wait, however long they take to arrive on a
+/// `n` callers of one answer of `events` events (about 103 bytes each) who read nothing: how
+/// many MiB the api's peak RSS grew by, once every caller's answer is being written.
+fn callers_of_one_answer(n: usize, events: usize) -> usize {
+    // The camera answers once all `n` callers wait, however long they take to arrive on a
     // busy machine (it stays online meanwhile): the first one's command, and the next, which
-    // the other 49 share (a call never takes an answer to a command sent before it).
+    // the others share (a call never takes an answer to a command sent before it).
     let api = start_api(&envs(&[("LOG_LEVEL", "warn"), ("CAMERA_GRACE_SECS", "120")]));
-    let events = big_events(100_000);
+    let events = big_events(events);
     let (base, answer) = (api.url.clone(), serde_json::json!({"logs": events}));
     let mut first = true;
     let camera = FakeCamera::start(&api.url, "big", move |command| {
         if std::mem::take(&mut first) {
-            wait_until("fifty callers wait", PATIENCE, || {
-                get(&format!("{base}/stats")).json()["registry"]["waitingRequests"] == 50
+            wait_until("every caller waits", PATIENCE, || {
+                get(&format!("{base}/stats")).json()["registry"]["waitingRequests"] == n
             });
         }
         let mut body = answer.clone();
@@ -56,10 +57,10 @@ fn fifty_callers_of_a_ten_megabyte_answer_share_one_copy_of_it() {
     });
     let before = peak_rss_kib(api.proc.pid());
 
-    // Fifty callers ask for everything and read nothing: the server writes until their
-    // sockets' buffers are full, then waits.
+    // The callers ask for everything and read nothing: the server writes until their sockets'
+    // buffers are full, then waits.
     let request = b"GET /logs?cameraId=big&timeout=120 HTTP/1.1\r\nHost: t\r\n\r\n";
-    let callers: Vec<TcpStream> = (0..50)
+    let callers: Vec<TcpStream> = (0..n)
         .map(|_| {
             let mut caller = connect(&api.url);
             caller.write_all(request).expect("send the request");
@@ -77,8 +78,6 @@ fn fifty_callers_of_a_ten_megabyte_answer_share_one_copy_of_it() {
         assert!(head.starts_with("HTTP/1.1 200"), "every caller is sent its answer: {head}");
     }
     let grown_mib = peak_rss_kib(api.proc.pid()).saturating_sub(before) / 1024;
-    eprintln!("50 callers of a 10 MB answer (two round trips): peak RSS grew by {grown_mib} MiB");
-    assert!(grown_mib <= 64, "peak RSS grew by {grown_mib} MiB (at most 64)");
     camera.stop_polling();
     drop(camera);
 
@@ -88,6 +87,23 @@ fn fifty_callers_of_a_ten_megabyte_answer_share_one_copy_of_it() {
         let held = get(&format!("{}/stats", api.url)).json()["registry"]["answerBytes"].clone();
         (held == 0).then_some(()).ok_or(format!("answerBytes {held}"))
     });
+    grown_mib
+}
+
+#[test]
+fn fifty_callers_of_a_ten_megabyte_answer_share_one_copy_of_it() {
+    let grown_mib = callers_of_one_answer(50, 100_000);
+    eprintln!("50 callers of a 10 MB answer (two round trips): peak RSS grew by {grown_mib} MiB");
+    assert!(grown_mib <= 64, "peak RSS grew by {grown_mib} MiB (at most 64)");
+}
+
+#[test]
+#[ignore = "a measurement (about a minute); run by hand for BENCHMARKS.md"]
+fn peak_rss_against_callers_of_a_nine_megabyte_answer() {
+    eprintln!("| callers of a 9.3 MB answer (90,000 events), not reading | api peak RSS growth |");
+    for n in [1, 10, 50, 100, 200] {
+        eprintln!("| {n} | {} MiB |", callers_of_one_answer(n, 90_000));
+    }
 }
 
 #[test]
@@ -105,13 +121,15 @@ fn an_answer_beyond_max_answer_bytes_is_503_for_its_callers() {
     assert_eq!(stats["registry"]["answerBytes"], 0, "nothing is held once answered: {stats}");
 }
 
-#[test]
-fn twice_as_many_cameras_as_handlers_leave_room_for_users_and_answers() {
+/// `cameras` idle cameras besides a working one, on `handlers` handlers: the slowest `/health`
+/// and the slowest `/logs` of the working camera of twenty each, once the cameras beyond the
+/// capacity for polls are being refused.
+fn crowd(handlers: usize, cameras: usize) -> (Duration, Duration) {
     let _alone = IN_PROCESS.lock();
-    let config = ServerConfig { max_handlers: 40, ..test_config() };
+    let config = ServerConfig { max_handlers: handlers, ..test_config() };
     let events = fixture(20);
     let (server, _working) = server_with_camera(config, "working", &events);
-    let idle: Vec<Camera> = (0..80)
+    let idle: Vec<Camera> = (0..cameras)
         .map(|i| {
             let config = CameraConfig {
                 backoff_max: Duration::from_secs(2),
@@ -120,9 +138,12 @@ fn twice_as_many_cameras_as_handlers_leave_room_for_users_and_answers() {
             Camera::start_with(config, &[])
         })
         .collect();
-    // 29 idle cameras take the places left; the other 51 are refused at once, again and again.
-    wait_until("polls refused for capacity", PATIENCE, || {
-        server.stats_json()["registry"]["pollsRefusedForCapacity"].as_u64() > Some(50)
+    // The idle cameras take the places left (29 of 40 handlers' 30); the others are refused at
+    // once, again and again.
+    let places = handlers - handlers / 4;
+    let refused = (cameras + 1 - places) as u64;
+    wait_until("polls refused for capacity", Duration::from_secs(120), || {
+        server.stats_json()["registry"]["pollsRefusedForCapacity"].as_u64() >= Some(refused)
     });
     let agent = agent(PATIENCE);
     let mut slowest = (Duration::ZERO, Duration::ZERO);
@@ -136,6 +157,17 @@ fn twice_as_many_cameras_as_handlers_leave_room_for_users_and_answers() {
         slowest.1 = slowest.1.max(started.elapsed());
         assert_eq!(logs, expected(&events, None, None));
     }
+    let stats = server.stats();
+    assert!(stats.open_polls <= places, "{stats:?}");
+    let metrics = get(&format!("{}/metrics", server.url)).text();
+    assert!(metrics.contains("reason=\"poll_capacity\",status=\"503\""), "{metrics}");
+    drop(idle);
+    slowest
+}
+
+#[test]
+fn twice_as_many_cameras_as_handlers_leave_room_for_users_and_answers() {
+    let slowest = crowd(40, 80);
     eprintln!(
         "81 cameras on 40 handlers: slowest /health {:?}, slowest /logs {:?}",
         slowest.0, slowest.1
@@ -145,11 +177,18 @@ fn twice_as_many_cameras_as_handlers_leave_room_for_users_and_answers() {
         slowest.0 < Duration::from_secs(2) && slowest.1 < Duration::from_secs(5),
         "{slowest:?}"
     );
-    let stats = server.stats();
-    assert!(stats.open_polls <= 30, "{stats:?}");
-    let metrics = get(&format!("{}/metrics", server.url)).text();
-    assert!(metrics.contains("reason=\"poll_capacity\",status=\"503\""), "{metrics}");
-    drop(idle);
+}
+
+#[test]
+#[ignore = "a measurement (a few minutes, thousands of threads); run by hand for BENCHMARKS.md"]
+fn health_and_logs_latency_at_capacity() {
+    eprintln!("| MAX_HANDLERS | cameras polling (capacity) | cameras refused | slowest /health | slowest /logs |");
+    for handlers in [40, 400, 2000] {
+        let (health, logs) = crowd(handlers, 2 * handlers);
+        let places = handlers - handlers / 4;
+        let refused = 2 * handlers + 1 - places;
+        eprintln!("| {handlers} | {places} | {refused} | {health:.1?} | {logs:.1?} |");
+    }
 }
 
 /// A child process killed and reaped when dropped, also when the test fails.

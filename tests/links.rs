@@ -94,6 +94,24 @@ fn slow_and_large_uploads_are_answered_once_bare_and_through_the_edge() {
 }
 
 #[test]
+#[ignore = "a measurement (about five minutes); run by hand for BENCHMARKS.md"]
+fn answer_time_against_size_over_slow_links() {
+    let nginx = nginx_binary();
+    let cases = [
+        (100_000, [1_000, 5_000, 20_000, 50_000]),
+        (1_000_000, [10_000, 50_000, 100_000, 150_000]),
+    ];
+    for (rate, sizes) in cases {
+        for events in sizes {
+            for edge in [None].into_iter().chain(nginx.as_deref().map(Some)) {
+                let outcome = upload_over_slow_link(events, rate, edge);
+                eprintln!("{}", outcome.unwrap_or_else(|e| e));
+            }
+        }
+    }
+}
+
+#[test]
 fn the_camera_keeps_its_connections_bare_and_through_the_edge() {
     let nginx = nginx_binary();
     if nginx.is_none() {

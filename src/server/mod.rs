@@ -99,9 +99,7 @@ impl ApiServer {
         let (done_tx, done) = bounded::<()>(0);
         let config_handlers = config.max_handlers;
         // A file left by an earlier process of this container is not a drain of this one.
-        if let Some(path) = &config.drain_file {
-            let _ = std::fs::remove_file(path);
-        }
+        let _ = config.drain_file.as_ref().map(std::fs::remove_file);
         let app = Arc::new(App {
             registry: Arc::clone(&registry),
             metrics,

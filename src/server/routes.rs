@@ -87,7 +87,10 @@ pub fn handle(app: &App, mut request: Request) {
     let (reply, error) = match result {
         Ok(reply) => (reply, None),
         Err(error) => {
-            let error = handed_on(app, route, error);
+            // Draining, a call this instance could not serve (its camera was handed on) is 404:
+            // the edge asks the next instance on its ring, where the camera polls now.
+            let moved = route == Some(Route::Logs) && app.draining.load(Ordering::Relaxed);
+            let error = if moved && error.status() >= 503 { ApiError::Moved } else { error };
             let (status, path, client) =
                 (error.status(), clean(path, 64), client_address(&request));
             let method = clean(method.as_str(), 16);
@@ -269,17 +272,6 @@ pub fn describe_authentication(config: &ServerConfig) -> [String; 2] {
         (None, None) => "CAMERA_TOKEN/CAMERA_TOKENS_FILE off: any client may poll and answer as any camera id".to_string(),
     };
     [users, cameras]
-}
-
-/// While draining, a call this instance could not serve (its camera was handed on) is 404: the
-/// edge then asks the next instance on its ring, where the camera now polls (deploy/nginx.conf;
-/// a poll is refused in `serve`, and an answer to a command sent elsewhere is 404 anyway).
-fn handed_on(app: &App, route: Option<Route>, error: ApiError) -> ApiError {
-    let draining = app.draining.load(Ordering::Relaxed);
-    match (route, error.status()) {
-        (Some(Route::Logs), 503 | 504) if draining => ApiError::Moved,
-        _ => error,
-    }
 }
 
 /// Checks `Authorization: Bearer <token>` when a token is configured, in constant time.
