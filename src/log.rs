@@ -30,13 +30,9 @@ impl std::str::FromStr for Level {
     type Err = &'static str;
 
     fn from_str(raw: &str) -> Result<Level, Self::Err> {
-        match raw.to_ascii_lowercase().as_str() {
-            "off" => Ok(Level::Off),
-            "error" => Ok(Level::Error),
-            "warn" => Ok(Level::Warn),
-            "info" => Ok(Level::Info),
-            _ => Err("one of info, warn, error, off"),
-        }
+        let levels = [Level::Off, Level::Error, Level::Warn, Level::Info];
+        let level = levels.into_iter().find(|level| format!("{level:?}").eq_ignore_ascii_case(raw));
+        level.ok_or("one of info, warn, error, off")
     }
 }
 
@@ -118,16 +114,14 @@ pub fn flush() {
 /// characters, with `…` marking the cut.
 pub fn clean(text: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max_chars + 8));
-    for (i, c) in text.chars().enumerate() {
-        if i == max_chars {
-            out.push('…');
-            break;
+    for c in text.chars().take(max_chars) {
+        match c.is_control() {
+            true => out.extend(c.escape_default()),
+            false => out.push(c),
         }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
+    }
+    if text.chars().nth(max_chars).is_some() {
+        out.push('…');
     }
     out
 }

@@ -227,29 +227,24 @@ fn parse_default<T>(
 
 /// Positive, finite seconds; fractions allowed. Capped at a day so a typo cannot overflow.
 fn parse_secs(raw: &str) -> Result<Duration, &'static str> {
-    match raw.parse::<f64>() {
-        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
-        _ => Err("a number of seconds greater than 0 and at most 86400"),
-    }
+    let secs = raw.parse::<f64>().ok().filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0);
+    secs.map(Duration::from_secs_f64).ok_or("a number of seconds greater than 0 and at most 86400")
 }
 
 /// Like [`parse_secs`], and 0 turns the feature off.
 fn parse_secs_or_zero(raw: &str) -> Result<Duration, &'static str> {
-    match raw.parse::<f64>() {
-        Ok(0.0) => Ok(Duration::ZERO),
-        _ => parse_secs(raw)
-            .map_err(|_| "0, or a number of seconds greater than 0 and at most 86400"),
+    if raw.parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
     }
+    parse_secs(raw).map_err(|_| "0, or a number of seconds greater than 0 and at most 86400")
 }
 
 /// The upper bound on any `/logs` timeout, from the wire protocol.
 pub const MAX_LOGS_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn parse_logs_timeout(raw: &str) -> Result<Duration, &'static str> {
-    match parse_secs(raw) {
-        Ok(d) if d <= MAX_LOGS_TIMEOUT => Ok(d),
-        _ => Err("a number of seconds greater than 0 and at most 300"),
-    }
+    let timeout = parse_secs(raw).ok().filter(|d| *d <= MAX_LOGS_TIMEOUT);
+    timeout.ok_or("a number of seconds greater than 0 and at most 300")
 }
 
 fn parse_port(raw: &str) -> Result<u16, &'static str> {
@@ -257,18 +252,11 @@ fn parse_port(raw: &str) -> Result<u16, &'static str> {
 }
 
 fn parse_count(raw: &str) -> Result<usize, &'static str> {
-    match raw.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err("a whole number greater than 0"),
-    }
+    raw.parse().ok().filter(|n| *n > 0).ok_or("a whole number greater than 0")
 }
 
 fn parse_camera_id(raw: &str) -> Result<String, &'static str> {
-    if valid_camera_id(raw) {
-        Ok(raw.to_string())
-    } else {
-        Err(ID_CHARACTERS)
-    }
+    valid_camera_id(raw).then(|| raw.to_string()).ok_or(ID_CHARACTERS)
 }
 
 /// An http:// or https:// URL with a host, kept without its trailing slash.
@@ -280,11 +268,8 @@ fn parse_base_url(raw: &str) -> Result<String, &'static str> {
 pub(crate) fn base_url(raw: &str) -> Result<url::Url, &'static str> {
     const EXPECTED: &str = "an http:// or https:// URL such as http://localhost:8080";
     let url = url::Url::parse(raw.trim_end_matches('/')).map_err(|_| EXPECTED)?;
-    if matches!(url.scheme(), "http" | "https") && url.host().is_some() {
-        Ok(url)
-    } else {
-        Err(EXPECTED)
-    }
+    let usable = matches!(url.scheme(), "http" | "https") && url.host().is_some();
+    usable.then_some(url).ok_or(EXPECTED)
 }
 
 fn parse_peers(raw: &str) -> Result<Vec<String>, &'static str> {
@@ -294,11 +279,8 @@ fn parse_peers(raw: &str) -> Result<Vec<String>, &'static str> {
 }
 
 fn parse_token(raw: &str) -> Result<String, &'static str> {
-    if raw.bytes().all(|b| b.is_ascii_graphic()) {
-        Ok(raw.to_string())
-    } else {
-        Err("printable ASCII with no spaces")
-    }
+    let printable = raw.bytes().all(|b| b.is_ascii_graphic());
+    printable.then(|| raw.to_string()).ok_or("printable ASCII with no spaces")
 }
 
 /// `CAMERA_TOKENS_FILE`: where it is, the tokens it held when it was read, and what its path
@@ -357,10 +339,7 @@ fn parse_tokens(text: &str) -> Result<HashMap<String, String>, &'static str> {
             return Err(EXPECTED);
         }
     }
-    if tokens.is_empty() {
-        return Err(EXPECTED);
-    }
-    Ok(tokens)
+    (!tokens.is_empty()).then_some(tokens).ok_or(EXPECTED)
 }
 
 /// The CA certificates of `CA_CERT_FILE`, in DER form. Certificates are public; any private
@@ -400,10 +379,7 @@ fn parse_ca_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
             Ok(_) => {}
         }
     }
-    if certs.is_empty() {
-        return Err(EXPECTED);
-    }
-    Ok(certs)
+    (!certs.is_empty()).then_some(certs).ok_or(EXPECTED)
 }
 
 /// A cheap shape check of a DER certificate (one SEQUENCE spanning exactly the bytes), so a

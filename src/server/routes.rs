@@ -283,14 +283,10 @@ fn authorize(request: &Request, expected: Option<&str>) -> Result<(), ApiError> 
     // The scheme name is case-insensitive (RFC 9110, section 11.1).
     let presented =
         value.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
-    if constant_time_eq(
-        presented.map_or("", |(_, token)| token.trim()).as_bytes(),
-        expected.as_bytes(),
-    ) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
+    let token = presented.map_or("", |(_, token)| token.trim());
+    constant_time_eq(token.as_bytes(), expected.as_bytes())
+        .then_some(())
+        .ok_or(ApiError::Unauthorized)
 }
 
 /// Compares without an early exit, so the time taken does not reveal how much of a guess matched.
