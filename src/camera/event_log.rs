@@ -125,14 +125,12 @@ fn rewrite(path: &Path, events: &VecDeque<LogEntry>) -> io::Result<Persisted> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".compacting");
     let tmp = PathBuf::from(tmp);
-    {
-        let mut out = io::BufWriter::new(File::create(&tmp)?);
-        for entry in events {
-            serde_json::to_writer(&mut out, entry).map_err(io::Error::other)?;
-            out.write_all(b"\n")?;
-        }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    let mut out = io::BufWriter::new(File::create(&tmp)?);
+    for entry in events {
+        serde_json::to_writer(&mut out, entry).map_err(io::Error::other)?;
+        out.write_all(b"\n")?;
     }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     fs::rename(&tmp, path)?;
     let file = OpenOptions::new().append(true).open(path)?;
     Ok(Persisted { path: path.to_path_buf(), file, lines: events.len() })
