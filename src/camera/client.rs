@@ -93,11 +93,9 @@ impl Client {
     /// endpoints' URLs; `instance` names this process to the server.
     pub fn new(config: &CameraConfig, instance: &str) -> std::io::Result<Client> {
         let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
-        if !valid_camera_id(&config.camera_id) {
-            return Err(invalid(format!(
-                "invalid camera id {:?}: {ID_CHARACTERS}",
-                config.camera_id
-            )));
+        let id = &config.camera_id;
+        if !valid_camera_id(id) {
+            return Err(invalid(format!("invalid camera id {id:?}: {ID_CHARACTERS}")));
         }
         let base = base_url(&config.api_base_url).map_err(|e| {
             invalid(format!("invalid API base URL {:?}: expected {e}", config.api_base_url))

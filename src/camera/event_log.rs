@@ -102,14 +102,13 @@ impl Persisted {
 
 /// Reads every line; returns the events, and the report of what was found.
 fn load(path: &Path) -> io::Result<(VecDeque<LogEntry>, LoadReport)> {
-    let mut events = VecDeque::new();
-    let mut report = LoadReport::default();
     // At most twice MAX_EVENTS lines (it is compacted past that): read whole.
     let text = match fs::read(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((events, report)),
-        Err(e) => return Err(e),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        text => text?,
     };
+    let mut events = VecDeque::new();
+    let mut report = LoadReport::default();
     for line in text.split_inclusive(|b| *b == b'\n') {
         let complete = line.last() == Some(&b'\n');
         match serde_json::from_slice::<LogEntry>(line) {
