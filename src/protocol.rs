@@ -20,9 +20,17 @@ macro_rules! routes {
         impl Route {
             pub const ALL: &[Route] = &[$(Route::$route),*];
 
-            /// Path, method and the query parameters the endpoint accepts.
-            pub fn spec(self) -> (&'static str, &'static str, &'static [&'static str]) {
-                match self { $(Route::$route => ($path, $method, &[$($param),*]),)* }
+            pub fn path(self) -> &'static str {
+                match self { $(Route::$route => $path,)* }
+            }
+
+            pub fn method(self) -> &'static str {
+                match self { $(Route::$route => $method,)* }
+            }
+
+            /// The query parameters the endpoint accepts.
+            pub fn params(self) -> &'static [&'static str] {
+                match self { $(Route::$route => &[$($param),*],)* }
             }
         }
     };
@@ -46,18 +54,6 @@ pub const CAMERA_ID: &str = "cameraId";
 pub const INSTANCE_ID: &str = "instanceId";
 
 impl Route {
-    pub fn path(self) -> &'static str {
-        self.spec().0
-    }
-
-    pub fn method(self) -> &'static str {
-        self.spec().1
-    }
-
-    pub fn params(self) -> &'static [&'static str] {
-        self.spec().2
-    }
-
     /// The endpoint under `base` (which may have a path of its own), with `query` encoded.
     pub fn url(self, base: &url::Url, query: &[(&str, &str)]) -> url::Url {
         let mut url = base.clone();
@@ -210,8 +206,7 @@ pub const ID_CHARACTERS: &str = "1 to 64 letters, digits, '.', '_' or '-'";
 
 /// Camera ids are 1 to 64 of `[A-Za-z0-9._-]`: safe in logs, URLs, file lines and map keys.
 pub fn valid_camera_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_CAMERA_ID_LEN
+    (1..=MAX_CAMERA_ID_LEN).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 

@@ -81,8 +81,7 @@ impl Backoff {
             CallError::Status { retry_after, .. } => *retry_after,
             _ => None,
         };
-        let delay = self.delay(retry_after);
-        !matches!(stop.recv_timeout(delay), Err(RecvTimeoutError::Disconnected))
+        !matches!(stop.recv_timeout(self.delay(retry_after)), Err(RecvTimeoutError::Disconnected))
     }
 
     /// Ends a streak with the attempt begun at `attempt`: the time reported runs up to that

@@ -76,7 +76,6 @@ impl std::fmt::Display for CallError {
 }
 
 /// The camera's two endpoints.
-#[derive(Clone)]
 pub struct Client {
     poll_url: String,
     send_url: String,
@@ -94,11 +93,9 @@ impl Client {
     /// endpoints' URLs; `instance` names this process to the server.
     pub fn new(config: &CameraConfig, instance: &str) -> std::io::Result<Client> {
         let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
-        if !valid_camera_id(&config.camera_id) {
-            return Err(invalid(format!(
-                "invalid camera id {:?}: {ID_CHARACTERS}",
-                config.camera_id
-            )));
+        let id = &config.camera_id;
+        if !valid_camera_id(id) {
+            return Err(invalid(format!("invalid camera id {id:?}: {ID_CHARACTERS}")));
         }
         let base = base_url(&config.api_base_url).map_err(|e| {
             invalid(format!("invalid API base URL {:?}: expected {e}", config.api_base_url))
@@ -186,8 +183,7 @@ impl Client {
                 let _ = response.body_mut().with_config().limit(4096).read_to_vec();
                 Ok(Delivery::Accepted)
             }
-            status @ (408 | 409 | 429) => Err(describe_status(status, &mut response)),
-            status @ 400..=499 => {
+            status @ 400..=499 if !matches!(status, 408 | 409 | 429) => {
                 log_warn!("server refused the answer: {}", describe_status(status, &mut response));
                 Ok(Delivery::Refused)
             }
@@ -214,14 +210,12 @@ pub fn describe_call_error(origin: &str, error: &str) -> CallError {
     // rustls's wording (`rustls::Error`'s Display, reached through ureq's io or rustls error).
     if let Some(at) = error.find("invalid peer certificate: ") {
         let cause = &error[at + "invalid peer certificate: ".len()..];
-        let hint = if cause.contains("UnknownIssuer") || cause.contains("BadSignature") {
+        let names = |words: &[&str]| words.iter().any(|w| cause.contains(w));
+        let hint = if names(&["UnknownIssuer", "BadSignature"]) {
             "set CA_CERT_FILE to the edge's CA (or check that it holds the CA that signed the edge's certificate)"
-        } else if cause.contains("not valid for name") || cause.contains("NotValidForName") {
+        } else if names(&["not valid for name", "NotValidForName"]) {
             "API_BASE_URL must use a host name the certificate was issued for"
-        } else if ["expired", "not valid yet", "Expired", "NotValidYet"]
-            .iter()
-            .any(|w| cause.contains(w))
-        {
+        } else if names(&["expired", "not valid yet", "Expired", "NotValidYet"]) {
             "renew the edge's certificate, or check this camera's clock"
         } else if cause.contains("CaUsedAsEndEntity") {
             "the edge presents a CA certificate as its own; give it one with basicConstraints CA:FALSE (self-signed, or signed by the CA in CA_CERT_FILE)"

@@ -102,14 +102,13 @@ impl Persisted {
 
 /// Reads every line; returns the events, and the report of what was found.
 fn load(path: &Path) -> io::Result<(VecDeque<LogEntry>, LoadReport)> {
-    let mut events = VecDeque::new();
-    let mut report = LoadReport::default();
     // At most twice MAX_EVENTS lines (it is compacted past that): read whole.
     let text = match fs::read(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((events, report)),
-        Err(e) => return Err(e),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        text => text?,
     };
+    let mut events = VecDeque::new();
+    let mut report = LoadReport::default();
     for line in text.split_inclusive(|b| *b == b'\n') {
         let complete = line.last() == Some(&b'\n');
         match serde_json::from_slice::<LogEntry>(line) {
@@ -125,14 +124,12 @@ fn rewrite(path: &Path, events: &VecDeque<LogEntry>) -> io::Result<Persisted> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".compacting");
     let tmp = PathBuf::from(tmp);
-    {
-        let mut out = io::BufWriter::new(File::create(&tmp)?);
-        for entry in events {
-            serde_json::to_writer(&mut out, entry).map_err(io::Error::other)?;
-            out.write_all(b"\n")?;
-        }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    let mut out = io::BufWriter::new(File::create(&tmp)?);
+    for entry in events {
+        serde_json::to_writer(&mut out, entry).map_err(io::Error::other)?;
+        out.write_all(b"\n")?;
     }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     fs::rename(&tmp, path)?;
     let file = OpenOptions::new().append(true).open(path)?;
     Ok(Persisted { path: path.to_path_buf(), file, lines: events.len() })

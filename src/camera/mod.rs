@@ -102,10 +102,6 @@ impl CameraHandle {
         Ok(CameraHandle { side, stop: Some(stop), done, threads })
     }
 
-    pub fn log(&self) -> &Arc<EventLog> {
-        &self.side.log
-    }
-
     /// Answers the server accepted so far: the camera's round trips.
     pub fn round_trips(&self) -> u64 {
         self.side.answers.load(Ordering::SeqCst)
@@ -113,11 +109,9 @@ impl CameraHandle {
 
     /// Blocks while the camera runs (the `camera` binary's main thread). An error means one of
     /// its threads panicked.
-    pub fn wait(mut self) -> std::io::Result<()> {
-        for thread in self.threads.drain(..) {
-            if thread.join().is_err() {
-                return Err(std::io::Error::other("a camera thread panicked"));
-            }
+    pub fn wait(self) -> std::io::Result<()> {
+        if self.threads.into_iter().any(|thread| thread.join().is_err()) {
+            return Err(std::io::Error::other("a camera thread panicked"));
         }
         Ok(())
     }
@@ -218,32 +212,24 @@ impl Side {
         }
     }
 
+    /// Posts `body`, retrying with the backoff up to `POST_ATTEMPTS` times.
     fn answer(&self, body: SendLogsBody) {
         let request_id = body.request_id.as_deref().unwrap_or_default();
-        let delivered = self.deliver(&body, request_id);
-        if !delivered {
-            // Not in hand any more: the server's re-send is answered again.
-            self.latest.lock().take_if(|id| id == request_id);
-            log_error!("gave up sending logs for command {request_id}; the server will ask again if it still needs them");
-        }
-    }
-
-    /// Posts `body`, retrying with the backoff; `false` when it gave up.
-    fn deliver(&self, body: &SendLogsBody, request_id: &str) -> bool {
         let mut backoff = Backoff::new(self.backoff_max, "send logs to the API server");
         for _ in 0..POST_ATTEMPTS {
-            match self.client.send(body) {
+            match self.client.send(&body) {
                 Ok(Delivery::Accepted) => {
                     self.answers.fetch_add(1, Ordering::SeqCst);
-                    log_info!("sent {} event(s) for command {request_id}", body.logs.len());
-                    return true;
+                    return log_info!("sent {} event(s) for command {request_id}", body.logs.len());
                 }
-                Ok(Delivery::Refused) => return true,
-                Err(why) if !backoff.failed(&why, &self.stop) => return true,
+                Ok(Delivery::Refused) => return,
+                Err(why) if !backoff.failed(&why, &self.stop) => return,
                 Err(_) => {}
             }
         }
-        false
+        // Not in hand any more: the server's re-send is answered again.
+        self.latest.lock().take_if(|id| id == request_id);
+        log_error!("gave up sending logs for command {request_id}; the server will ask again if it still needs them");
     }
 }
 
@@ -277,12 +263,9 @@ impl EventClock {
         while self.next_due <= now {
             let late = now - self.next_due;
             let due = wall.checked_sub(late).unwrap_or(wall);
-            let entry = LogEntry {
-                timestamp: epoch_secs(due),
-                description: describe_event(self.jitter.next()),
-            };
             self.next_due += self.interval;
-            let written = log.push(entry);
+            let description = describe_event(self.jitter.next());
+            let written = log.push(LogEntry { timestamp: epoch_secs(due), description });
             match (&written, self.failing) {
                 (Ok(()), true) => log_info!("the event log file is writable again"),
                 (Err(e), false) => log_error!("could not persist an event (kept in memory): {e}"),
