@@ -52,12 +52,11 @@ impl Answer {
     /// once; `None` when the bytes would take `held` past `limit`.
     pub fn new(mut events: Vec<Event>, held: &Arc<AtomicUsize>, limit: usize) -> Option<Answer> {
         events.sort_by(|a, b| a.timestamp.total_cmp(&b.timestamp));
-        let sorted = events;
         // An event's JSON is its description and about 50 bytes: sized once, not grown by copies.
-        let estimate = sorted.iter().map(|e| e.description.len() + 64).sum();
+        let estimate = events.iter().map(|e| e.description.len() + 64).sum();
         let mut json = Vec::with_capacity(estimate);
-        let mut starts = Vec::with_capacity(sorted.len());
-        for entry in &sorted {
+        let mut starts = Vec::with_capacity(events.len());
+        for entry in &events {
             if !starts.is_empty() {
                 json.push(b',');
             }
@@ -66,7 +65,7 @@ impl Answer {
             let _ = serde_json::to_writer(&mut json, entry);
         }
         json.shrink_to_fit();
-        let timestamps = sorted.iter().map(|e| e.timestamp).collect();
+        let timestamps = events.iter().map(|e| e.timestamp).collect();
         let held = Counted::within(held, json.len() + INDEX_BYTES * starts.len(), limit)?;
         Some(Answer { json, starts, timestamps, _held: held })
     }
