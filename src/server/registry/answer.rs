@@ -98,12 +98,10 @@ impl LogSlice {
         let id = serde_json::to_string(camera_id).unwrap_or_default();
         let head = format!("{{\"cameraId\":{id},\"logs\":[").into_bytes();
         let Range { start, end } = self.events;
-        let (at, to) = if start < end {
-            let last = self.answer.starts.get(end).map_or(self.answer.json.len(), |next| next - 1);
-            (self.answer.starts[start], last)
-        } else {
-            (0, 0)
-        };
+        let (starts, json_end) = (&self.answer.starts, self.answer.json.len());
+        // The last event ends before the comma that starts the next, if there is one.
+        let last_end = |end: usize| starts.get(end).map_or(json_end, |next| next - 1);
+        let (at, to) = if start < end { (starts[start], last_end(end)) } else { (0, 0) };
         let length = head.len() + (to - at) + TAIL.len();
         let events = io::Cursor::new(Window { answer: self.answer, bytes: at..to });
         (io::Cursor::new(head).chain(events).chain(TAIL), length)
