@@ -41,8 +41,7 @@ pub fn fleet_page(
             .iter()
             .map(|peer| scope.spawn(move || ask(peer, after, limit, authorization)))
             .collect();
-        let joined = asked.into_iter().map(|a| a.join().unwrap_or(Err("panicked".into())));
-        joined.collect()
+        asked.into_iter().map(|a| a.join().unwrap_or(Err("panicked".into()))).collect()
     });
     let (mut rows, mut more, mut unreachable) = (Vec::new(), false, Vec::new());
     let pages = std::iter::once((own_name, Ok(CamerasResponse::page(own, after, limit, false))));

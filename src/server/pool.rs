@@ -156,16 +156,10 @@ impl Shared {
             default(self.app.config.worker_idle) => {
                 // Leave the idle list, unless the lead was handed over just now.
                 let mut followers = self.followers.lock();
-                match followers.0.iter().position(|s| s.same_channel(me)) {
-                    Some(at) => {
-                        followers.0.remove(at);
-                        false
-                    }
-                    None => {
-                        drop(followers);
-                        wake.recv().is_ok()
-                    }
-                }
+                let listed = followers.0.iter().position(|s| s.same_channel(me));
+                let left = listed.map(|at| followers.0.remove(at)).is_some();
+                drop(followers);
+                !left && wake.recv().is_ok()
             }
         }
     }

@@ -119,10 +119,8 @@ impl Query {
         let plain = raw
             .bytes()
             .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
-        match raw.parse::<f64>().ok().filter(|v| plain && v.is_finite()) {
-            Some(value) => Ok(Some(value)),
-            None => Err(invalid(name, "a finite number of seconds", raw)),
-        }
+        let value = raw.parse::<f64>().ok().filter(|v| plain && v.is_finite());
+        value.map(Some).ok_or_else(|| invalid(name, "a finite number of seconds", raw))
     }
 }
 

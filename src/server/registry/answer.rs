@@ -52,12 +52,11 @@ impl Answer {
     /// once; `None` when the bytes would take `held` past `limit`.
     pub fn new(mut events: Vec<Event>, held: &Arc<AtomicUsize>, limit: usize) -> Option<Answer> {
         events.sort_by(|a, b| a.timestamp.total_cmp(&b.timestamp));
-        let sorted = events;
         // An event's JSON is its description and about 50 bytes: sized once, not grown by copies.
-        let estimate = sorted.iter().map(|e| e.description.len() + 64).sum();
+        let estimate = events.iter().map(|e| e.description.len() + 64).sum();
         let mut json = Vec::with_capacity(estimate);
-        let mut starts = Vec::with_capacity(sorted.len());
-        for entry in &sorted {
+        let mut starts = Vec::with_capacity(events.len());
+        for entry in &events {
             if !starts.is_empty() {
                 json.push(b',');
             }
@@ -66,7 +65,7 @@ impl Answer {
             let _ = serde_json::to_writer(&mut json, entry);
         }
         json.shrink_to_fit();
-        let timestamps = sorted.iter().map(|e| e.timestamp).collect();
+        let timestamps = events.iter().map(|e| e.timestamp).collect();
         let held = Counted::within(held, json.len() + INDEX_BYTES * starts.len(), limit)?;
         Some(Answer { json, starts, timestamps, _held: held })
     }
@@ -99,12 +98,10 @@ impl LogSlice {
         let id = serde_json::to_string(camera_id).unwrap_or_default();
         let head = format!("{{\"cameraId\":{id},\"logs\":[").into_bytes();
         let Range { start, end } = self.events;
-        let (at, to) = if start < end {
-            let last = self.answer.starts.get(end).map_or(self.answer.json.len(), |next| next - 1);
-            (self.answer.starts[start], last)
-        } else {
-            (0, 0)
-        };
+        let (starts, json_end) = (&self.answer.starts, self.answer.json.len());
+        // The last event ends before the comma that starts the next, if there is one.
+        let last_end = |end: usize| starts.get(end).map_or(json_end, |next| next - 1);
+        let (at, to) = if start < end { (starts[start], last_end(end)) } else { (0, 0) };
         let length = head.len() + (to - at) + TAIL.len();
         let events = io::Cursor::new(Window { answer: self.answer, bytes: at..to });
         (io::Cursor::new(head).chain(events).chain(TAIL), length)

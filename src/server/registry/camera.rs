@@ -147,24 +147,21 @@ impl Camera {
 impl CameraState {
     /// Hands the command that waits for a poll to the newest held poll, if there is one.
     pub(super) fn dispatch(&mut self, camera_id: &str) {
-        let Some(command) = self.in_flight.as_mut().filter(|c| c.sent_at.is_none()) else {
+        if self.polls.is_empty() {
             return;
-        };
-        let Some(poll) = self.polls.pop() else {
-            return;
-        };
-        // A fresh bounded(1) channel whose poll is no longer listed: the one message fits.
-        let _ = poll.wake.try_send(command.request_id);
-        command.mark_sent(camera_id);
-        self.sent.push(command.request_id);
+        }
+        if let Some(request_id) = self.command_waiting(camera_id) {
+            // A fresh bounded(1) channel whose poll is no longer listed: the one message fits.
+            let _ = self.polls.pop().map(|poll| poll.wake.try_send(request_id));
+        }
     }
 
-    /// Sends the command waiting for a poll to this one, the newest, if one waits.
-    pub(super) fn command_waiting(&mut self, camera_id: &str) -> Option<Command> {
+    /// Marks the command waiting for a poll as sent, if one waits, and returns its id.
+    pub(super) fn command_waiting(&mut self, camera_id: &str) -> Option<RequestId> {
         let command = self.in_flight.as_mut().filter(|c| c.sent_at.is_none())?;
         command.mark_sent(camera_id);
         self.sent.push(command.request_id);
-        Some(command.to_wire())
+        Some(command.request_id)
     }
 
     /// The command for a poll that was handed `request_id` (or that finds a command waiting),
@@ -181,12 +178,7 @@ impl CameraState {
 
     /// Offline for longer than `forget_after`, with no poll, call or command on it.
     pub(super) fn forgettable(&self, now: Instant, forget_after: Duration) -> bool {
-        self.open_polls == 0
-            && self.in_flight.is_none()
-            && self.next_batch.is_empty()
-            && self
-                .last_poll_end
-                .is_some_and(|end| now.saturating_duration_since(end) > forget_after)
+        !self.online(now, forget_after) && self.in_flight.is_none() && self.next_batch.is_empty()
     }
 
     pub(super) fn waiting(&self) -> usize {

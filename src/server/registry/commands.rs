@@ -22,11 +22,9 @@ impl Registry {
         if !state.online(now, self.config.camera_grace) {
             return Err(state.offline_error(&camera.id, now));
         }
-        if state.waiting() >= self.config.max_waiting_per_camera {
-            return Err(ApiError::TooManyWaiting {
-                camera_id: camera.id.clone(),
-                limit: self.config.max_waiting_per_camera,
-            });
+        let limit = self.config.max_waiting_per_camera;
+        if state.waiting() >= limit {
+            return Err(ApiError::TooManyWaiting { camera_id: camera.id.clone(), limit });
         }
         match &mut state.in_flight {
             // Never sent: the camera has not looked at its log for it, so this call may share it.
@@ -47,10 +45,9 @@ impl Registry {
     /// and hands it to the newest held poll if there is one.
     pub(super) fn start_next_command(&self, camera: &Camera, state: &mut CameraState) {
         let waiters = std::mem::take(&mut state.next_batch);
-        let Some(first) = waiters.first() else {
+        let Some(range) = waiters.iter().map(|w| w.range).reduce(|a, b| a.union(&b)) else {
             return;
         };
-        let range = waiters.iter().fold(first.range, |acc, w| acc.union(&w.range));
         state.in_flight = Some(InFlight {
             request_id: self.request_id(),
             range,
@@ -75,23 +72,20 @@ impl Registry {
             state.sent.remove(id);
         }
         let camera_id = &camera.id;
-        let command = match state.in_flight.take_if(|c| Some(c.request_id) == id) {
-            Some(command) => command,
-            None => {
-                return match (id, claimed) {
-                    (Some(id), _) if state.answered.0.contains(&id) => {
-                        log_info!("camera '{camera_id}' answered command {id} again; ignored");
-                        Ok(())
-                    }
-                    (_, Some(id)) => Err(ApiError::UnknownRequest(format!(
-                        "request '{id}' is unknown or expired for camera '{camera_id}'"
-                    ))),
-                    (Some(id), None) => Err(ApiError::UnknownRequest(format!("an answer without requestId is taken for command {id}, the oldest sent to camera '{camera_id}' and not answered, which is no longer in flight"))),
-                    (None, None) => Err(ApiError::UnknownRequest(format!(
-                        "camera '{camera_id}' has no command in flight"
-                    ))),
-                };
-            }
+        let Some(command) = state.in_flight.take_if(|c| Some(c.request_id) == id) else {
+            return match (id, claimed) {
+                (Some(id), _) if state.answered.0.contains(&id) => {
+                    log_info!("camera '{camera_id}' answered command {id} again; ignored");
+                    Ok(())
+                }
+                (_, Some(id)) => Err(ApiError::UnknownRequest(format!(
+                    "request '{id}' is unknown or expired for camera '{camera_id}'"
+                ))),
+                (Some(id), None) => Err(ApiError::UnknownRequest(format!("an answer without requestId is taken for command {id}, the oldest sent to camera '{camera_id}' and not answered, which is no longer in flight"))),
+                (None, None) => Err(ApiError::UnknownRequest(format!(
+                    "camera '{camera_id}' has no command in flight"
+                ))),
+            };
         };
         self.metrics.round_trip(command.waiters.len());
         for waiter in &command.waiters {

@@ -218,8 +218,8 @@ impl Registry {
         state.poll_started(&camera.id);
         // A command waiting for a poll, or overdue, goes to this one: the newest.
         self.resend_if_overdue(camera, state, now);
-        if let Some(command) = state.command_waiting(&camera.id) {
-            return Ok(Some(command));
+        if let Some(request_id) = state.command_waiting(&camera.id) {
+            return Ok(state.command_for(request_id));
         }
         state.polls.push(poll);
         Ok(None)
@@ -286,10 +286,8 @@ impl Registry {
         &self, camera_id: &str, range: TimeRange, timeout: Duration,
     ) -> Result<LogSlice, ApiError> {
         let called = Instant::now();
-        let camera = match self.camera(camera_id) {
-            Some(camera) => camera,
-            None => self.await_arrival(camera_id, called + timeout)?,
-        };
+        let arrival = || self.await_arrival(camera_id, called + timeout);
+        let camera = self.camera(camera_id).map_or_else(arrival, Ok)?;
         // The wait for arrival counts against the call's timeout.
         let timeout = timeout.saturating_sub(called.elapsed());
         let (reply, answer) = bounded(1);

@@ -130,12 +130,10 @@ impl Registry {
         let Some(command) = &mut state.in_flight else {
             return;
         };
-        let Some(waited) = command.sent_at.map(|at| now.saturating_duration_since(at)) else {
+        let waited = command.sent_at.map(|at| now.saturating_duration_since(at));
+        let Some(waited) = waited.filter(|waited| *waited >= self.config.ack_timeout) else {
             return;
         };
-        if waited < self.config.ack_timeout {
-            return;
-        }
         let (id, request_id, waited) = (&camera.id, &command.request_id, waited.as_secs_f64());
         log_warn!("camera '{id}' did not answer command {request_id} within {waited:.1} s (the poll may have died); sending it again");
         command.sent_at = None;
