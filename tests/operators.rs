@@ -142,29 +142,10 @@ fn curl_parallel_says_unknown_when_metrics_is_another_servers() {
     if !curl_or_skip() {
         return;
     }
-    // Answers /logs, and /metrics with a counter that never moves, as another instance's would.
-    let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
-    let port = server.server_addr().to_ip().expect("an IP listener").port();
-    let serving = std::sync::Arc::clone(&server);
-    let thread = std::thread::spawn(move || {
-        for request in serving.incoming_requests() {
-            let body = if request.url().starts_with("/metrics") {
-                "camera_logs_camera_round_trips_total 7\n"
-            } else {
-                r#"{"logs":[]}"#
-            };
-            let _ = request.respond(tiny_http::Response::from_string(body));
-        }
-    });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/curl_parallel.sh");
-    let output = Command::new("bash")
-        .args([script, "3", &format!("http://127.0.0.1:{port}/logs?cameraId=cam-2")])
-        .env_remove("API_TOKEN")
-        .output()
-        .expect("run curl_parallel.sh");
-    server.unblock();
-    thread.join().expect("the fake server's thread");
-
+    // /metrics with a counter that never moves, as another instance's would.
+    let url = |port| format!("http://127.0.0.1:{port}/logs?cameraId=cam-2");
+    let output =
+        curl_parallel_at_a_fake(url, |_| "camera_logs_camera_round_trips_total 7\n".into());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains("3 of 3 succeeded"), "{stdout}");
@@ -210,7 +191,21 @@ fn curl_parallel_takes_a_url_without_a_scheme_as_curl_does() {
     if !curl_or_skip() {
         return;
     }
-    // Answers /logs, and /metrics with one round trip per /logs call answered so far.
+    // /metrics with one round trip per /logs call answered so far.
+    let url = |port| format!("127.0.0.1:{port}/logs?cameraId=cam-3");
+    let output =
+        curl_parallel_at_a_fake(url, |n| format!("camera_logs_camera_round_trips_total {n}\n"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("3 of 3 succeeded"), "{stdout}");
+    assert!(stdout.contains("camera round trips for the burst: 3 "), "{stdout}");
+}
+
+/// `curl_parallel.sh 3` at `url(port)` of a fake server that answers `/logs` with no events and
+/// `/metrics` with `metrics(the /logs calls answered so far)`.
+fn curl_parallel_at_a_fake(
+    url: impl Fn(u16) -> String, metrics: fn(usize) -> String,
+) -> std::process::Output {
     let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
     let port = server.server_addr().to_ip().expect("an IP listener").port();
     let serving = std::sync::Arc::clone(&server);
@@ -218,7 +213,7 @@ fn curl_parallel_takes_a_url_without_a_scheme_as_curl_does() {
         let mut answered = 0;
         for request in serving.incoming_requests() {
             let body = if request.url().starts_with("/metrics") {
-                format!("camera_logs_camera_round_trips_total {answered}\n")
+                metrics(answered)
             } else {
                 answered += 1;
                 r#"{"logs":[]}"#.to_string()
@@ -228,15 +223,11 @@ fn curl_parallel_takes_a_url_without_a_scheme_as_curl_does() {
     });
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/curl_parallel.sh");
     let output = Command::new("bash")
-        .args([script, "3", &format!("127.0.0.1:{port}/logs?cameraId=cam-3")])
+        .args([script, "3", &url(port)])
         .env_remove("API_TOKEN")
         .output()
         .expect("run curl_parallel.sh");
     server.unblock();
     thread.join().expect("the fake server's thread");
-
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("3 of 3 succeeded"), "{stdout}");
-    assert!(stdout.contains("camera round trips for the burst: 3 "), "{stdout}");
+    output
 }

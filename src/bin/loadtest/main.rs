@@ -9,7 +9,8 @@
 //!   `--instances` as well, that is an edge in front of several servers, each asked directly
 //!   how many of this run's cameras it holds.
 //! - Simulated cameras: one small-stack thread each, speaking the wire protocol over raw
-//!   std::net HTTP/1.1 (`Connection: close`, as the real camera does), holding `--events`
+//!   std::net HTTP/1.1 (`Connection: close`: a connection per request, the server's costlier
+//!   case; the real camera keeps its connection), holding `--events`
 //!   events whose timestamps are a pure function of (camera, index), so every answer can be
 //!   checked without storing anything.
 //! - Clients: keep-alive ureq agents calling `GET /logs` for random cameras and random ranges
