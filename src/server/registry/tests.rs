@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::protocol::LogEntry;
+use std::io::Read;
 use std::sync::atomic::AtomicBool;
 use std::thread;
 
@@ -336,4 +337,28 @@ fn polls_whose_client_left_are_released() {
     assert_eq!(poll.join().unwrap().unwrap(), Command::Noop);
     assert!(started.elapsed() < Duration::from_secs(2));
     wait_until("no poll open", || registry.stats().open_polls == 0);
+}
+
+#[test]
+fn a_logs_body_is_read_in_one_piece_and_in_any_pieces_the_same() {
+    let events = answer("r", (0..5).map(|k| entry(f64::from(k))).collect()).logs;
+    let answer = Arc::new(Answer::new(events, &Arc::default(), usize::MAX).unwrap());
+    let slice = LogSlice { answer, events: 1..3 };
+    let expected = r#"{"cameraId":"cam","logs":[{"timestamp":1.0,"description":"e1"},{"timestamp":2.0,"description":"e2"}]}"#;
+    // One read takes head, events and tail at once: a small body leaves in one write, not three.
+    let (mut body, length) = slice.clone().body("cam");
+    let mut whole = [0u8; 4096];
+    assert_eq!(body.read(&mut whole).unwrap(), length);
+    assert_eq!(&whole[..length], expected.as_bytes());
+    assert_eq!(body.read(&mut whole).unwrap(), 0);
+    // Read three bytes at a time, across the parts' edges, it is the same.
+    let (mut body, _) = slice.clone().body("cam");
+    let (mut pieces, mut piece) = (Vec::new(), [0u8; 3]);
+    while let n @ 1.. = body.read(&mut piece).unwrap() {
+        pieces.extend_from_slice(&piece[..n]);
+    }
+    assert_eq!(String::from_utf8(pieces).unwrap(), expected);
+    let (mut body, length) = LogSlice { events: 2..2, ..slice }.body("cam");
+    assert_eq!(body.read(&mut whole).unwrap(), length);
+    assert_eq!(&whole[..length], br#"{"cameraId":"cam","logs":[]}"#);
 }
