@@ -400,7 +400,9 @@ fn connections_tiny_http_never_releases_are_counted_on_stats() {
         let stats: serde_json::Value = response.body_mut().read_json().ok()?;
         stats["server"]["connectionsClientLeft"].as_u64()
     };
-    assert_eq!(held(), Some(0), "nothing is held before the attack");
+    // The client that waited for the camera closed its kept connection: its socket sits in
+    // CLOSE_WAIT until its handler reads the end (CI saw 1 here on a loaded machine).
+    wait_until("nothing to be held before the attack", PATIENCE, || held() == Some(0));
 
     // Ordinary clients that leave, even mid-request, are released: the count stays at 0.
     for request in [&b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"[..], b"GET /hea"] {
