@@ -113,14 +113,15 @@ pub fn flush() {
 /// (NUL, CR, LF, ESC, ...) are escaped as `\u{..}`, and the text is cut to `max_chars`
 /// characters, with `…` marking the cut.
 pub fn clean(text: &str, max_chars: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max_chars + 8));
-    for c in text.chars().take(max_chars) {
+    // One pass over the kept characters; the next one only says whether there was a cut.
+    let (mut out, mut chars) = (String::with_capacity(text.len().min(max_chars + 8)), text.chars());
+    for c in chars.by_ref().take(max_chars) {
         match c.is_control() {
             true => out.extend(c.escape_default()),
             false => out.push(c),
         }
     }
-    if text.chars().nth(max_chars).is_some() {
+    if chars.next().is_some() {
         out.push('…');
     }
     out
@@ -177,6 +178,7 @@ mod tests {
     #[test]
     fn clean_escapes_control_bytes_and_cuts_long_text() {
         assert_eq!(clean("GET", 16), "GET");
+        assert_eq!(clean("GET", 3), "GET");
         assert_eq!(
             clean("a\nINFO  forged\r\0\x1b[31m", 64),
             "a\\nINFO  forged\\r\\u{0}\\u{1b}[31m"
